@@ -1,0 +1,156 @@
+"""Composition root: builds the shared parts from a Config and runs `once` (the daemon lives in daemon.py).
+
+Nothing here decides policy or does protocol work; it wires session, JWKS caches and renewers together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from edge_token import __version__
+from edge_token.clock import Clock
+from edge_token.config import Config, ProfileConfig
+from edge_token.errors import EdgeTokenError, PermanentError
+from edge_token.jwks import JwksCache
+from edge_token.policy import TokenState
+from edge_token.renewer import RenewalOutcome, Renewer
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def make_session(limit: int = 32) -> aiohttp.ClientSession:
+    """The one HTTP client session of the process: connection reuse, no proxy env surprises, TLS verified."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit),
+        headers={"User-Agent": f"edge-token/{__version__}"},
+        timeout=aiohttp.ClientTimeout(total=60),
+        trust_env=False,
+    )
+
+
+class Parts:
+    """The shared runtime parts: one session, one JWKS cache per URL, one renewer per profile."""
+
+    def __init__(
+        self,
+        config: Config,
+        session: aiohttp.ClientSession,
+        clock: Clock,
+        log: Any,
+        *,
+        environ: Mapping[str, str],
+        rng: random.Random | None = None,
+        on_secret: Callable[[str], None] | None = None,
+        jwks_on_fetch: Callable[[str, str, int], None] | None = None,
+    ) -> None:
+        self.config, self.session, self.clock, self.log = config, session, clock, log
+        self.environ, self.rng, self.on_secret = environ, rng or random.Random(), on_secret
+        self._jwks_on_fetch = jwks_on_fetch
+        self.jwks: dict[str, JwksCache] = {}
+
+    def jwks_for(self, profile: ProfileConfig) -> JwksCache:
+        cache = self.jwks.get(profile.jwks_url)
+        if cache is None:
+            cache = JwksCache(
+                profile.jwks_url,
+                self.session,
+                self.clock,
+                refresh_seconds=self.config.daemon.jwks_refresh_seconds,
+                timeout_seconds=profile.timeout_seconds,
+                rng=self.rng,
+                on_fetch=self._jwks_on_fetch,
+            )
+            self.jwks[profile.jwks_url] = cache
+        return cache
+
+    def renewer(self, profile: ProfileConfig, **kwargs: Any) -> Renewer:
+        return Renewer(
+            profile,
+            self.session,
+            self.jwks_for(profile),
+            self.clock,
+            self.log,
+            environ=self.environ,
+            rng=self.rng,
+            on_secret=self.on_secret,
+            **kwargs,
+        )
+
+
+@dataclass(frozen=True)
+class OnceResult:
+    """How `once` ended for one profile."""
+
+    profile: str
+    outcome: RenewalOutcome | None
+    error: EdgeTokenError | None  # None: every sink holds a verified token
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.error is None else self.error.exit_code
+
+
+async def obtain(renewer: Renewer, clock: Clock, deadline: float, sleep: Sleep) -> OnceResult:
+    """Make one profile's sinks hold a verified token: adopt a FRESH one, else renew with bounded retries."""
+    name = renewer.profile.name
+    outcome = await renewer.adopt()
+    if outcome is not None and renewer.state() is TokenState.FRESH:
+        return _settled(name, outcome)
+    while True:
+        outcome = await renewer.renew()
+        if outcome.error is None or isinstance(outcome.error, PermanentError):
+            break
+        assert outcome.next_attempt_at is not None
+        delay = outcome.next_attempt_at - clock.time()
+        if clock.monotonic() + delay > deadline:
+            break
+        await sleep(max(0.0, delay))
+    if outcome.error is not None and renewer.state() is TokenState.STALE:
+        # the previous token is still valid: the sinks hold a verified token, so this is success with a warning
+        renewer.log.warning("token.kept_stale", message=str(outcome.error))
+        return _settled(name, outcome, ignore_error=True)
+    return _settled(name, outcome)
+
+
+def _settled(name: str, outcome: RenewalOutcome, ignore_error: bool = False) -> OnceResult:
+    if outcome.error is not None and not ignore_error:
+        return OnceResult(name, outcome, outcome.error)
+    if outcome.sink_errors:
+        first = next(iter(outcome.sink_errors.values()))
+        return OnceResult(name, outcome, first)
+    return OnceResult(name, outcome, None)
+
+
+async def run_once(
+    config: Config,
+    clock: Clock,
+    log: Any,
+    *,
+    environ: Mapping[str, str],
+    profiles: list[str] | None = None,
+    timeout: float = 60.0,
+    sleep: Sleep = asyncio.sleep,
+    on_secret: Callable[[str], None] | None = None,
+) -> list[OnceResult]:
+    """`edge-token once`: every selected profile concurrently, each bounded by `timeout` seconds of retries."""
+    names = profiles or list(config.profiles)
+    deadline = clock.monotonic() + timeout
+    async with make_session() as session:
+        parts = Parts(config, session, clock, log, environ=environ, on_secret=on_secret)
+        renewers = [parts.renewer(config.profiles[name]) for name in names]
+        results = await asyncio.gather(*(obtain(r, clock, deadline, sleep) for r in renewers))
+    return list(results)
+
+
+def exit_code(results: list[OnceResult]) -> int:
+    """The first failed profile's sysexits code (config order), 0 if all succeeded."""
+    for result in results:
+        if result.error is not None:
+            return result.error.exit_code
+    return 0

@@ -1,0 +1,239 @@
+"""Command line: argument parsing and exit codes, nothing else. Heavy imports happen inside each command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edge_token import __version__
+from edge_token.errors import EX_CONFIG, EX_DATAERR, EdgeTokenError
+
+DEFAULT_CONFIG = os.environ.get("EDGE_TOKEN_CONFIG", "/etc/edge-token/config.toml")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-token",
+        description="Keep verified OAuth2 client-credentials tokens (Sitecore Experience Edge by default) on disk.",
+    )
+    parser.add_argument("--version", action="version", version=f"edge-token {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
+        return sub
+
+    once = with_config(commands.add_parser("once", help="make every profile's sinks hold a verified token, exit"))
+    once.add_argument("--profile", action="append", help="only this profile (repeatable)")
+    once.add_argument("--timeout", type=float, default=60.0, help="total seconds of retries (default 60)")
+    check = with_config(commands.add_parser("check", help="validate the config (offline unless --online)"))
+    check.add_argument("--online", action="store_true", help="also fetch each JWKS and request one token each")
+    inspect = commands.add_parser("inspect", help="decode a token (never prints the signature)")
+    inspect.add_argument("token", nargs="?", default="-", help="token file (raw, json or env format) or - for stdin")
+    inspect.add_argument("--verify", action="store_true", help="verify against a profile's JWKS and rules")
+    inspect.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    inspect.add_argument("--profile", help="profile whose rules apply (default: the only one)")
+    local = commands.add_parser("local-auth", help="run the bundled local OAuth2 + JWKS server")
+    local.add_argument("--host", default="127.0.0.1")
+    local.add_argument("--port", type=int, default=8400)
+    local.add_argument("--ttl", type=float, default=3600.0, help="token lifetime in seconds")
+    local.add_argument("--client-id", default="local-client")
+    local.add_argument(
+        "--client-secret-file",
+        type=Path,
+        required=True,
+        help="the client's secret; a random one is created (mode 0600) if the file is missing",
+    )
+    demo = commands.add_parser("demo", help="run edge-token against the bundled local auth server")
+    demo.add_argument("--dir", type=Path, default=Path("edge-token-demo"), help="where to write (./edge-token-demo)")
+    demo.add_argument("--ttl", type=float, default=20.0, help="token lifetime in seconds (short to see rotations)")
+    demo.add_argument("--duration", type=float, default=45.0, help="seconds to run the daemon (0: until Ctrl-C)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "once":
+            return _once(args)
+        if args.command == "check":
+            return _check(args)
+        if args.command == "inspect":
+            return _inspect(args)
+        if args.command == "local-auth":
+            return _local_auth(args)
+        from edge_token.demo import main as demo_main
+
+        return demo_main(args.dir, args.ttl, args.duration)
+    except EdgeTokenError as exc:
+        print(f"edge-token: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from edge_token.config import load_config
+
+    config = load_config(args.config)
+    for name in getattr(args, "profile", None) or []:
+        if name not in config.profiles:
+            from edge_token.errors import ConfigError
+
+            raise ConfigError(f"{args.config}: no profile {name!r} (have: {', '.join(config.profiles)})")
+    return config
+
+
+def _once(args: argparse.Namespace) -> int:
+    from edge_token import logs
+    from edge_token.app import exit_code, run_once
+    from edge_token.clock import SystemClock
+
+    config = _load(args)
+    redactor = logs.configure(config.daemon.log_format, config.daemon.log_level)
+    import structlog
+
+    results = asyncio.run(
+        run_once(
+            config,
+            SystemClock(),
+            structlog.get_logger("edge_token"),
+            environ=os.environ,
+            profiles=args.profile,
+            timeout=args.timeout,
+            on_secret=redactor.add_secret,
+        )
+    )
+    for result in results:
+        if result.error is not None:
+            print(f"edge-token: profile {result.profile}: {result.error}", file=sys.stderr)
+    return exit_code(results)
+
+
+def _check(args: argparse.Namespace) -> int:
+    config = _load(args)
+    print(f"{config.path}: OK, {len(config.profiles)} profile(s)")
+    for profile in config.profiles.values():
+        print(f"  {profile.name}: client_id {profile.client_id}, secret from {profile.secret.describe()}")
+        print(f"    token_url {profile.token_url} ({profile.request_format}, {profile.auth_method})")
+        print(f"    issuer {profile.issuer}  audience {profile.audience}")
+        print(f"    jwks_url {profile.jwks_url}  algorithms {','.join(profile.algorithms)}")
+        for sink in profile.sinks:
+            print(f"    sink {sink.name} format={sink.format} mode={sink.mode:04o}")
+    if not args.online:
+        return 0
+    return asyncio.run(_check_online(config))
+
+
+async def _check_online(config: Any) -> int:
+    import structlog
+
+    from edge_token.app import Parts, make_session
+    from edge_token.clock import SystemClock
+
+    worst = 0
+    async with make_session() as session:
+        parts = Parts(config, session, SystemClock(), structlog.get_logger("edge_token"), environ=os.environ)
+        for profile in config.profiles.values():
+            renewer = parts.renewer(profile, sinks=[])
+            outcome = await renewer.renew()
+            if outcome.error is None:
+                print(f"  {profile.name}: online OK, token verified ({outcome.token!r}; not written)")
+            else:
+                print(f"  {profile.name}: online FAILED: {outcome.error}", file=sys.stderr)
+                worst = worst or outcome.error.exit_code
+    return worst
+
+
+def _read_token_arg(source: str) -> str:
+    from edge_token.sinks.file import extract
+
+    text = sys.stdin.read(1 << 20) if source == "-" else Path(source).read_text(encoding="utf-8")[: 1 << 20]
+    for fmt in ("json", "env", "raw"):
+        token = extract(text, fmt)
+        if token:
+            return token
+    from edge_token.errors import VerificationError
+
+    raise VerificationError("no JWT found in the input (expected a raw JWT, or a json or env sink file)", "malformed")
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import time
+
+    from edge_token.verify import decode_unverified
+
+    try:
+        token = _read_token_arg(args.token)
+    except OSError as exc:
+        print(f"edge-token: cannot read {args.token}: {exc.strerror}", file=sys.stderr)
+        return EX_DATAERR
+    header, claims = decode_unverified(token)
+    now = time.time()
+    report: dict[str, Any] = {"header": header, "claims": claims}
+    if isinstance(claims.get("exp"), int | float):
+        report["seconds_left"] = round(claims["exp"] - now, 1)
+    if args.verify:
+        report["verified"] = asyncio.run(_verify_one(args, token))
+    print(json.dumps(report, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+async def _verify_one(args: argparse.Namespace, token: str) -> bool:
+    import time
+
+    from edge_token.app import Parts, make_session
+    from edge_token.clock import SystemClock
+    from edge_token.errors import ConfigError
+    from edge_token.verify import verify_token
+
+    config = _load(args)
+    if args.profile is None and len(config.profiles) != 1:
+        raise ConfigError(f"{args.config}: several profiles; choose one with --profile")
+    profile = config.profiles[args.profile or next(iter(config.profiles))]
+    import structlog
+
+    async with make_session() as session:
+        parts = Parts(config, session, SystemClock(), structlog.get_logger("edge_token"), environ={})
+        renewer = parts.renewer(profile, sinks=[])
+        await verify_token(token, parts.jwks_for(profile).key_set, renewer.rules, time.time())
+    return True
+
+
+def _local_auth(args: argparse.Namespace) -> int:
+    import secrets
+
+    from edge_token.config import is_loopback_host
+    from edge_token.localauth import LocalAuthServer
+
+    if not is_loopback_host(args.host):
+        print("edge-token: local-auth serves plain HTTP and only binds loopback addresses", file=sys.stderr)
+        return EX_CONFIG
+    path: Path = args.client_secret_file
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32))
+    server = LocalAuthServer({args.client_id: path.read_text().strip()}, ttl=args.ttl)
+
+    async def serve() -> None:
+        url = await server.start(args.host, args.port)
+        print(f"local-auth: issuer {server.issuer}", flush=True)
+        print(f'  token_url = "{server.token_url}"\n  jwks_url  = "{server.jwks_url}"', flush=True)
+        print(f'  client_id = "{args.client_id}", secret in {path}; Ctrl-C stops ({url})', flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await server.stop()
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -1,0 +1,455 @@
+"""TOML file -> frozen, validated runtime config.
+
+The file format is a public contract (see README "Configuration"). Every problem is reported as a
+`ConfigError` naming the file, the key path (`profiles.production.sinks[0].mode`) and what is expected.
+Unknown keys are rejected so that a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import grp
+import ipaddress
+import math
+import os
+import pwd
+import re
+import stat
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from edge_token.errors import ConfigError
+
+SITECORE_TOKEN_URL = "https://auth.sitecorecloud.io/oauth/token"
+SITECORE_AUDIENCE = "https://api.sitecorecloud.io"
+SITECORE_ISSUER = "https://auth.sitecorecloud.io/"
+SITECORE_JWKS_URL = "https://auth.sitecorecloud.io/.well-known/jwks.json"
+
+PROFILE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ALLOWED_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+SIGNALS = ("HUP", "USR1", "USR2", "TERM", "INT")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SecretSource:
+    """Where a profile's client secret lives. Re-read on every token request so a rotation heals itself."""
+
+    kind: str  # file | env | credential | inline
+    ref: str = field(repr=False)  # path, variable name, credential name, or (inline) the secret itself
+
+    def describe(self) -> str:
+        """Where the secret comes from, for `check` and logs; never the secret."""
+        if self.kind == "inline":
+            return "inline in the config file"
+        return f"{self.kind} {self.ref}"
+
+    def read(self, environ: Mapping[str, str]) -> str:
+        """Return the secret (surrounding whitespace stripped) or raise ConfigError saying where it failed."""
+        if self.kind == "inline":
+            value = self.ref
+        elif self.kind == "env":
+            if self.ref not in environ:
+                raise ConfigError(f"client secret: environment variable {self.ref} is not set")
+            value = environ[self.ref]
+        else:
+            path = Path(self.ref)
+            if self.kind == "credential":
+                directory = environ.get("CREDENTIALS_DIRECTORY")
+                if not directory:
+                    raise ConfigError(
+                        f"client secret: credential {self.ref!r} needs $CREDENTIALS_DIRECTORY "
+                        "(systemd LoadCredential=/LoadCredentialEncrypted=)"
+                    )
+                path = Path(directory) / self.ref
+            try:
+                value = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+                raise ConfigError(f"client secret: cannot read {path}: {reason}") from None
+        value = value.strip()
+        if not value:
+            raise ConfigError(f"client secret from {self.describe()} is empty")
+        return value
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    """One destination of a profile's token. `type = "file"` is the only sink type so far."""
+
+    type: str
+    path: Path
+    format: str = "raw"
+    mode: int = 0o600
+    uid: int = -1
+    gid: int = -1
+    env_name: str = "EDGE_TOKEN"
+    on_update: tuple[str, ...] = ()
+    on_update_timeout: float = 30.0
+    signal: str | None = None
+    pid_file: Path | None = None
+
+    @property
+    def name(self) -> str:
+        """Stable, bounded label for logs and metrics."""
+        return f"{self.type}:{self.path}"
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """One client id + secret + audience, and where its token goes."""
+
+    name: str
+    client_id: str
+    secret: SecretSource
+    sinks: tuple[SinkConfig, ...]
+    token_url: str = SITECORE_TOKEN_URL
+    audience: str = SITECORE_AUDIENCE
+    issuer: str = SITECORE_ISSUER
+    jwks_url: str = SITECORE_JWKS_URL
+    request_format: str = "json"  # json | form
+    auth_method: str = "client_secret_post"  # client_secret_post | client_secret_basic
+    scope: str | None = None
+    algorithms: tuple[str, ...] = ("RS256",)
+    leeway_seconds: float = 60.0
+    refresh_at: float = 0.8
+    jitter: float = 0.05
+    timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Process-wide settings (`[daemon]`)."""
+
+    listen: str = "127.0.0.1:9464"
+    log_format: str = "auto"  # auto | json | console
+    log_level: str = "info"
+    max_concurrent_renewals: int = 16
+    jwks_refresh_seconds: float = 3600.0
+    ready_timeout_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration."""
+
+    path: Path
+    daemon: DaemonConfig
+    profiles: Mapping[str, ProfileConfig]
+
+
+class _Table:
+    """A TOML table being validated: typed getters that name the key path, and unknown-key detection."""
+
+    def __init__(self, data: Mapping[str, Any], where: str, file: Path) -> None:
+        self.data, self.where, self.file, self.used = data, where, file, set[str]()
+
+    def path(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def fail(self, key: str, expected: str) -> ConfigError:
+        return ConfigError(f"{self.file}: {self.path(key)}: expected {expected}, got {self.data.get(key)!r}")
+
+    def get(self, key: str, kind: type[T], default: T, expected: str) -> T:
+        self.used.add(key)
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise self.fail(key, expected)
+        return value
+
+    def text(self, key: str, default: str | None = None, *, choices: tuple[str, ...] = ()) -> str | None:
+        expected = f"one of {', '.join(map(repr, choices))}" if choices else "a non-empty string"
+        value = self.get(key, str, default, expected)
+        if value is not None and (not value or (choices and value not in choices)):
+            raise self.fail(key, expected)
+        return value
+
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        expected = f"a number from {low:g} to {high:g}"
+        value = self.get(key, float, default, expected)
+        if not (math.isfinite(value) and low <= value <= high):
+            raise self.fail(key, expected)
+        return value
+
+    def table(self, key: str) -> _Table:
+        value = self.get(key, dict, {}, "a table")
+        return _Table(value, self.path(key), self.file)
+
+    def only(self, known: frozenset[str]) -> None:
+        """Reject unknown keys first, so a misspelt required key is reported as the typo it is."""
+        self.used |= known
+        self.finish()
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            where = self.where or "the top level"
+            raise ConfigError(f"{self.file}: unknown key {self.path(unknown[0])!r} in {where}; check the spelling")
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for localhost and 127.0.0.0/8 / ::1: the only places plain HTTP may go."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _url(table: _Table, key: str, default: str) -> str:
+    value = table.text(key, default)
+    assert value is not None
+    parts = urlsplit(value)
+    expected = "an https:// URL (http:// only for a loopback host) without user info or fragment"
+    try:
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise table.fail(key, expected) from None
+    if not host or parts.username or parts.password or parts.fragment or parts.scheme not in ("https", "http"):
+        raise table.fail(key, expected)
+    if parts.scheme == "http" and not is_loopback_host(host):
+        raise ConfigError(
+            f"{table.file}: {table.path(key)}: plain http:// is refused for {host!r} (tokens and secrets would "
+            "travel unencrypted); use https://, or a loopback address for local testing"
+        )
+    return value
+
+
+def _mode(table: _Table, key: str) -> int:
+    table.used.add(key)
+    raw = table.data.get(key, "0600")
+    expected = 'an octal mode string such as "0600" or "0640" (not writable by group or others)'
+    if isinstance(raw, str) and re.fullmatch(r"0?[0-7]{3}", raw):
+        mode = int(raw, 8)
+    elif isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw <= 0o777:
+        mode = raw
+    else:
+        raise table.fail(key, expected)
+    if mode & 0o022 or not mode & stat.S_IRUSR:
+        raise table.fail(key, expected)
+    return mode
+
+
+def _owner(table: _Table, key: str, lookup: Callable[[str], int]) -> int:
+    value = table.data.get(key)
+    table.used.add(key)
+    if value is None:
+        return -1
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value:
+        try:
+            return lookup(value)
+        except KeyError:
+            raise ConfigError(f"{table.file}: {table.path(key)}: no such {key} {value!r} on this system") from None
+    raise table.fail(key, f"a {key} name or a numeric id")
+
+
+def _string_list(table: _Table, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    value = table.get(key, list, list(default), "a list of non-empty strings")
+    if not all(isinstance(item, str) and item for item in value):
+        raise table.fail(key, "a list of non-empty strings")
+    return tuple(value)
+
+
+SINK_KEYS = frozenset(
+    {"type", "path", "format", "mode", "owner", "group", "env_name", "on_update", "on_update_timeout", "signal",
+     "pid_file"}
+)  # fmt: skip
+PROFILE_KEYS = frozenset(
+    {"client_id", "sinks", "token_url", "audience", "issuer", "jwks_url", "request_format", "auth_method", "scope",
+     "algorithms", "leeway_seconds", "refresh_at", "jitter", "timeout_seconds"}
+)  # fmt: skip
+DAEMON_KEYS = frozenset(
+    {"listen", "log_format", "log_level", "max_concurrent_renewals", "jwks_refresh_seconds", "ready_timeout_seconds"}
+)
+
+
+def _sink(table: _Table) -> SinkConfig:
+    table.only(SINK_KEYS)
+    kind = table.text("type", "file", choices=("file",))
+    path_text = table.text("path")
+    if path_text is None:
+        raise table.fail("path", "the absolute path of the token file")
+    path = Path(path_text)
+    if not path.is_absolute():
+        path = (table.file.parent / path).resolve()
+    fmt = table.text("format", "raw", choices=("raw", "json", "env"))
+    env_name = table.text("env_name", "EDGE_TOKEN")
+    assert kind and fmt and env_name
+    if not ENV_NAME.match(env_name):
+        raise table.fail("env_name", "a shell variable name such as EDGE_TOKEN")
+    signal = table.text("signal", None, choices=SIGNALS)
+    pid_file = table.text("pid_file", None)
+    if (signal is None) != (pid_file is None):
+        raise ConfigError(f"{table.file}: {table.where}: set both signal and pid_file, or neither")
+    sink = SinkConfig(
+        type=kind,
+        path=path,
+        format=fmt,
+        mode=_mode(table, "mode"),
+        uid=_owner(table, "owner", lambda name: pwd.getpwnam(name).pw_uid),
+        gid=_owner(table, "group", lambda name: grp.getgrnam(name).gr_gid),
+        env_name=env_name,
+        on_update=_string_list(table, "on_update", ()),
+        on_update_timeout=table.number("on_update_timeout", 30.0, 0.1, 3600.0),
+        signal=signal,
+        pid_file=Path(pid_file) if pid_file else None,
+    )
+    return sink
+
+
+def env_prefix(profile: str) -> str:
+    """`EDGE_TOKEN_<PROFILE>_`: the prefix of a profile's environment overrides (`prod-eu.1` -> `PROD_EU_1`)."""
+    return "EDGE_TOKEN_" + re.sub(r"[^A-Za-z0-9]", "_", profile).upper() + "_"
+
+
+SECRET_KEYS = {
+    "client_secret_file": "file",
+    "client_secret_env": "env",
+    "client_secret_credential": "credential",
+    "client_secret": "inline",
+}
+
+
+def _secret(table: _Table, environ: Mapping[str, str], file_private: bool) -> SecretSource:
+    prefix = env_prefix(table.where.split(".", 1)[1])
+    overrides = [(key, environ[prefix + key.upper()]) for key in SECRET_KEYS if prefix + key.upper() in environ]
+    given: list[tuple[str, str | None]] = list(overrides) or [
+        (key, table.text(key)) for key in SECRET_KEYS if key in table.data
+    ]
+    for key in SECRET_KEYS:
+        table.used.add(key)
+    if len(given) != 1:
+        names = ", ".join(SECRET_KEYS)
+        problem = "is given more than once" if given else "is missing"
+        raise ConfigError(f"{table.file}: {table.where}: the client secret {problem}; set exactly one of {names}")
+    key, value = given[0]
+    if not value:
+        raise table.fail(key, "a non-empty string")
+    if key == "client_secret" and not overrides and not file_private:
+        raise ConfigError(
+            f"{table.file}: {table.path(key)}: an inline secret is refused because the file is readable by "
+            "group or others; chmod 600 the file, or use client_secret_file / client_secret_credential"
+        )
+    if key == "client_secret_env" and not ENV_NAME.match(value):
+        raise table.fail(key, "an environment variable name")
+    if key == "client_secret_file" and not Path(value).is_absolute():
+        value = str(table.file.parent / value)  # relative to the config file, like sink paths
+    return SecretSource(SECRET_KEYS[key], value)
+
+
+def _profile(name: str, table: _Table, environ: Mapping[str, str], file_private: bool) -> ProfileConfig:
+    if not PROFILE_NAME.match(name):
+        raise ConfigError(f"{table.file}: profile name {name!r}: use only letters, digits, '_', '.', '-'")
+    table.only(PROFILE_KEYS | SECRET_KEYS.keys())
+    client_id = environ.get(env_prefix(name) + "CLIENT_ID") or table.text("client_id")
+    table.used.add("client_id")
+    if not client_id:
+        raise table.fail("client_id", "the OAuth2 client id (a non-empty string)")
+    algorithms = _string_list(table, "algorithms", ("RS256",))
+    if not algorithms or not set(algorithms) <= ALLOWED_ALGORITHMS:
+        raise table.fail("algorithms", f"a non-empty list drawn from {sorted(ALLOWED_ALGORITHMS)}")
+    sink_list = table.get("sinks", list, [], "an array of [[...sinks]] tables")
+    if not sink_list:
+        raise ConfigError(f"{table.file}: {table.where}: add at least one [[{table.where}.sinks]] table")
+    sinks = []
+    for index, item in enumerate(sink_list):
+        if not isinstance(item, dict):
+            raise table.fail("sinks", "an array of tables")
+        sinks.append(_sink(_Table(item, f"{table.where}.sinks[{index}]", table.file)))
+    profile = ProfileConfig(
+        name=name,
+        client_id=client_id,
+        secret=_secret(table, environ, file_private),
+        sinks=tuple(sinks),
+        token_url=_url(table, "token_url", SITECORE_TOKEN_URL),
+        audience=table.text("audience", SITECORE_AUDIENCE) or SITECORE_AUDIENCE,
+        issuer=table.text("issuer", SITECORE_ISSUER) or SITECORE_ISSUER,
+        jwks_url=_url(table, "jwks_url", SITECORE_JWKS_URL),
+        request_format=table.text("request_format", "json", choices=("json", "form")) or "json",
+        auth_method=table.text(
+            "auth_method", "client_secret_post", choices=("client_secret_post", "client_secret_basic")
+        )
+        or "client_secret_post",
+        scope=table.text("scope", None),
+        algorithms=algorithms,
+        leeway_seconds=table.number("leeway_seconds", 60.0, 0.0, 600.0),
+        refresh_at=table.number("refresh_at", 0.8, 0.1, 0.95),
+        jitter=table.number("jitter", 0.05, 0.0, 0.25),
+        timeout_seconds=table.number("timeout_seconds", 10.0, 0.1, 300.0),
+    )
+    if profile.refresh_at - profile.jitter < 0.05:
+        raise ConfigError(f"{table.file}: {table.where}: refresh_at minus jitter must leave at least 0.05")
+    return profile
+
+
+def _daemon(table: _Table) -> DaemonConfig:
+    table.only(DAEMON_KEYS)
+    listen = table.get("listen", str, "127.0.0.1:9464", '"host:port", or "" to disable')
+    if listen:
+        parse_listen(listen, f"{table.file}: {table.path('listen')}")
+    level = table.text("log_level", "info", choices=("debug", "info", "warning", "error"))
+    config = DaemonConfig(
+        listen=listen,
+        log_format=table.text("log_format", "auto", choices=("auto", "json", "console")) or "auto",
+        log_level=level or "info",
+        max_concurrent_renewals=int(table.number("max_concurrent_renewals", 16, 1, 1024)),
+        jwks_refresh_seconds=table.number("jwks_refresh_seconds", 3600.0, 10.0, 86400.0),
+        ready_timeout_seconds=table.number("ready_timeout_seconds", 60.0, 0.0, 3600.0),
+    )
+    return config
+
+
+def parse_listen(value: str, where: str) -> tuple[str, int]:
+    """`127.0.0.1:9464`, `[::1]:9464`, `0.0.0.0:9464` -> (host, port); ConfigError otherwise."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", value)
+    port = int(match.group(2) or match.group(4)) if match else -1
+    if not match or not 0 <= port <= 65535:
+        raise ConfigError(f'{where}: expected "host:port" (IPv6 as "[::1]:9464"), got {value!r}')
+    return match.group(1) or match.group(3), port
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file. Raises ConfigError with the file and key path on any problem."""
+    file = Path(path)
+    environ = os.environ if environ is None else environ
+    try:
+        with file.open("rb") as handle:
+            file_private = not os.fstat(handle.fileno()).st_mode & 0o044
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read the config file: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    root = _Table(data, "", file)
+    daemon = _daemon(root.table("daemon"))
+    profiles_table = root.table("profiles")
+    profiles: dict[str, ProfileConfig] = {}
+    for name in profiles_table.data:
+        profiles[name] = _profile(name, profiles_table.table(name), environ, file_private)
+    root.finish()
+    if not profiles:
+        raise ConfigError(f"{file}: no profiles; add a [profiles.NAME] table (see config/local.toml)")
+    seen: dict[Path, str] = {}
+    for profile in profiles.values():
+        for sink in profile.sinks:
+            if sink.path in seen:
+                raise ConfigError(
+                    f"{file}: sink path {sink.path} is used by both {seen[sink.path]} and profiles.{profile.name}; "
+                    "every sink needs its own file"
+                )
+            seen[sink.path] = f"profiles.{profile.name}"
+    return Config(path=file, daemon=daemon, profiles=profiles)

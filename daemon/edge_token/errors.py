@@ -1,0 +1,85 @@
+"""The error hierarchy: every failure is classified once, where it happens, into one of these.
+
+Each class carries the sysexits code the CLI exits with, so `once`, `check` and a failed start all speak the
+same language as systemd's `RestartPreventExitStatus=`. Messages say what was wrong and what to do; they never
+carry a secret, a token or a raw response body.
+"""
+
+from __future__ import annotations
+
+EX_DATAERR = 65  # a token failed verification
+EX_UNAVAILABLE = 69  # provider (token endpoint or JWKS) unavailable
+EX_CANTCREAT = 73  # a sink could not be written
+EX_PROTOCOL = 76  # the provider answered something that is not OAuth2
+EX_NOPERM = 77  # credentials rejected
+EX_CONFIG = 78  # configuration error
+
+
+class EdgeTokenError(Exception):
+    """Base of every error edge-token raises on purpose."""
+
+    exit_code = 1
+    #: short, bounded label for metrics and /status (never free text)
+    kind = "error"
+
+
+class ConfigError(EdgeTokenError):
+    """The configuration (or a file it points to) is unusable; fix it and restart or reload."""
+
+    exit_code = EX_CONFIG
+    kind = "config"
+
+
+class TransientError(EdgeTokenError):
+    """Worth retrying soon: network trouble, timeouts, 5xx, 429, `temporarily_unavailable`."""
+
+    exit_code = EX_UNAVAILABLE
+    kind = "transient"
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        #: seconds the server asked us to wait (already parsed), or None
+        self.retry_after = retry_after
+
+
+class PermanentError(EdgeTokenError):
+    """Retrying at once will not help; retried slowly in case an operator fixes the cause."""
+
+    exit_code = EX_PROTOCOL
+    kind = "protocol"
+
+
+class CredentialsRejected(PermanentError):
+    """The provider refused our client id/secret/audience (invalid_client, access_denied, 401/403...)."""
+
+    exit_code = EX_NOPERM
+    kind = "rejected"
+
+
+class ProtocolError(PermanentError):
+    """The provider answered, but not with a usable OAuth2 token answer (HTML page, redirect, bad JSON)."""
+
+
+class VerificationError(EdgeTokenError):
+    """The token is not one we may use: signature, algorithm, issuer, audience, expiry or client binding."""
+
+    exit_code = EX_DATAERR
+    kind = "invalid_token"
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        #: bounded label naming the rule that failed (metrics: verification failures by reason)
+        self.reason = reason
+
+
+class JwksError(TransientError):
+    """The JWKS could not be fetched or holds no usable key; the last good key set is kept."""
+
+    kind = "jwks"
+
+
+class SinkError(EdgeTokenError):
+    """A sink could not be written; the previous content is intact."""
+
+    exit_code = EX_CANTCREAT
+    kind = "sink"

@@ -1,0 +1,91 @@
+"""structlog setup: JSON lines off a TTY, console on one, and the one redaction processor.
+
+Every line passes `Redactor`, which removes (a) values under secret-looking keys at any depth, (b) any string
+that looks like a JWT, and (c) any occurrence of a secret the daemon has read (registered at read time), so
+a provider echoing our secret in an error message cannot leak it either. Tracebacks are rendered without
+frame locals (structlog's default dict tracebacks would print a local `secret`; REFERENCE.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+REDACTED = "[REDACTED]"
+SECRET_KEY = re.compile(r"(secret|password|passwd|authorization|access_token|^token$|^jwt$|credential_value)", re.I)
+JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.?[A-Za-z0-9_-]*")
+
+
+class Redactor:
+    """The structlog processor that keeps secrets and tokens out of every log line."""
+
+    def __init__(self) -> None:
+        self._secrets: set[str] = set()
+
+    def add_secret(self, value: str) -> None:
+        """Scrub this exact value from every future line (client secrets as they are read)."""
+        if len(value) >= 4:
+            self._secrets.add(value)
+
+    def scrub(self, value: Any, key: str = "") -> Any:
+        if key and SECRET_KEY.search(key):
+            return REDACTED
+        if isinstance(value, str):
+            for secret in self._secrets:
+                if secret in value:
+                    value = value.replace(secret, REDACTED)
+            return JWT_SHAPE.sub(REDACTED, value)
+        if isinstance(value, dict):
+            return {k: self.scrub(v, str(k)) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.scrub(v) for v in value]
+        return value
+
+    def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        return {key: self.scrub(value, key if key != "event" else "") for key, value in event_dict.items()}
+
+
+def configure(
+    log_format: str = "auto", level: str = "info", stream: TextIO | None = None, redactor: Redactor | None = None
+) -> Redactor:
+    """Configure structlog and stdlib logging (aiohttp, APScheduler) to one redacted pipeline on `stream`."""
+    stream = stream or sys.stderr
+    redactor = redactor or Redactor()
+    as_json = log_format == "json" or (log_format == "auto" and not stream.isatty())
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    exceptions = structlog.processors.ExceptionRenderer(
+        structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+    )
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
+    )
+    tail = [exceptions, redactor, renderer] if as_json else [redactor, renderer]
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared, processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail]
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        cache_logger_on_first_use=False,
+    )
+    return redactor

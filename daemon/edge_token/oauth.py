@@ -1,0 +1,203 @@
+"""The OAuth2 client-credentials request (RFC 6749 section 4.4), classified once at this boundary.
+
+Every way the exchange can go wrong ends here as exactly one of: TransientError (retry soon, maybe with the
+server's Retry-After), CredentialsRejected (the provider refused us) or ProtocolError (the provider answered
+something that is not a token answer). Messages quote the provider's `error`/`error_description` (sanitised,
+with our own secret scrubbed in case a hostile server echoes it), never the request body.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlsplit
+
+import aiohttp
+
+from edge_token.clock import Clock
+from edge_token.config import ProfileConfig
+from edge_token.errors import CredentialsRejected, ProtocolError, TransientError
+from edge_token.policy import parse_retry_after
+
+MAX_RESPONSE_BYTES = 64 * 1024
+REJECTING_ERRORS = frozenset(
+    {"invalid_client", "access_denied", "unauthorized_client", "invalid_grant", "invalid_scope",
+     "invalid_request", "unsupported_grant_type", "invalid_target"}
+)  # fmt: skip
+TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error", "slow_down"})
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+@dataclass(frozen=True, repr=False)
+class TokenAnswer:
+    """A successful token endpoint answer, not yet verified."""
+
+    access_token: str = field(repr=False)
+    received_at: float
+    expires_in: float | None
+    token_type: str
+    scope: str | None
+
+    def __repr__(self) -> str:
+        return f"TokenAnswer(expires_in={self.expires_in}, token_type={self.token_type!r})"
+
+
+async def read_limited(response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
+    """Read at most `limit` bytes of a body (aiohttp has no client-side cap); ProtocolError beyond it."""
+    declared = response.content_length
+    if declared is not None and declared > limit:
+        raise ProtocolError(f"{what} is {declared} bytes, more than the {limit} byte limit")
+    chunks, size = [], 0
+    async for chunk in response.content.iter_chunked(16 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise ProtocolError(f"{what} exceeded the {limit} byte limit; refusing to read more")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def sanitize(text: object, secrets: tuple[str, ...] = (), limit: int = 200) -> str:
+    """Make provider-supplied text safe to log: printable ASCII, bounded, our secrets and JWTs scrubbed."""
+    value = str(text)
+    for secret in secrets:
+        if secret:
+            value = value.replace(secret, "[REDACTED]")
+    value = re.sub(r"eyJ[\w-]*\.[\w-]*\.?[\w-]*", "[REDACTED-JWT]", value)
+    value = _UNPRINTABLE.sub("?", value)
+    return value if len(value) <= limit else value[:limit] + "..."
+
+
+def _request(profile: ProfileConfig, secret: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The token request's parameters and extra headers for the configured client authentication."""
+    params = {"grant_type": "client_credentials", "audience": profile.audience}
+    headers = {"Accept": "application/json"}
+    if profile.auth_method == "client_secret_basic":
+        # RFC 6749 2.3.1: form-encode id and secret before base64, so ':' and '%' survive.
+        pair = f"{quote(profile.client_id, safe='')}:{quote(secret, safe='')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+    else:
+        params.update(client_id=profile.client_id, client_secret=secret)
+    if profile.scope:
+        params["scope"] = profile.scope
+    return params, headers
+
+
+async def request_token(
+    session: aiohttp.ClientSession, profile: ProfileConfig, secret: str, clock: Clock
+) -> TokenAnswer:
+    """POST the client-credentials grant and return the parsed answer, or raise a classified error."""
+    params, headers = _request(profile, secret)
+    body: dict[str, Any] = {"json": params} if profile.request_format == "json" else {"data": params}
+    timeout = aiohttp.ClientTimeout(total=profile.timeout_seconds, connect=min(5.0, profile.timeout_seconds))
+    host = urlsplit(profile.token_url).netloc
+    try:
+        async with session.post(
+            profile.token_url, headers=headers, allow_redirects=False, timeout=timeout, **body
+        ) as response:
+            raw = await read_limited(response, MAX_RESPONSE_BYTES, "the token endpoint's answer")
+            received_at = clock.time()
+            status, response_headers = response.status, response.headers
+    except TimeoutError:
+        raise TransientError(f"token endpoint {host} did not answer within {profile.timeout_seconds:g}s") from None
+    except aiohttp.ClientSSLError as exc:
+        raise TransientError(f"TLS with token endpoint {host} failed: {sanitize(exc, (secret,))}") from None
+    except aiohttp.ClientError as exc:
+        detail = sanitize(exc, (secret,))
+        raise TransientError(f"token endpoint {host} unreachable: {type(exc).__name__}: {detail}") from None
+    if status != 200:
+        raise _classify_failure(status, response_headers, raw, host, secret, clock.time())
+    return parse_token_answer(raw, response_headers.get("Content-Type", ""), received_at, secret)
+
+
+def _oauth_error(raw: bytes) -> tuple[str | None, str | None]:
+    """(error, error_description) from an OAuth error body, if it is one."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    error, description = data.get("error"), data.get("error_description")
+    return (error if isinstance(error, str) else None, description if isinstance(description, str) else None)
+
+
+def _classify_failure(
+    status: int, headers: Mapping[str, str], raw: bytes, host: str, secret: str, now: float
+) -> Exception:
+    error, description = _oauth_error(raw)
+    said = f"{status}"
+    if error:
+        said += f" {sanitize(error, (secret,), 60)}"
+    if description:
+        said += f": {sanitize(description, (secret,))}"
+    retry_after = parse_retry_after(headers.get("Retry-After"), now)
+    if 300 <= status < 400:
+        return ProtocolError(
+            f"token endpoint {host} answered {status} (a redirect); redirects are not followed on the token "
+            "endpoint: set token_url to the final URL"
+        )
+    if status == 429 or status >= 500 or error in TRANSIENT_ERRORS:
+        return TransientError(f"token endpoint {host} answered {said}; will retry", retry_after)
+    if status in (400, 401, 403) or error in REJECTING_ERRORS:
+        return CredentialsRejected(
+            f"credentials rejected by {host} ({said}); check client_id, the client secret and audience"
+        )
+    return ProtocolError(f"token endpoint {host} answered {said}; check token_url")
+
+
+def _parse_body(raw: bytes, content_type: str) -> dict[str, Any]:
+    if "application/x-www-form-urlencoded" in content_type.lower():
+        try:
+            return dict(parse_qsl(raw.decode("utf-8"), strict_parsing=True))
+        except (UnicodeDecodeError, ValueError):
+            raise ProtocolError("token answer is not valid form-encoded text") from None
+    try:
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        kind = "an HTML page" if raw.lstrip()[:1] == b"<" else "not valid JSON"
+        raise ProtocolError(f"token answer with status 200 is {kind}; check token_url") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("token answer is JSON but not an object")
+    return data
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_token_answer(raw: bytes, content_type: str, received_at: float, secret: str = "") -> TokenAnswer:
+    """Validate a 200 answer's shape (RFC 6749 5.1); the JWT itself is checked later by `verify`."""
+    data = _parse_body(raw, content_type)
+    token = data.get("access_token")
+    if not isinstance(token, str) or not token:
+        raise ProtocolError("token answer has no access_token string")
+    expires_in = data.get("expires_in")
+    if isinstance(expires_in, str) and expires_in.isdigit():  # form-encoded answers, lenient servers
+        expires_in = int(expires_in)
+    if expires_in is not None and (
+        isinstance(expires_in, bool)
+        or not isinstance(expires_in, int | float)
+        or not math.isfinite(expires_in)
+        or expires_in <= 0
+    ):
+        raise ProtocolError(f"token answer has an invalid expires_in {sanitize(expires_in, (secret,), 40)}")
+    token_type = data.get("token_type", "Bearer")
+    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        raise ProtocolError(
+            f"token answer has token_type {sanitize(token_type, (secret,), 40)}; only Bearer tokens are supported"
+        )
+    scope = data.get("scope")
+    if scope is not None and not isinstance(scope, str):
+        raise ProtocolError("token answer has a scope that is not a string")
+    return TokenAnswer(
+        access_token=token,
+        received_at=received_at,
+        expires_in=float(expires_in) if expires_in is not None else None,
+        token_type="Bearer",
+        scope=scope,
+    )

@@ -1,0 +1,109 @@
+"""PURE refresh policy: token state, when to try next, backoff with jitter, Retry-After parsing.
+
+No I/O and no clock reads: every function takes `now` and a random source, so the whole policy is table-tested
+exactly. Modelled on botocore's refreshable credentials: a FRESH token is left alone; a STALE one is renewed
+but failures are tolerated (the old token keeps being served); an EXPIRED one makes the profile unready.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+from edge_token.errors import CredentialsRejected, EdgeTokenError, TransientError
+from edge_token.token import Token
+
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 300.0
+REJECTED_BACKOFF = 900.0
+MAX_RETRY_AFTER = 3600.0  # a hostile or confused server must not park a profile for days
+MIN_DELAY = 1.0
+
+
+class TokenState(enum.Enum):
+    """Where a token is in its life."""
+
+    FRESH = "fresh"  # before refresh_at x lifetime: nothing to do
+    STALE = "stale"  # renewal due; still served while renewal fails
+    EXPIRED = "expired"  # unusable; readiness fails
+
+
+@dataclass(frozen=True)
+class RefreshSettings:
+    """The per-profile knobs of the policy."""
+
+    refresh_at: float = 0.8
+    jitter: float = 0.05
+
+
+def token_state(token: Token | None, now: float, settings: RefreshSettings) -> TokenState:
+    """Classify a token at `now` (our wall clock); no token counts as EXPIRED."""
+    if token is None or now >= token.expires_at:
+        return TokenState.EXPIRED
+    if now < token.received_at + settings.refresh_at * token.lifetime:
+        return TokenState.FRESH
+    return TokenState.STALE
+
+
+def refresh_due_at(token: Token, settings: RefreshSettings, rng: random.Random) -> float:
+    """The renewal moment: `refresh_at` of the lifetime after receipt, jittered earlier only (no stampede)."""
+    fraction = settings.refresh_at - rng.uniform(0.0, settings.jitter)
+    return token.received_at + fraction * token.lifetime
+
+
+def backoff_delay(failures: int, rng: random.Random, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
+    """Capped exponential backoff with full jitter (AWS style), never below MIN_DELAY.
+
+    `failures` counts consecutive failures including the one just seen (1 for the first).
+    """
+    ceiling = min(cap, base * 2.0 ** min(max(failures - 1, 0), 32))
+    return max(MIN_DELAY, rng.uniform(0.0, ceiling))
+
+
+def next_attempt_at(
+    now: float,
+    token: Token | None,
+    error: EdgeTokenError | None,
+    failures: int,
+    settings: RefreshSettings,
+    rng: random.Random,
+) -> float:
+    """When this profile should try again, after a success (`error is None`) or a failure.
+
+    Failure rules, in order: a server's Retry-After wins (capped at an hour); credentials rejected back off
+    15 minutes; everything else backs off exponentially. A backoff that would overshoot the expiry of a
+    still-valid token is pulled in to halfway between now and that expiry, so a retry can still save it.
+    """
+    if error is None:
+        assert token is not None, "a success always has a token"
+        return max(now, refresh_due_at(token, settings, rng))
+    retry_after = error.retry_after if isinstance(error, TransientError) else None
+    if retry_after is not None:
+        return now + min(max(retry_after, MIN_DELAY), MAX_RETRY_AFTER)
+    if isinstance(error, CredentialsRejected):
+        delay = REJECTED_BACKOFF * rng.uniform(0.9, 1.0)
+    else:
+        delay = backoff_delay(failures, rng)
+    if token is not None and now < token.expires_at < now + delay:
+        delay = max(MIN_DELAY, (token.expires_at - now) / 2)
+    return now + delay
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """RFC 9110 Retry-After: delay-seconds or an HTTP-date, as seconds from `now`; None if absent/garbage."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(min(int(value), 10**9))
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # an HTTP-date is always GMT
+        return None
+    seconds = when.timestamp() - now
+    return max(0.0, seconds) if math.isfinite(seconds) else None

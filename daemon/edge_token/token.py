@@ -1,0 +1,48 @@
+"""The verified token: a value object whose repr can never leak the JWT."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+
+@dataclass(frozen=True, repr=False)
+class Token:
+    """A JWT that passed verification, with the timing the refresh policy needs.
+
+    `received_at` is our own wall time when the provider answered (for a token adopted from a sink: its
+    `iat`), and `lifetime` is `exp - iat` from the verified claims. Measuring from our receive time keeps a
+    skewed local clock from shortening or stretching the refresh schedule.
+    """
+
+    jwt: str = field(compare=False)
+    claims: Mapping[str, Any] = field(compare=False)
+    received_at: float
+    lifetime: float
+    token_type: str = "Bearer"
+    scope: str | None = None
+    kid: str | None = None
+
+    @property
+    def expires_at(self) -> float:
+        """When the token stops being usable, on our clock."""
+        return self.received_at + self.lifetime
+
+    @property
+    def exp(self) -> float:
+        """The token's own `exp` claim (the provider's clock)."""
+        return float(self.claims["exp"])
+
+    @property
+    def fingerprint(self) -> str:
+        """A short, non-reversible id for logs and /status: enough to tell tokens apart, useless to replay."""
+        return hashlib.sha256(self.jwt.encode()).hexdigest()[:12]
+
+    def __repr__(self) -> str:
+        expiry = datetime.fromtimestamp(self.expires_at, UTC).isoformat(timespec="seconds")
+        return f"Token(fingerprint={self.fingerprint}, kid={self.kid!r}, expires_at={expiry})"
+
+    __str__ = __repr__

@@ -1,0 +1,233 @@
+"""Token verification: every rule of DESIGN.md "Verification", before any sink sees a token.
+
+joserfc checks the signature only (REFERENCE.md): `jwt.decode` validates no claim, and passing `registry=`
+silently disables the algorithm allow-list. So we pass a non-empty `algorithms=` and no registry, and check
+the claims here, explicitly, with one bounded `reason` per rule for metrics.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from joserfc import jwt
+from joserfc.errors import (
+    BadSignatureError,
+    ExceededSizeError,
+    InvalidKeyIdError,
+    JoseError,
+    UnsupportedAlgorithmError,
+    UnsupportedHeaderError,
+)
+from joserfc.jwk import KeySet
+
+from edge_token.errors import VerificationError
+from edge_token.token import Token
+
+MAX_TOKEN_BYTES = 16 * 1024
+_B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
+KeySetLookup = Callable[[str | None], Awaitable[KeySet]]
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What a token must satisfy for one profile."""
+
+    issuer: str
+    audience: str
+    client_id: str
+    algorithms: tuple[str, ...] = ("RS256",)
+    leeway: float = 60.0
+
+
+class _StrictDecoder(json.JSONDecoder):
+    """JSON that refuses duplicate member names and NaN/Infinity: ambiguity is how parsers get confused."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.update(object_pairs_hook=_unique_members, parse_constant=_no_constant)
+        super().__init__(**kwargs)
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate member {key[:40]!r}")
+        result[key] = value
+    return result
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def fail(reason: str, message: str) -> VerificationError:
+    return VerificationError(f"token rejected: {message}", reason)
+
+
+def parse_header(token: object) -> dict[str, Any]:
+    """Structural checks and the decoded JOSE header; VerificationError(reason="malformed"/"size")."""
+    if not isinstance(token, str):
+        raise fail("malformed", "access_token is not a string")
+    if len(token) > MAX_TOKEN_BYTES:
+        raise fail("size", f"token is {len(token)} bytes, more than the {MAX_TOKEN_BYTES} byte limit")
+    parts = token.split(".")
+    if len(parts) != 3:
+        kind = "an encrypted JWE" if len(parts) == 5 else f"{len(parts)} parts"
+        raise fail("malformed", f"not a compact JWS (expected 3 dot-separated parts, got {kind})")
+    if not all(parts) or not all(_B64URL.match(part) for part in parts):
+        raise fail("malformed", "a JWT part is empty or not base64url")
+    try:
+        header = json.loads(_b64decode(parts[0]), cls=_StrictDecoder)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise fail("malformed", "the JWT header is not a JSON object") from None
+    if not isinstance(header, dict):
+        raise fail("malformed", "the JWT header is not a JSON object")
+    return header
+
+
+def _b64decode(part: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+    except (binascii.Error, ValueError):
+        raise fail("malformed", "a JWT part is not base64url") from None
+
+
+def decode_unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(header, claims) WITHOUT checking anything but structure: for `inspect` and diagnostics only."""
+    header = parse_header(token)
+    try:
+        claims = json.loads(_b64decode(token.split(".")[1]), cls=_StrictDecoder)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise fail("malformed", "the JWT payload is not a JSON object") from None
+    if not isinstance(claims, dict):
+        raise fail("malformed", "the JWT payload is not a JSON object")
+    return header, claims
+
+
+async def verify_token(
+    token: str,
+    keys: KeySetLookup,
+    rules: Rules,
+    now: float,
+    *,
+    received_at: float | None = None,
+    expires_in: float | None = None,
+    scope: str | None = None,
+) -> Token:
+    """Verify signature and claims; return the Token value object or raise VerificationError.
+
+    `received_at` is our clock when the provider answered; None means the token was read back from a sink,
+    in which case its `iat` stands in for the receipt time.
+    """
+    header = parse_header(token)
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in rules.algorithms:
+        allowed = ", ".join(rules.algorithms)
+        raise fail("algorithm", f"algorithm {str(alg)[:20]!r} is not allowed (allowed: {allowed})")
+    kid = header.get("kid")
+    if kid is not None and not isinstance(kid, str):
+        raise fail("malformed", "the JWT header's kid is not a string")
+    key_set = await keys(kid)
+    try:
+        claims = jwt.decode(token, key_set, algorithms=list(rules.algorithms), decoder_cls=_StrictDecoder).claims
+    except InvalidKeyIdError:
+        raise fail("unknown_kid", "its signing key is not in the provider's JWKS (unknown kid)") from None
+    except BadSignatureError:
+        raise fail("signature", "bad signature") from None
+    except UnsupportedAlgorithmError:
+        raise fail("algorithm", f"algorithm {alg!r} does not match the signing key") from None
+    except (UnsupportedHeaderError, ExceededSizeError):
+        raise fail("malformed", "unsupported or oversized JWT header") from None
+    except (JoseError, ValueError, TypeError, KeyError, RecursionError) as exc:
+        raise fail("malformed", f"cannot decode the JWT ({type(exc).__name__})") from None
+    if not isinstance(claims, dict):
+        raise fail("malformed", "the JWT payload is not a JSON object")
+    lifetime = check_claims(claims, rules, now, received_at=received_at, expires_in=expires_in)
+    start = received_at if received_at is not None else _number(claims, "iat", now)
+    return Token(
+        jwt=token,
+        claims=claims,
+        received_at=start if start is not None else now,
+        lifetime=lifetime,
+        scope=scope if scope is not None else (claims.get("scope") if isinstance(claims.get("scope"), str) else None),
+        kid=kid,
+    )
+
+
+def _number(claims: Mapping[str, Any], name: str, now: float) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise fail("malformed", f"claim {name} is not a NumericDate")
+    if abs(value - now) > 100 * 365 * 86400:
+        raise fail("malformed", f"claim {name} is not a plausible NumericDate")
+    return float(value)
+
+
+def check_claims(
+    claims: Mapping[str, Any],
+    rules: Rules,
+    now: float,
+    *,
+    received_at: float | None = None,
+    expires_in: float | None = None,
+) -> float:
+    """Apply the claim rules; return the token's lifetime in seconds (from `iat`, else `expires_in`)."""
+    exp = _number(claims, "exp", now)
+    if exp is None:
+        raise fail("expired", "it has no exp claim")
+    if exp <= now:
+        raise fail("expired", "it has expired")
+    nbf = _number(claims, "nbf", now)
+    if nbf is not None and nbf > now + rules.leeway:
+        raise fail("not_yet_valid", "its nbf is in the future")
+    iat = _number(claims, "iat", now)
+    if iat is not None and iat > now + rules.leeway:
+        raise fail("not_yet_valid", "its iat is in the future")
+    if claims.get("iss") != rules.issuer:
+        raise fail("issuer", f"issuer {sanitize_claim(claims.get('iss'))} is not the configured {rules.issuer!r}")
+    audience = claims.get("aud")
+    audiences = audience if isinstance(audience, list) else [audience]
+    if rules.audience not in audiences:
+        raise fail("audience", f"audience {sanitize_claim(audience)} does not include {rules.audience!r}")
+    check_client_binding(claims, rules.client_id)
+    if iat is not None and exp > iat:
+        lifetime = exp - iat
+    elif expires_in is not None:
+        lifetime = expires_in
+    else:
+        lifetime = exp - (received_at if received_at is not None else now)
+    if received_at is not None:
+        # measured from our receipt, the token must not outlive its own exp by more than the leeway
+        lifetime = min(lifetime, exp - received_at + rules.leeway)
+    return max(lifetime, 1.0)
+
+
+def check_client_binding(claims: Mapping[str, Any], client_id: str) -> None:
+    """The token must be ours: azp / client_id / appid name our client, or else sub does.
+
+    A present `azp`, `client_id` or `appid` naming another client is always fatal. Providers put the client
+    in different claims (Auth0: azp and sub=<id>@clients; RFC 9068 and oidc-provider: client_id with sub=<id>;
+    Keycloak: azp with a user UUID in sub; Azure AD: azp or appid), so sub is only required when none of the
+    others is present.
+    """
+    named = [claims[name] for name in ("azp", "client_id", "appid") if name in claims]
+    if any(value != client_id for value in named):
+        raise fail("client_binding", "it was issued to another client (azp/client_id)")
+    if named:
+        return
+    if claims.get("sub") not in (client_id, f"{client_id}@clients"):
+        raise fail("client_binding", "it names no client (azp, client_id or sub) matching our client_id")
+
+
+def sanitize_claim(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + "..."

@@ -1,0 +1,116 @@
+"""Shared fixtures: a fake clock, the bundled auth server on 127.0.0.1:0, config files in tmp_path."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from edge_token.config import Config, load_config
+from edge_token.localauth import LocalAuthServer
+
+CLIENT_ID = "client-a"
+CLIENT_SECRET = "s3cret-a-7f9c2e1d"
+OTHER_CLIENT = "client-b"
+OTHER_SECRET = "s3cret-b-0a1b2c3d"
+START = 1_800_000_000.0
+
+
+class FakeClock:
+    """Wall and monotonic time that only move when a test says so."""
+
+    def __init__(self, wall: float = START) -> None:
+        self.wall, self.mono = wall, 1000.0
+
+    def time(self) -> float:
+        return self.wall
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds
+        self.mono += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def auth(clock: FakeClock) -> AsyncIterator[LocalAuthServer]:
+    server = LocalAuthServer({CLIENT_ID: CLIENT_SECRET, OTHER_CLIENT: OTHER_SECRET}, ttl=1000, now=clock.time)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def secret_file(tmp_path: Path) -> Path:
+    path = tmp_path / "client.secret"
+    path.write_text(CLIENT_SECRET + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def profile_toml(
+    name: str, server: LocalAuthServer, secret_file: Path, sinks: list[dict[str, Any]], **settings: Any
+) -> str:
+    """One [profiles.NAME] table pointing at the local auth server, with TOML-rendered overrides."""
+    values: dict[str, Any] = {
+        "client_id": CLIENT_ID,
+        "client_secret_file": str(secret_file),
+        "token_url": server.token_url,
+        "issuer": server.issuer,
+        "jwks_url": server.jwks_url,
+        **settings,
+    }
+    lines = [f"[profiles.{name}]"] + [f"{key} = {toml_value(value)}" for key, value in values.items()]
+    for sink in sinks:
+        lines.append(f"[[profiles.{name}.sinks]]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in sink.items()]
+    return "\n".join(lines) + "\n"
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, auth: LocalAuthServer, secret_file: Path) -> Callable[..., Config]:
+    """Write a one-profile config (sink: tmp_path/token.jwt unless given) and load it."""
+
+    def make(sinks: list[dict[str, Any]] | None = None, daemon: str = "", **settings: Any) -> Config:
+        sinks = sinks if sinks is not None else [{"path": str(tmp_path / "token.jwt")}]
+        path = tmp_path / "config.toml"
+        path.write_text(daemon + "\n" + profile_toml("main", auth, secret_file, sinks, **settings))
+        path.chmod(0o600)
+        return load_config(path, environ={})
+
+    return make
+
+
+@pytest.fixture
+def log() -> Any:
+    return structlog.get_logger("test")
+
+
+@pytest.fixture
+def rng() -> random.Random:
+    return random.Random(1234)
+
+
+def no_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("EDGE_TOKEN_")}

@@ -1,0 +1,169 @@
+"""Config loading: Sitecore defaults, overrides, and a specific error for every kind of bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge_token.config import (
+    SITECORE_AUDIENCE,
+    SITECORE_ISSUER,
+    SITECORE_JWKS_URL,
+    SITECORE_TOKEN_URL,
+    env_prefix,
+    load_config,
+    parse_listen,
+)
+from edge_token.errors import ConfigError
+
+MINIMAL = """
+[profiles.production]
+client_id = "abc"
+client_secret_file = "/etc/edge-token/production.secret"
+[[profiles.production.sinks]]
+path = "/run/edge-token/production.jwt"
+"""
+
+
+def write(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def test_minimal_config_gets_sitecore_defaults(tmp_path: Path) -> None:
+    """A profile with only id, secret and a sink talks to Sitecore with safe defaults."""
+    config = load_config(write(tmp_path, MINIMAL), environ={})
+    profile = config.profiles["production"]
+    assert (profile.token_url, profile.audience, profile.issuer, profile.jwks_url) == (
+        SITECORE_TOKEN_URL,
+        SITECORE_AUDIENCE,
+        SITECORE_ISSUER,
+        SITECORE_JWKS_URL,
+    )
+    assert profile.algorithms == ("RS256",)
+    assert profile.refresh_at == 0.8 and profile.request_format == "json"
+    sink = profile.sinks[0]
+    assert (sink.format, sink.mode, sink.path) == ("raw", 0o600, Path("/run/edge-token/production.jwt"))
+    assert config.daemon.listen == "127.0.0.1:9464"
+    assert profile.secret.describe() == "file /etc/edge-token/production.secret"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (MINIMAL + 'colour = "blue"\n', "unknown key 'profiles.production.sinks[0].colour'"),
+        (MINIMAL.replace("client_id", "client_idd"), "unknown key 'profiles.production.client_idd'"),
+        (MINIMAL + 'format = "yaml"\n', "profiles.production.sinks[0].format: expected one of 'raw', 'json', 'env'"),
+        (MINIMAL + 'mode = "0666"\n', "profiles.production.sinks[0].mode"),
+        (MINIMAL + 'mode = "rw"\n', "profiles.production.sinks[0].mode"),
+        (MINIMAL + "mode = true\n", "profiles.production.sinks[0].mode"),
+        (MINIMAL.replace("[[profiles.production.sinks]]", 'token_url = "http://example.com/t"\n[[profiles.production.sinks]]'), "plain http"),
+        (MINIMAL.replace("[[profiles.production.sinks]]", 'jwks_url = "ftp://x/j"\n[[profiles.production.sinks]]'),
+         "profiles.production.jwks_url: expected an https:// URL"),
+        (MINIMAL.replace("[[profiles.production.sinks]]", 'token_url = "https://u:p@h/t"\n[[profiles.production.sinks]]'),
+         "profiles.production.token_url"),
+        (MINIMAL.replace("[[profiles.production.sinks]]", "refresh_at = 2\n[[profiles.production.sinks]]"),
+         "profiles.production.refresh_at: expected a number from 0.1 to 0.95"),
+        (MINIMAL.replace("[[profiles.production.sinks]]", 'refresh_at = "0.8"\n[[profiles.production.sinks]]'),
+         "profiles.production.refresh_at"),
+        (MINIMAL.replace("[[profiles.production.sinks]]", 'algorithms = ["HS256"]\n[[profiles.production.sinks]]'),
+         "profiles.production.algorithms"),
+        (MINIMAL.replace("[[profiles.production.sinks]]", 'algorithms = ["none"]\n[[profiles.production.sinks]]'),
+         "profiles.production.algorithms"),
+        (MINIMAL.replace('client_secret_file = "/etc/edge-token/production.secret"', ""), "client secret is missing"),
+        (MINIMAL.replace("[[profiles", 'client_secret_env = "X"\n[[profiles'), "client secret is given more than once"),
+        (MINIMAL.split("[[")[0], "add at least one [[profiles.production.sinks]]"),
+        ("[daemon]\n", "no profiles"),
+        ('[daemon]\nlisten = "9464"\n' + MINIMAL, "daemon.listen"),
+        ('[daemon]\nlog_format = "xml"\n' + MINIMAL, "daemon.log_format"),
+        (MINIMAL.replace("production]", '"prod uction"]').replace("production.sinks", '"prod uction".sinks'),
+         "profile name"),
+        (MINIMAL + "[profiles.other]\nclient_id = \"b\"\nclient_secret_env = \"B\"\n"
+         "[[profiles.other.sinks]]\npath = \"/run/edge-token/production.jwt\"\n", "is used by both"),
+        (MINIMAL + 'signal = "HUP"\n', "set both signal and pid_file"),
+        (MINIMAL + 'owner = "no-such-user-xyz"\n', "no such owner 'no-such-user-xyz'"),
+        ("this is = not toml", "not valid TOML"),
+    ],
+)  # fmt: skip
+def test_bad_config_names_the_key_and_expectation(tmp_path: Path, text: str, expected: str) -> None:
+    """Each mistake is a ConfigError that names what is wrong (file, key path, expectation)."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    assert expected in str(caught.value)
+    assert str(path) in str(caught.value)
+    assert caught.value.exit_code == 78
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    """A config path that does not exist says so."""
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        load_config(tmp_path / "absent.toml", environ={})
+
+
+def test_inline_secret_refused_in_group_readable_file(tmp_path: Path) -> None:
+    """An inline secret is only accepted from a file nobody else can read."""
+    text = MINIMAL.replace('client_secret_file = "/etc/edge-token/production.secret"', 'client_secret = "hunter22"')
+    with pytest.raises(ConfigError, match="inline secret is refused") as caught:
+        load_config(write(tmp_path, text, 0o644), environ={})
+    assert "hunter22" not in str(caught.value)
+    config = load_config(write(tmp_path, text, 0o600), environ={})
+    assert config.profiles["production"].secret.read({}) == "hunter22"
+    assert "hunter22" not in repr(config)
+
+
+def test_environment_overrides_client_id_and_secret_source(tmp_path: Path) -> None:
+    """EDGE_TOKEN_<PROFILE>_CLIENT_ID and _CLIENT_SECRET_* replace the file's values."""
+    environ = {"EDGE_TOKEN_PRODUCTION_CLIENT_ID": "from-env", "EDGE_TOKEN_PRODUCTION_CLIENT_SECRET_ENV": "MY_SECRET"}
+    profile = load_config(write(tmp_path, MINIMAL), environ=environ).profiles["production"]
+    assert profile.client_id == "from-env"
+    assert profile.secret.kind == "env"
+    assert profile.secret.read({"MY_SECRET": " value \n"}) == "value"
+    assert env_prefix("prod-eu.1") == "EDGE_TOKEN_PROD_EU_1_"
+
+
+def test_secret_sources_report_where_they_failed(tmp_path: Path) -> None:
+    """A secret that cannot be read names its source, never a value."""
+    profile = load_config(write(tmp_path, MINIMAL), environ={}).profiles["production"]
+    with pytest.raises(ConfigError, match="cannot read /etc/edge-token/production.secret"):
+        profile.secret.read({})
+    text = MINIMAL.replace('client_secret_file = "/etc/edge-token/production.secret"', 'client_secret_credential = "p"')
+    credential = load_config(write(tmp_path, text), environ={}).profiles["production"].secret
+    with pytest.raises(ConfigError, match="CREDENTIALS_DIRECTORY"):
+        credential.read({})
+    (tmp_path / "p").write_text("from-credential\n")
+    assert credential.read({"CREDENTIALS_DIRECTORY": str(tmp_path)}) == "from-credential"
+    (tmp_path / "p").write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        credential.read({"CREDENTIALS_DIRECTORY": str(tmp_path)})
+
+
+def test_loopback_http_is_allowed_and_relative_sink_paths_resolve(tmp_path: Path) -> None:
+    """http:// is fine for 127.0.0.1/localhost/[::1]; relative sink paths are relative to the config file."""
+    text = MINIMAL.replace(
+        "[[profiles.production.sinks]]",
+        'token_url = "http://127.0.0.1:8400/oauth/token"\njwks_url = "http://[::1]:8400/jwks"\n'
+        "[[profiles.production.sinks]]",
+    ).replace('"/run/edge-token/production.jwt"', '"tokens/p.jwt"')
+    profile = load_config(write(tmp_path, text), environ={}).profiles["production"]
+    assert profile.token_url.startswith("http://127.0.0.1")
+    assert profile.sinks[0].path == tmp_path / "tokens" / "p.jwt"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("127.0.0.1:9464", ("127.0.0.1", 9464)), ("[::1]:80", ("::1", 80)), ("0.0.0.0:0", ("0.0.0.0", 0))],
+)
+def test_parse_listen(value: str, expected: tuple[str, int]) -> None:
+    """Listen addresses parse to host and port."""
+    assert parse_listen(value, "x") == expected
+
+
+@pytest.mark.parametrize("value", ["9464", "host:99999", "[::1]", ":"])
+def test_parse_listen_rejects(value: str) -> None:
+    """Unparseable listen addresses are config errors."""
+    with pytest.raises(ConfigError):
+        parse_listen(value, "x")

@@ -1,0 +1,110 @@
+"""JWKS cache: only public signing keys, last good set kept on failure, periodic and rate-limited refetches."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from joserfc.jwk import OctKey, RSAKey
+
+from conftest import FakeClock
+from edge_token.app import make_session
+from edge_token.errors import JwksError
+from edge_token.jwks import JwksCache, usable_keys
+from edge_token.localauth import Fault, LocalAuthServer
+
+
+def public(key: RSAKey) -> dict[str, Any]:
+    return key.as_dict(private=False)
+
+
+@pytest.mark.filterwarnings("ignore:Key size should be")
+def test_only_public_asymmetric_signing_keys_are_accepted() -> None:
+    """Private parts, symmetric keys, encryption keys and short RSA keys are skipped with a reason."""
+    good = RSAKey.generate_key(2048, parameters={"kid": "good"})
+    document = {
+        "keys": [
+            public(good),
+            good.as_dict(private=True),
+            OctKey.generate_key(256).as_dict(),
+            {**public(good), "kid": "enc", "use": "enc"},
+            {**public(good), "kid": "ops", "key_ops": ["encrypt"]},
+            {**public(RSAKey.generate_key(1024, parameters={"kid": "small"}, private=True))},
+            {"kty": "RSA", "kid": 7, "n": "AQAB", "e": "AQAB"},
+            "not a key",
+        ]
+    }
+    accepted, skipped = usable_keys(document)
+    assert [key["kid"] for key in accepted] == ["good"]
+    reasons = " | ".join(skipped)
+    for expected in ("private key material", "not an RSA/EC/OKP", "not a signature-verification key",
+                     "shorter than 2048", "kid is not a string"):  # fmt: skip
+        assert expected in reasons
+
+
+@pytest.mark.parametrize("document", [[], {"keys": "x"}, {"nokeys": []}, "text", None])
+def test_malformed_documents_are_errors(document: Any) -> None:
+    """A JWKS that is not an object with a keys list is refused as a whole."""
+    with pytest.raises(JwksError):
+        usable_keys(document)
+
+
+@pytest.fixture
+async def cache(auth: LocalAuthServer, clock: FakeClock) -> AsyncIterator[JwksCache]:
+    async with make_session() as session:
+        yield JwksCache(auth.jwks_url, session, clock, refresh_seconds=3600, min_refetch_seconds=30)
+
+
+async def test_failed_or_malformed_refresh_keeps_the_last_good_set(
+    auth: LocalAuthServer, cache: JwksCache, clock: FakeClock
+) -> None:
+    """Outages, garbage and key-less sets never replace a good key set."""
+    kid = auth.signing_key.kid
+    await cache.key_set(kid)
+    for fault in (Fault(503, b"down"), Fault(200, b"<html>"), Fault(200, {"keys": []}),
+                  Fault(200, {"keys": [OctKey.generate_key(256).as_dict()]})):  # fmt: skip
+        auth.jwks_faults.append(fault)
+        await cache.refresh()
+        assert cache.kids == {kid}
+        assert cache.last_error is not None
+        keys = await cache.key_set(kid)
+        assert keys.get_by_kid(kid) is not None
+
+
+async def test_no_good_set_yet_raises(auth: LocalAuthServer, cache: JwksCache) -> None:
+    """Without any good fetch, the error says why."""
+    auth.jwks_faults.append(Fault(500, b"x"))
+    with pytest.raises(JwksError, match="answered HTTP 500"):
+        await cache.key_set("k")
+
+
+async def test_periodic_refresh_is_driven_by_the_clock(
+    auth: LocalAuthServer, cache: JwksCache, clock: FakeClock
+) -> None:
+    """A known kid causes no fetch until the refresh interval (jittered 90-100 %) has passed."""
+    kid = auth.signing_key.kid
+    await cache.key_set(kid)
+    fetched = auth.jwks_requests
+    clock.advance(3000)
+    await cache.key_set(kid)
+    assert auth.jwks_requests == fetched
+    clock.advance(601)
+    await cache.key_set(kid)
+    assert auth.jwks_requests == fetched + 1
+
+
+async def test_unknown_kid_refetch_is_rate_limited(auth: LocalAuthServer, cache: JwksCache, clock: FakeClock) -> None:
+    """Unknown kids trigger at most one refetch per 30 s; a new key appearing is then found."""
+    await cache.key_set(auth.signing_key.kid)
+    fetched = auth.jwks_requests
+    await cache.key_set("nope")
+    assert auth.jwks_requests == fetched
+    clock.advance(30)
+    await cache.key_set("nope")
+    await cache.key_set("nope")
+    assert auth.jwks_requests == fetched + 1
+    new = auth.rotate_key()
+    clock.advance(30)
+    await cache.key_set(new.kid)
+    assert new.kid in cache.kids and auth.jwks_requests == fetched + 2

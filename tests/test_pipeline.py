@@ -1,0 +1,285 @@
+"""Request -> verify -> write over real loopback HTTP: every bad answer and bad token is refused specifically,
+nothing is written, and the last good token stays on disk."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from joserfc.jwk import RSAKey
+
+from conftest import CLIENT_ID, OTHER_CLIENT, FakeClock
+from edge_token.app import Parts, make_session
+from edge_token.config import Config
+from edge_token.errors import CredentialsRejected, ProtocolError, TransientError, VerificationError
+from edge_token.localauth import Fault, LocalAuthServer
+from edge_token.renewer import Renewer
+
+
+def b64(data: Any) -> str:
+    raw = data if isinstance(data, bytes) else json.dumps(data).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+@pytest.fixture
+async def renewer_for(
+    make_config: Callable[..., Config], clock: FakeClock, log: Any
+) -> AsyncIterator[Callable[..., Renewer]]:
+    async with make_session() as session:
+
+        def build(**settings: Any) -> Renewer:
+            config = make_config(**settings)
+            parts = Parts(config, session, clock, log, environ={})
+            return parts.renewer(config.profiles["main"])
+
+        yield build
+
+
+def good_claims(auth: LocalAuthServer, **changes: Any) -> dict[str, Any]:
+    claims = auth.claims_for(CLIENT_ID, "https://api.sitecorecloud.io")
+    claims.update(changes)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def hs256_with_public_pem(auth: LocalAuthServer) -> str:
+    pem = auth.signing_key.as_pem(private=False)
+    signing_input = f"{b64({'alg': 'HS256', 'kid': auth.signing_key.kid})}.{b64(good_claims(auth))}"
+    signature = hmac.new(pem, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64(signature)}"
+
+
+def stranger_key() -> RSAKey:
+    return RSAKey.generate_key(2048, parameters={"kid": "stranger"})
+
+
+BAD_TOKENS: dict[str, tuple[Callable[[LocalAuthServer], str], str]] = {
+    "alg none": (lambda a: f"{b64({'alg': 'none'})}.{b64(good_claims(a))}.{b64(b'x')}", "algorithm"),
+    "alg None": (lambda a: f"{b64({'alg': 'None'})}.{b64(good_claims(a))}.{b64(b'x')}", "algorithm"),
+    "alg none, empty signature": (lambda a: f"{b64({'alg': 'none'})}.{b64(good_claims(a))}.", "malformed"),
+    "HS256 signed with the public key PEM": (hs256_with_public_pem, "algorithm"),
+    "RS384 when only RS256 is allowed": (
+        lambda a: a.mint(good_claims(a), {"alg": "RS384"}, key=RSAKey.generate_key(2048, parameters={"kid": "k"})),
+        "algorithm",
+    ),
+    "unknown kid": (lambda a: a.mint(good_claims(a), key=stranger_key()), "unknown_kid"),
+    "key not in JWKS under a known kid": (
+        lambda a: a.mint(good_claims(a), {"kid": a.signing_key.kid}, key=stranger_key()),
+        "signature",
+    ),
+    "embedded jwk header (oversized header)": (
+        lambda a: a.mint(good_claims(a), {"kid": a.signing_key.kid, "jwk": stranger_key().as_dict(private=False)},
+                         key=stranger_key()),
+        "malformed",
+    ),
+    "jku header pointing elsewhere": (
+        lambda a: a.mint(good_claims(a), {"kid": a.signing_key.kid, "jku": "https://evil.example/jwks"},
+                         key=stranger_key()),
+        "signature",
+    ),
+    "expired": (lambda a: a.mint(good_claims(a, iat=int(a.now()) - 100, exp=int(a.now()) - 10)), "expired"),
+    "exp equal to now": (lambda a: a.mint(good_claims(a, exp=int(a.now()))), "expired"),
+    "missing exp": (lambda a: a.mint(good_claims(a, exp=None)), "expired"),
+    "exp as a string": (lambda a: a.mint(good_claims(a, exp=str(int(a.now()) + 100))), "malformed"),
+    "nbf in the future": (lambda a: a.mint(good_claims(a, nbf=int(a.now()) + 3600)), "not_yet_valid"),
+    "iat in the future": (lambda a: a.mint(good_claims(a, iat=int(a.now()) + 3600)), "not_yet_valid"),
+    "issuer without trailing slash": (lambda a: a.mint(good_claims(a, iss=a.issuer.rstrip("/"))), "issuer"),
+    "issuer with an extra slash": (lambda a: a.mint(good_claims(a, iss=a.issuer + "/")), "issuer"),
+    "another issuer": (lambda a: a.mint(good_claims(a, iss="https://evil.example/")), "issuer"),
+    "missing issuer": (lambda a: a.mint(good_claims(a, iss=None)), "issuer"),
+    "wrong aud": (lambda a: a.mint(good_claims(a, aud="https://other.api")), "audience"),
+    "aud list without ours": (lambda a: a.mint(good_claims(a, aud=["https://a", "https://b"])), "audience"),
+    "another client's azp": (lambda a: a.mint(good_claims(a, azp=OTHER_CLIENT)), "client_binding"),
+    "another client's sub only": (
+        lambda a: a.mint(good_claims(a, azp=None, sub=f"{OTHER_CLIENT}@clients")),
+        "client_binding",
+    ),
+    "another client's client_id claim": (lambda a: a.mint(good_claims(a, client_id=OTHER_CLIENT)), "client_binding"),
+    "two parts": (lambda a: ".".join(a.mint(good_claims(a)).split(".")[:2]), "malformed"),
+    "four parts": (lambda a: a.mint(good_claims(a)) + ".AAAA", "malformed"),
+    "40 KiB token": (lambda a: a.mint(good_claims(a, padding="x" * 30_000)), "size"),
+    "payload not JSON": (lambda a: f"{b64({'alg': 'RS256'})}.{b64(b'not json')}.{b64(b'x')}", "signature"),
+    "duplicate header member": (
+        lambda a: base64.urlsafe_b64encode(b'{"alg":"RS256","alg":"none"}').rstrip(b"=").decode() + ".e30.eA",
+        "malformed",
+    ),
+}  # fmt: skip
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.name.endswith((".jwt", ".tmp"))}
+
+
+@pytest.mark.parametrize("case", list(BAD_TOKENS))
+async def test_bad_token_is_refused_and_never_written(
+    case: str, auth: LocalAuthServer, renewer_for: Callable[..., Renewer], tmp_path: Path
+) -> None:
+    """A 200 answer carrying a bad JWT fails verification with a specific reason; the good file stays."""
+    renewer = renewer_for()
+    assert (await renewer.renew()).ok
+    before = snapshot(tmp_path)
+    make_token, reason = BAD_TOKENS[case]
+    auth.token_faults.append(Fault(status=200, access_token=make_token(auth)))
+    outcome = await renewer.renew()
+    assert isinstance(outcome.error, VerificationError), outcome.error
+    assert outcome.error.reason == reason
+    assert snapshot(tmp_path) == before
+    assert renewer.current is not None and (tmp_path / "token.jwt").read_text() == renewer.current.jwt
+
+
+async def test_unknown_kid_refetches_the_jwks_once(
+    auth: LocalAuthServer, renewer_for: Callable[..., Renewer], clock: FakeClock
+) -> None:
+    """A token with an unknown kid makes one JWKS refetch (rate-limited), then fails verification."""
+    renewer = renewer_for()
+    assert (await renewer.renew()).ok
+    clock.advance(31)  # the first fetch was just now; refetches are rate-limited to one per 30 s
+    fetched = auth.jwks_requests
+    for _ in range(3):
+        auth.token_faults.append(Fault(status=200, access_token=auth.mint(good_claims(auth), key=stranger_key())))
+        outcome = await renewer.renew()
+        assert isinstance(outcome.error, VerificationError) and outcome.error.reason == "unknown_kid"
+    assert auth.jwks_requests == fetched + 1
+
+
+async def test_key_rotation_is_picked_up_by_kid(
+    auth: LocalAuthServer, renewer_for: Callable[..., Renewer], clock: FakeClock
+) -> None:
+    """After the provider rotates its key, the new kid triggers a refetch and the token verifies."""
+    renewer = renewer_for()
+    assert (await renewer.renew()).ok
+    auth.rotate_key(keep_old=False)
+    clock.advance(31)
+    outcome = await renewer.renew()
+    assert outcome.ok, outcome.error
+    assert outcome.token is not None and outcome.token.kid == auth.signing_key.kid
+
+
+ANSWERS: dict[str, tuple[Fault, type[Exception], str]] = {
+    "401 access_denied": (
+        Fault(401, {"error": "access_denied", "error_description": "Unauthorized"}),
+        CredentialsRejected,
+        "access_denied: Unauthorized",
+    ),
+    "400 invalid_client": (Fault(400, {"error": "invalid_client"}), CredentialsRejected, "invalid_client"),
+    "403 unauthorized_client": (Fault(403, {"error": "unauthorized_client"}), CredentialsRejected, "unauthorized"),
+    "429 with Retry-After": (Fault(429, b"slow down", {"Retry-After": "17"}), TransientError, "429"),
+    "503": (Fault(503, b"<html>down</html>"), TransientError, "503"),
+    "500 temporarily_unavailable": (Fault(500, {"error": "temporarily_unavailable"}), TransientError, "500"),
+    "400 temporarily_unavailable": (Fault(400, {"error": "temporarily_unavailable"}), TransientError, "400"),
+    "404": (Fault(404, b"nope"), ProtocolError, "check token_url"),
+    "redirect": (Fault(302, b"", {"Location": "https://evil.example/token"}), ProtocolError, "redirect"),
+    "HTML page with 200": (Fault(200, b"<html>login</html>"), ProtocolError, "HTML page"),
+    "truncated JSON": (Fault(200, b'{"access_token": "eyJ'), ProtocolError, "not valid JSON"),
+    "JSON array": (Fault(200, [1, 2]), ProtocolError, "not an object"),
+    "NaN expires_in": (Fault(200, b'{"access_token": "a.b.c", "expires_in": NaN}'), ProtocolError, "not valid JSON"),
+    "no access_token": (Fault(200, {"token_type": "Bearer"}), ProtocolError, "no access_token"),
+    "negative expires_in": (Fault(200, {"access_token": "a.b.c", "expires_in": -5}), ProtocolError, "expires_in"),
+    "expires_in as text": (Fault(200, {"access_token": "a.b.c", "expires_in": "soon"}), ProtocolError, "expires_in"),
+    "token_type DPoP": (Fault(200, {"access_token": "a.b.c", "token_type": "DPoP"}), ProtocolError, "Bearer"),
+    "body over 64 KiB": (Fault(200, b"{" + b" " * 70_000 + b"}"), ProtocolError, "limit"),
+    "100 KiB token": (Fault(200, {"access_token": "eyJ" + "A" * 102_400}), ProtocolError, "limit"),
+}
+
+
+@pytest.mark.parametrize("case", list(ANSWERS))
+async def test_bad_answer_is_classified_and_nothing_written(
+    case: str, auth: LocalAuthServer, renewer_for: Callable[..., Renewer], tmp_path: Path
+) -> None:
+    """Each failure of the token endpoint is classified once, with a useful message; the file stays."""
+    renewer = renewer_for()
+    assert (await renewer.renew()).ok
+    before = snapshot(tmp_path)
+    fault, error_class, text = ANSWERS[case]
+    auth.token_faults.append(fault)
+    outcome = await renewer.renew()
+    assert type(outcome.error) is error_class, outcome.error
+    assert text in str(outcome.error)
+    assert snapshot(tmp_path) == before
+
+
+async def test_retry_after_is_carried_to_the_policy(auth: LocalAuthServer, renewer_for: Callable[..., Renewer],
+                                                    clock: FakeClock) -> None:  # fmt: skip
+    """A 429's Retry-After becomes the next attempt time."""
+    renewer = renewer_for()
+    auth.token_faults.append(Fault(429, {"error": "too_many_requests"}, {"Retry-After": "42"}))
+    outcome = await renewer.renew()
+    assert isinstance(outcome.error, TransientError) and outcome.error.retry_after == 42
+    assert outcome.next_attempt_at == clock.time() + 42
+
+
+async def test_connection_refused_and_timeout_are_transient(
+    auth: LocalAuthServer, renewer_for: Callable[..., Renewer]
+) -> None:
+    """No server, or a server too slow for timeout_seconds: a transient error naming the host."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    refused = await renewer_for(token_url=f"http://127.0.0.1:{closed_port}/oauth/token").renew()
+    assert isinstance(refused.error, TransientError) and "unreachable" in str(refused.error)
+    auth.token_faults.append(Fault(200, {}, delay=2.0))
+    slow = await renewer_for(timeout_seconds=0.3).renew()
+    assert isinstance(slow.error, TransientError) and "did not answer within 0.3s" in str(slow.error)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"request_format": "json"}, {"request_format": "form"}, {"auth_method": "client_secret_basic"}],
+)
+async def test_request_encodings_all_work(settings: dict[str, str], renewer_for: Callable[..., Renewer]) -> None:
+    """JSON body, form body and HTTP Basic client authentication all obtain a verified token."""
+    outcome = await renewer_for(**settings).renew()
+    assert outcome.ok, outcome.error
+
+
+async def test_expires_in_missing_falls_back_to_the_claims(
+    auth: LocalAuthServer, renewer_for: Callable[..., Renewer]
+) -> None:
+    """RFC 6749 makes expires_in RECOMMENDED only: without it the lifetime comes from exp - iat."""
+    token = auth.mint(good_claims(auth))
+    auth.token_faults.append(Fault(200, {"access_token": token, "token_type": "bearer"}))
+    outcome = await renewer_for().renew()
+    assert outcome.ok and outcome.token is not None and outcome.token.lifetime == 1000
+
+
+async def test_form_encoded_answer_and_oidc_provider_claim_shape(
+    auth: LocalAuthServer, renewer_for: Callable[..., Renewer]
+) -> None:
+    """A form-encoded answer, and RFC 9068 claims (client_id, bare sub, aud list, at+jwt) are accepted."""
+    claims = good_claims(auth, azp=None, sub=CLIENT_ID, client_id=CLIENT_ID, aud=["x", "https://api.sitecorecloud.io"])
+    token = auth.mint(claims, {"typ": "at+jwt"})
+    body = f"access_token={token}&token_type=Bearer&expires_in=1000".encode()
+    auth.token_faults.append(Fault(200, body, {"Content-Type": "application/x-www-form-urlencoded"}))
+    outcome = await renewer_for().renew()
+    assert outcome.ok, outcome.error
+
+
+async def test_secret_echoed_by_a_hostile_server_is_scrubbed(
+    auth: LocalAuthServer, renewer_for: Callable[..., Renewer]
+) -> None:
+    """An error_description that repeats our secret does not carry it into the error message."""
+    from conftest import CLIENT_SECRET
+
+    auth.token_faults.append(Fault(401, {"error": "access_denied", "error_description": f"bad {CLIENT_SECRET}"}))
+    outcome = await renewer_for().renew()
+    assert isinstance(outcome.error, CredentialsRejected)
+    assert CLIENT_SECRET not in str(outcome.error) and "[REDACTED]" in str(outcome.error)
+
+
+async def test_rotated_secret_heals_without_restart(
+    auth: LocalAuthServer, renewer_for: Callable[..., Renewer], secret_file: Path
+) -> None:
+    """The secret is re-read on every attempt: rejected, then accepted once the file is fixed."""
+    from conftest import CLIENT_SECRET
+
+    secret_file.write_text("wrong-secret")
+    renewer = renewer_for()
+    assert isinstance((await renewer.renew()).error, CredentialsRejected)
+    secret_file.write_text(CLIENT_SECRET)
+    assert (await renewer.renew()).ok
