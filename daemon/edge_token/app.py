@@ -62,6 +62,7 @@ class Parts:
                 self.session,
                 self.clock,
                 refresh_seconds=self.config.daemon.jwks_refresh_seconds,
+                min_refetch_seconds=self.config.daemon.jwks_min_refetch_seconds,
                 timeout_seconds=profile.timeout_seconds,
                 rng=self.rng,
                 on_fetch=self._jwks_on_fetch,

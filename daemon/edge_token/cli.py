@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
         return sub
 
+    run = with_config(commands.add_parser("run", help="run the daemon: keep every profile's sinks fresh"))
+    run.add_argument("--profile", action="append", help="only this profile (repeatable)")
     once = with_config(commands.add_parser("once", help="make every profile's sinks hold a verified token, exit"))
     once.add_argument("--profile", action="append", help="only this profile (repeatable)")
     once.add_argument("--timeout", type=float, default=60.0, help="total seconds of retries (default 60)")
@@ -62,6 +64,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "once":
             return _once(args)
+        if args.command == "run":
+            from edge_token.daemon import main as daemon_main
+
+            _load(args)  # validates --profile names before anything starts
+            return daemon_main(Path(args.config), args.profile)
         if args.command == "check":
             return _check(args)
         if args.command == "inspect":

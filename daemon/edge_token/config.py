@@ -121,6 +121,7 @@ class ProfileConfig:
     refresh_at: float = 0.8
     jitter: float = 0.05
     timeout_seconds: float = 10.0
+    retry_max_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ class DaemonConfig:
     log_level: str = "info"
     max_concurrent_renewals: int = 16
     jwks_refresh_seconds: float = 3600.0
+    jwks_min_refetch_seconds: float = 30.0
     ready_timeout_seconds: float = 60.0
 
 
@@ -270,10 +272,18 @@ SINK_KEYS = frozenset(
 )  # fmt: skip
 PROFILE_KEYS = frozenset(
     {"client_id", "sinks", "token_url", "audience", "issuer", "jwks_url", "request_format", "auth_method", "scope",
-     "algorithms", "leeway_seconds", "refresh_at", "jitter", "timeout_seconds"}
+     "algorithms", "leeway_seconds", "refresh_at", "jitter", "timeout_seconds", "retry_max_seconds"}
 )  # fmt: skip
 DAEMON_KEYS = frozenset(
-    {"listen", "log_format", "log_level", "max_concurrent_renewals", "jwks_refresh_seconds", "ready_timeout_seconds"}
+    {
+        "listen",
+        "log_format",
+        "log_level",
+        "max_concurrent_renewals",
+        "jwks_refresh_seconds",
+        "jwks_min_refetch_seconds",
+        "ready_timeout_seconds",
+    }
 )
 
 
@@ -390,6 +400,7 @@ def _profile(name: str, table: _Table, environ: Mapping[str, str], file_private:
         refresh_at=table.number("refresh_at", 0.8, 0.1, 0.95),
         jitter=table.number("jitter", 0.05, 0.0, 0.25),
         timeout_seconds=table.number("timeout_seconds", 10.0, 0.1, 300.0),
+        retry_max_seconds=table.number("retry_max_seconds", 300.0, 1.0, 3600.0),
     )
     if profile.refresh_at - profile.jitter < 0.05:
         raise ConfigError(f"{table.file}: {table.where}: refresh_at minus jitter must leave at least 0.05")
@@ -408,6 +419,7 @@ def _daemon(table: _Table) -> DaemonConfig:
         log_level=level or "info",
         max_concurrent_renewals=int(table.number("max_concurrent_renewals", 16, 1, 1024)),
         jwks_refresh_seconds=table.number("jwks_refresh_seconds", 3600.0, 10.0, 86400.0),
+        jwks_min_refetch_seconds=table.number("jwks_min_refetch_seconds", 30.0, 1.0, 3600.0),
         ready_timeout_seconds=table.number("ready_timeout_seconds", 60.0, 0.0, 3600.0),
     )
     return config

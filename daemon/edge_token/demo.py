@@ -53,18 +53,9 @@ async def _demo(directory: Path, ttl: float, duration: float) -> int:
     write_private(config_path, demo_config(directory, server.token_url, server.issuer, server.jwks_url))
     print(f"demo: local auth server at {server.base_url} (tokens live {ttl:g}s); config {config_path}", flush=True)
     try:
-        import structlog
+        from edge_token.daemon import run_daemon
 
-        from edge_token import logs
-        from edge_token.app import exit_code, run_once
-        from edge_token.clock import SystemClock
-        from edge_token.config import load_config
-
-        redactor = logs.configure("console", "info")
-        redactor.add_secret(secret)
-        config = load_config(config_path)
-        results = await run_once(config, SystemClock(), structlog.get_logger("edge_token"), environ={})
-        code = exit_code(results)
+        code = await run_daemon(config_path, duration=duration or None)
     finally:
         await server.stop()
     print(f"demo: token file {directory / 'demo.jwt'} (and {directory / 'demo.json'})")

@@ -57,6 +57,7 @@ class LocalAuthServer:
         self.token_faults: deque[Fault] = deque()
         self.jwks_faults: deque[Fault] = deque()
         self.token_requests = 0
+        self.request_times: list[float] = []  # now() of every token request, for Retry-After tests
         self.tokens_issued = 0
         self.jwks_requests = 0
         self.base_url = ""
@@ -167,6 +168,7 @@ class LocalAuthServer:
 
     async def _token(self, request: web.Request) -> web.StreamResponse:
         self.token_requests += 1
+        self.request_times.append(self.now())
         fault = self.token_faults.popleft() if self.token_faults else None
         override = None
         if fault is not None:

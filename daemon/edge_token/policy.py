@@ -37,6 +37,7 @@ class RefreshSettings:
 
     refresh_at: float = 0.8
     jitter: float = 0.05
+    retry_max: float = BACKOFF_CAP
 
 
 def token_state(token: Token | None, now: float, settings: RefreshSettings) -> TokenState:
@@ -86,7 +87,7 @@ def next_attempt_at(
     if isinstance(error, CredentialsRejected):
         delay = REJECTED_BACKOFF * rng.uniform(0.9, 1.0)
     else:
-        delay = backoff_delay(failures, rng)
+        delay = backoff_delay(failures, rng, cap=settings.retry_max)
     if token is not None and now < token.expires_at < now + delay:
         delay = max(MIN_DELAY, (token.expires_at - now) / 2)
     return now + delay

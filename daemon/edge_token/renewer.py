@@ -62,12 +62,14 @@ class Renewer:
         environ: Mapping[str, str],
         sinks: Sequence[Sink] | None = None,
         rng: random.Random | None = None,
-        on_written: Callable[[Sink, Token], None] | None = None,
+        on_written: Callable[[str, Sink, Token], None] | None = None,
         on_secret: Callable[[str], None] | None = None,
     ) -> None:
         self.profile = profile
         self.sinks: list[Sink] = list(sinks) if sinks is not None else [build_sink(s) for s in profile.sinks]
-        self.settings = RefreshSettings(refresh_at=profile.refresh_at, jitter=profile.jitter)
+        self.settings = RefreshSettings(
+            refresh_at=profile.refresh_at, jitter=profile.jitter, retry_max=profile.retry_max_seconds
+        )
         self.rules = Rules(
             issuer=profile.issuer,
             audience=profile.audience,
@@ -82,6 +84,7 @@ class Renewer:
         self.current: Token | None = None
         self.pending_sinks: set[str] = set()  # sinks that do not hold `current` yet
         self.failures = 0  # consecutive failed renewals
+        self.sink_failures = 0  # consecutive write rounds with at least one failed sink
         self.last_outcome: RenewalOutcome | None = None
 
     def state(self) -> TokenState:
@@ -180,7 +183,8 @@ class Renewer:
             if changed:
                 self.log.info("sink.written", sink=sink.name, fingerprint=token.fingerprint)
                 if self._on_written is not None:
-                    self._on_written(sink, token)
+                    self._on_written(self.profile.name, sink, token)
+        self.sink_failures = self.sink_failures + 1 if errors else 0
         return tuple(written), errors
 
     async def retry_sinks(self) -> RenewalOutcome:

@@ -206,8 +206,8 @@ def check_claims(
     else:
         lifetime = exp - (received_at if received_at is not None else now)
     if received_at is not None:
-        # measured from our receipt, the token must not outlive its own exp by more than the leeway
-        lifetime = min(lifetime, exp - received_at + rules.leeway)
+        # on our clock the token must never outlive its own exp: consumers check exp against clocks like ours
+        lifetime = min(lifetime, exp - received_at)
     return max(lifetime, 1.0)
 
 

@@ -12,6 +12,7 @@ class Sink(Protocol):
     """A destination for verified tokens. Sinks are independent: one failing never blocks another."""
 
     name: str
+    config: SinkConfig
 
     async def write(self, token: Token) -> bool:
         """Store the token; True if anything changed. Raises SinkError, leaving the previous value intact."""

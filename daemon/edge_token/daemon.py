@@ -1,0 +1,249 @@
+"""`edge-token run`: the long-running daemon. Startup, main loop and shutdown in three plain phases.
+
+Per profile, one self-rescheduling one-shot job: adopt what the sinks hold (first cycle only), renew when the
+token is not FRESH (or on SIGUSR1), retry failed sinks on their own short timer, then ask the pure policy when
+to run next. Signal handlers only set flags or schedule work. A job never runs twice at once for a profile, and
+the next run is always scheduled, even after an unexpected exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+from collections.abc import Coroutine, Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from edge_token import logs
+from edge_token.app import Parts, make_session
+from edge_token.clock import Clock, SystemClock
+from edge_token.config import Config, load_config
+from edge_token.errors import ConfigError
+from edge_token.notify import run_on_update, signal_pid_file
+from edge_token.policy import TokenState, backoff_delay
+from edge_token.renewer import RenewalOutcome, Renewer
+from edge_token.scheduler import Scheduler
+from edge_token.sinks import Sink
+from edge_token.token import Token
+
+TICK_SECONDS = 5.0  # scheduler wake-up (suspend / clock jumps) and liveness tick
+SHUTDOWN_GRACE_SECONDS = 10.0
+SINK_RETRY_MAX_SECONDS = 30.0
+
+
+class Daemon:
+    """Keeps every profile's sinks holding a verified, unexpired token."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        environ: Mapping[str, str] | None = None,
+        profiles: list[str] | None = None,
+        redactor: logs.Redactor | None = None,
+        tick_seconds: float = TICK_SECONDS,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.environ = os.environ if environ is None else environ
+        self.only = profiles
+        self.redactor = redactor or logs.Redactor()
+        self.tick_seconds = tick_seconds
+        self.rng = rng or random.Random()
+        self.log = structlog.get_logger("edge_token")
+        self.scheduler = Scheduler()
+        self.renewers: dict[str, Renewer] = {}
+        self.last_tick = self.clock.monotonic()
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._rerun: dict[str, bool] = {}  # profile -> force flag of a trigger that came while it was running
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stop = asyncio.Event()
+        self._parts: Parts | None = None
+        self._semaphore = asyncio.Semaphore(config.daemon.max_concurrent_renewals)
+
+    # ---- phase 1: startup ------------------------------------------------------------------------------
+    async def run(self, duration: float | None = None) -> int:
+        """Run until SIGTERM/SIGINT (or `duration` seconds); returns the exit code."""
+        loop = asyncio.get_running_loop()
+        self._install_signals(loop)
+        async with make_session(limit=max(16, self.config.daemon.max_concurrent_renewals)) as session:
+            self._parts = Parts(
+                self.config, session, self.clock, self.log, environ=self.environ, rng=self.rng,
+                on_secret=self.redactor.add_secret,
+            )  # fmt: skip
+            self.scheduler.start()
+            for profile in self._selected(self.config):
+                self._add(profile.name)
+            ticker = asyncio.create_task(self._tick())
+            self.log.info("daemon.started", profiles=len(self.renewers), config=str(self.config.path))
+            # ---- phase 2: main loop (everything happens in scheduled jobs) -----------------------------
+            try:
+                await asyncio.wait_for(self._stop.wait(), duration)
+            except TimeoutError:
+                pass
+            # ---- phase 3: shutdown ----------------------------------------------------------------------
+            self.log.info("daemon.stopping")
+            ticker.cancel()
+            self.scheduler.shutdown()
+            await self._drain()
+        self._remove_signals(loop)
+        self.log.info("daemon.stopped")
+        return 0
+
+    def _selected(self, config: Config) -> list[Any]:
+        return [p for name, p in config.profiles.items() if not self.only or name in self.only]
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self._interrupt)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGUSR1, self.renew_all)
+
+    @staticmethod
+    def _remove_signals(loop: asyncio.AbstractEventLoop) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+            loop.remove_signal_handler(signum)
+
+    def stop(self) -> None:
+        """Begin a graceful stop: no new work; in-flight writes get SHUTDOWN_GRACE_SECONDS to finish."""
+        self._stop.set()
+
+    def _interrupt(self) -> None:
+        if self._stop.is_set():
+            # second Ctrl-C: leave now. Atomic writes mean no sink is ever partial; a temp file a write may
+            # leave behind is removed at the next start.
+            os._exit(130)
+        self.stop()
+
+    async def _drain(self) -> None:
+        pending = [task for task in self._tasks if not task.done()]
+        if pending:
+            _done, late = await asyncio.wait(pending, timeout=SHUTDOWN_GRACE_SECONDS)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run a coroutine as a tracked task (shutdown waits for it)."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _tick(self) -> None:
+        """Every tick of monotonic time: let the scheduler compare due times with the wall clock."""
+        while True:
+            self.last_tick = self.clock.monotonic()
+            self.scheduler.wakeup()
+            await asyncio.sleep(self.tick_seconds)
+
+    # ---- profiles --------------------------------------------------------------------------------------
+    def _add(self, name: str) -> None:
+        assert self._parts is not None
+        profile = self.config.profiles[name]
+        self.renewers[name] = self._parts.renewer(profile, on_written=self._on_written)
+        cache = self._parts.jwks_for(profile)
+        interval = self.config.daemon.jwks_refresh_seconds
+        self.scheduler.every(f"jwks:{cache.url}", interval, lambda: self.spawn(cache.refresh()), jitter=0.05 * interval)
+        self.trigger(name)
+
+    def _remove(self, name: str) -> None:
+        self.renewers.pop(name, None)
+        self.scheduler.cancel(f"profile:{name}")
+
+    def trigger(self, name: str, force: bool = False) -> None:
+        """Start a cycle for the profile now, or right after the one in flight."""
+        if self._stop.is_set() or name not in self.renewers:
+            return
+        if name in self._running:
+            self._rerun[name] = self._rerun.get(name, False) or force
+            return
+        self._running[name] = self.spawn(self._cycle(name, force))
+
+    def renew_all(self) -> None:
+        """SIGUSR1: renew every profile now, FRESH or not."""
+        self.log.info("daemon.renew_all", profiles=len(self.renewers))
+        for name in list(self.renewers):
+            self.trigger(name, force=True)
+
+    async def _cycle(self, name: str, force: bool) -> None:
+        renewer = self.renewers[name]
+        outcome: RenewalOutcome | None = None
+        try:
+            async with self._semaphore:
+                if renewer.last_outcome is None:
+                    outcome = await renewer.adopt()
+                if force or renewer.state() is not TokenState.FRESH:
+                    outcome = await renewer.renew()
+                elif renewer.pending_sinks:
+                    outcome = await renewer.retry_sinks()
+                else:
+                    outcome = outcome or renewer.last_outcome
+        except Exception:
+            self.log.exception("renewal.crashed", profile=name)
+        finally:
+            del self._running[name]
+            if self.renewers.get(name) is renewer:  # not removed or replaced by a reload meanwhile
+                self._schedule_next(name, renewer, outcome)
+                rerun = self._rerun.pop(name, None)
+                if rerun is not None:
+                    self.trigger(name, force=rerun)
+
+    def _schedule_next(self, name: str, renewer: Renewer, outcome: RenewalOutcome | None) -> None:
+        now = self.clock.time()
+        when = outcome.next_attempt_at if outcome and outcome.next_attempt_at else now + backoff_delay(1, self.rng)
+        if renewer.pending_sinks:
+            sink_failures = max(1, renewer.sink_failures)
+            when = min(when, now + backoff_delay(sink_failures, self.rng, cap=SINK_RETRY_MAX_SECONDS))
+        self.scheduler.at(f"profile:{name}", when, lambda: self.trigger(name))
+        self.log.debug("renewal.scheduled", profile=name, next_attempt_at=when)
+
+    def _on_written(self, profile: str, sink: Sink, token: Token) -> None:
+        config = sink.config
+        if config.on_update:
+            self.spawn(run_on_update(config, profile, self.environ, self.log))
+        if config.signal:
+            signal_pid_file(config, self.log)
+
+    # ---- reload ----------------------------------------------------------------------------------------
+    def reload(self) -> None:
+        """SIGHUP: apply a new config; an invalid one is rejected and the running one is kept."""
+        try:
+            new = load_config(self.config.path, self.environ)
+        except ConfigError as exc:
+            self.log.error("config.reload_failed", message=str(exc), action="keeping the running configuration")
+            return
+        daemon_changed = new.daemon != self.config.daemon
+        old = {p.name: p for p in self._selected(self.config)}
+        fresh = {p.name: p for p in self._selected(new)}
+        removed = sorted(old.keys() - fresh.keys())
+        changed = sorted(name for name in old.keys() & fresh.keys() if old[name] != fresh[name])
+        added = sorted(fresh.keys() - old.keys())
+        self.config = new
+        assert self._parts is not None
+        self._parts.config = new
+        for name in removed + changed:
+            self._remove(name)
+        for name in changed + added:
+            self._add(name)
+        if daemon_changed:
+            self.log.warning("config.daemon_changed", message="[daemon] changes take effect at the next restart")
+        self.log.info("config.reloaded", added=added, removed=removed, changed=changed)
+
+
+async def run_daemon(config_path: Path, profiles: list[str] | None = None, duration: float | None = None) -> int:
+    """Load the config, set up logging and run the daemon until stopped."""
+    config = load_config(config_path)
+    redactor = logs.configure(config.daemon.log_format, config.daemon.log_level)
+    return await Daemon(config, profiles=profiles, redactor=redactor).run(duration)
+
+
+def main(config_path: Path, profiles: list[str] | None = None) -> int:
+    return asyncio.run(run_daemon(config_path, profiles))

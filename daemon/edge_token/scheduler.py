@@ -1,0 +1,78 @@
+"""The only module that imports APScheduler: one-shot wall-clock jobs that survive suspend and clock jumps.
+
+APScheduler 3 computes due times on the wall clock but waits with `loop.call_later` (monotonic time, which stops
+during system suspend). So a renewal due during a 10-hour suspend would fire ~10 hours late. The daemon calls
+`wakeup()` every few seconds of monotonic time (REFERENCE.md, tested): overdue jobs then run within one tick.
+Job defaults: `misfire_grace_time=None` (a late job still runs; the default of 1 s silently drops it),
+`coalesce=True`, `max_instances=1`; all datetimes are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Any
+
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+Job = Callable[[], Any]
+
+
+def _on_loop(func: Job) -> Callable[[], Coroutine[Any, Any, None]]:
+    """Wrap a plain callback in a coroutine: AsyncIOScheduler runs plain functions in a worker thread (where
+    there is no event loop), coroutines on the loop itself. Our callbacks only start tasks, so they are quick."""
+
+    async def job() -> None:
+        func()
+
+    return job
+
+
+class Scheduler:
+    """A thin, typed face on AsyncIOScheduler with the defaults this daemon needs."""
+
+    def __init__(self) -> None:
+        self._scheduler = AsyncIOScheduler(
+            timezone=UTC,
+            job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
+        )
+
+    def start(self) -> None:
+        self._scheduler.start()
+
+    def shutdown(self) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+
+    @property
+    def running(self) -> bool:
+        return bool(self._scheduler.running)
+
+    def at(self, job_id: str, when: float, func: Job) -> None:
+        """Run `func` once at epoch time `when` (now if past), replacing any job with the same id."""
+        run_date = datetime.fromtimestamp(when, UTC)
+        self._scheduler.add_job(_on_loop(func), "date", run_date=run_date, id=job_id, replace_existing=True)
+
+    def every(self, job_id: str, seconds: float, func: Job, jitter: float = 0.0) -> None:
+        """Run `func` every `seconds` (APScheduler's jitter only delays; keep it small)."""
+        self._scheduler.add_job(
+            _on_loop(func), "interval", seconds=seconds, jitter=jitter or None, id=job_id, replace_existing=True
+        )
+
+    def cancel(self, job_id: str) -> None:
+        try:
+            self._scheduler.remove_job(job_id)
+        except JobLookupError:
+            pass
+
+    def next_run(self, job_id: str) -> float | None:
+        """Epoch time of the job's next run, or None if it is not scheduled."""
+        job = self._scheduler.get_job(job_id)
+        when = getattr(job, "next_run_time", None) if job is not None else None
+        return when.timestamp() if when is not None else None
+
+    def wakeup(self) -> None:
+        """Re-evaluate due jobs against the wall clock now (after suspend or a clock jump)."""
+        if self._scheduler.running:
+            self._scheduler.wakeup()
