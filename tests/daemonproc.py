@@ -86,6 +86,14 @@ class DaemonProcess:
     def returncode(self) -> int | None:
         return self.process.returncode if self.process else None
 
+    async def wait(self, timeout: float = 20.0) -> int:
+        """Wait for the process to exit by itself; its exit status."""
+        assert self.process is not None
+        code = await asyncio.wait_for(self.process.wait(), timeout)
+        if self._reader is not None:
+            await self._reader
+        return code
+
     async def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM and wait; the exit status."""
         assert self.process is not None

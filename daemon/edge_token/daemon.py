@@ -17,12 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry
 
-from edge_token import logs
+from edge_token import health, logs
 from edge_token.app import Parts, make_session
 from edge_token.clock import Clock, SystemClock
 from edge_token.config import Config, load_config
 from edge_token.errors import ConfigError
+from edge_token.health import ProfileStatus, state_name
+from edge_token.httpserver import HealthSource, start_http
+from edge_token.metrics import Metrics
 from edge_token.notify import run_on_update, signal_pid_file
 from edge_token.policy import TokenState, backoff_delay
 from edge_token.renewer import RenewalOutcome, Renewer
@@ -66,16 +71,20 @@ class Daemon:
         self._stop = asyncio.Event()
         self._parts: Parts | None = None
         self._semaphore = asyncio.Semaphore(config.daemon.max_concurrent_renewals)
+        self.registry = CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.http_address: str | None = None
 
     # ---- phase 1: startup ------------------------------------------------------------------------------
     async def run(self, duration: float | None = None) -> int:
         """Run until SIGTERM/SIGINT (or `duration` seconds); returns the exit code."""
         loop = asyncio.get_running_loop()
+        runner = await self._start_http()  # a bad listen address fails the start (exit 78) before any work
         self._install_signals(loop)
         async with make_session(limit=max(16, self.config.daemon.max_concurrent_renewals)) as session:
             self._parts = Parts(
                 self.config, session, self.clock, self.log, environ=self.environ, rng=self.rng,
-                on_secret=self.redactor.add_secret,
+                on_secret=self.redactor.add_secret, jwks_on_fetch=self.metrics.jwks_fetched,
             )  # fmt: skip
             self.scheduler.start()
             for profile in self._selected(self.config):
@@ -92,9 +101,27 @@ class Daemon:
             ticker.cancel()
             self.scheduler.shutdown()
             await self._drain()
+        if runner is not None:
+            await runner.cleanup()
         self._remove_signals(loop)
         self.log.info("daemon.stopped")
         return 0
+
+    async def _start_http(self) -> web.AppRunner | None:
+        listen = self.config.daemon.listen
+        if not listen:
+            return None
+        source = HealthSource(self.statuses, self.alive, self.redactor.scrub)
+        runner, self.http_address = await start_http(listen, self.registry, source)
+        self.log.info("http.listening", address=self.http_address)
+        return runner
+
+    def statuses(self) -> list[ProfileStatus]:
+        """Every profile's status snapshot, for /status, /readyz and systemd."""
+        return [r.status(self.scheduler.next_run(f"profile:{n}")) for n, r in self.renewers.items()]
+
+    def alive(self) -> bool:
+        return health.alive(self.last_tick, self.clock.monotonic(), self.tick_seconds, self.scheduler.running)
 
     def _selected(self, config: Config) -> list[Any]:
         return [p for name, p in config.profiles.items() if not self.only or name in self.only]
@@ -155,8 +182,10 @@ class Daemon:
         self.trigger(name)
 
     def _remove(self, name: str) -> None:
-        self.renewers.pop(name, None)
+        renewer = self.renewers.pop(name, None)
         self.scheduler.cancel(f"profile:{name}")
+        if renewer is not None:
+            self.metrics.forget(name, [sink.name for sink in renewer.sinks])
 
     def trigger(self, name: str, force: bool = False) -> None:
         """Start a cycle for the profile now, or right after the one in flight."""
@@ -175,28 +204,30 @@ class Daemon:
 
     async def _cycle(self, name: str, force: bool) -> None:
         renewer = self.renewers[name]
-        outcome: RenewalOutcome | None = None
+        outcomes: list[RenewalOutcome] = []
         try:
             async with self._semaphore:
                 if renewer.last_outcome is None:
-                    outcome = await renewer.adopt()
+                    adopted = await renewer.adopt()
+                    outcomes += [adopted] if adopted else []
                 if force or renewer.state() is not TokenState.FRESH:
-                    outcome = await renewer.renew()
+                    outcomes.append(await renewer.renew())
                 elif renewer.pending_sinks:
-                    outcome = await renewer.retry_sinks()
-                else:
-                    outcome = outcome or renewer.last_outcome
+                    outcomes.append(await renewer.retry_sinks())
         except Exception:
             self.log.exception("renewal.crashed", profile=name)
         finally:
             del self._running[name]
             if self.renewers.get(name) is renewer:  # not removed or replaced by a reload meanwhile
-                self._schedule_next(name, renewer, outcome)
+                when = self._schedule_next(name, renewer, outcomes[-1] if outcomes else renewer.last_outcome)
+                state = state_name(renewer.state(), renewer.last_error)
+                for outcome in outcomes:
+                    self.metrics.observe(outcome, state, when)
                 rerun = self._rerun.pop(name, None)
                 if rerun is not None:
                     self.trigger(name, force=rerun)
 
-    def _schedule_next(self, name: str, renewer: Renewer, outcome: RenewalOutcome | None) -> None:
+    def _schedule_next(self, name: str, renewer: Renewer, outcome: RenewalOutcome | None) -> float:
         now = self.clock.time()
         when = outcome.next_attempt_at if outcome and outcome.next_attempt_at else now + backoff_delay(1, self.rng)
         if renewer.pending_sinks:
@@ -204,6 +235,7 @@ class Daemon:
             when = min(when, now + backoff_delay(sink_failures, self.rng, cap=SINK_RETRY_MAX_SECONDS))
         self.scheduler.at(f"profile:{name}", when, lambda: self.trigger(name))
         self.log.debug("renewal.scheduled", profile=name, next_attempt_at=when)
+        return when
 
     def _on_written(self, profile: str, sink: Sink, token: Token) -> None:
         config = sink.config

@@ -59,6 +59,7 @@ class LocalAuthServer:
         self.token_requests = 0
         self.request_times: list[float] = []  # now() of every token request, for Retry-After tests
         self.tokens_issued = 0
+        self.issued: list[str] = []  # every token handed out (tests search outputs for leaks)
         self.jwks_requests = 0
         self.base_url = ""
         self._runner: web.AppRunner | None = None
@@ -191,6 +192,7 @@ class LocalAuthServer:
             return self._error(403, "access_denied", f"Service not found: {audience[:100]}")
         self.tokens_issued += 1
         token = override if override is not None else self.mint(self.claims_for(client_id, audience))
+        self.issued.append(token)
         return web.json_response(
             {"access_token": token, "expires_in": max(1, round(self.ttl)), "token_type": "Bearer", "scope": self.scope}
         )

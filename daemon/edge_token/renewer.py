@@ -17,6 +17,7 @@ import aiohttp
 from edge_token.clock import Clock
 from edge_token.config import ProfileConfig
 from edge_token.errors import EdgeTokenError, SinkError, VerificationError
+from edge_token.health import ProfileStatus, state_name
 from edge_token.jwks import JwksCache
 from edge_token.oauth import request_token
 from edge_token.policy import RefreshSettings, TokenState, next_attempt_at, token_state
@@ -85,10 +86,34 @@ class Renewer:
         self.pending_sinks: set[str] = set()  # sinks that do not hold `current` yet
         self.failures = 0  # consecutive failed renewals
         self.sink_failures = 0  # consecutive write rounds with at least one failed sink
+        self.sink_errors: dict[str, SinkError] = {}  # the latest error of each sink that does not hold `current`
         self.last_outcome: RenewalOutcome | None = None
+        self.last_error: EdgeTokenError | None = None  # of the latest renewal; None after a success
+        self.last_success_at: float | None = None
 
     def state(self) -> TokenState:
         return token_state(self.current, self._clock.time(), self.settings)
+
+    def status(self, next_attempt_at: float | None) -> ProfileStatus:
+        """The operator-facing snapshot (no token, no secret)."""
+        token = self.current
+        return ProfileStatus(
+            profile=self.profile.name,
+            state=state_name(self.state(), self.last_error),
+            expires_at=token.exp if token else None,
+            last_success_at=self.last_success_at,
+            next_attempt_at=next_attempt_at,
+            last_error=self.last_error,
+            sinks={sink.name: self._sink_problem(sink.name) for sink in self.sinks},
+            kid=token.kid if token else None,
+            fingerprint=token.fingerprint if token else None,
+        )
+
+    def _sink_problem(self, name: str) -> str | None:
+        if name not in self.pending_sinks:
+            return None
+        error = self.sink_errors.get(name)
+        return str(error) if error else "not written yet"
 
     async def adopt(self) -> RenewalOutcome | None:
         """Adopt the best verified token already in the sinks (no token request); None if there is none."""
@@ -107,6 +132,7 @@ class Renewer:
         if not candidates:
             return None
         self.current = max(candidates, key=lambda token: token.expires_at)
+        self.last_success_at = self._clock.time()
         self.pending_sinks = {sink.name for sink in self.sinks}
         written, errors = await self.write_pending()
         self.log.info(
@@ -138,6 +164,7 @@ class Renewer:
             )
         except EdgeTokenError as exc:
             self.failures += 1
+            self.last_error = exc
             result = exc.reason if isinstance(exc, VerificationError) else exc.kind
             self.log.warning(
                 "token.renewal_failed",
@@ -150,7 +177,8 @@ class Renewer:
             return self._finish(exc.kind, started, mono, error=exc, requested=requested)
         if answer.expires_in is not None and abs(answer.expires_in - token.lifetime) > LIFETIME_MISMATCH_SECONDS:
             self.log.warning("token.lifetime_mismatch", expires_in=answer.expires_in, lifetime=token.lifetime)
-        self.failures = 0
+        self.failures, self.last_error = 0, None
+        self.last_success_at = self._clock.time()
         self.current = token
         self.pending_sinks = {sink.name for sink in self.sinks}
         written, errors = await self.write_pending()
@@ -175,10 +203,11 @@ class Renewer:
             try:
                 changed = await sink.write(token)
             except SinkError as exc:
-                errors[sink.name] = exc
+                errors[sink.name] = self.sink_errors[sink.name] = exc
                 self.log.error("sink.write_failed", sink=sink.name, message=str(exc))
                 continue
             self.pending_sinks.discard(sink.name)
+            self.sink_errors.pop(sink.name, None)
             written.append(sink.name)
             if changed:
                 self.log.info("sink.written", sink=sink.name, fingerprint=token.fingerprint)

@@ -1,0 +1,89 @@
+"""PURE health: a per-profile status snapshot, and liveness / readiness decided from it.
+
+The snapshot is what `/status`, `/readyz`, the metrics state gauge and systemd's STATUS= line show. It never
+holds a token, a secret or a claim that could serve as one: a key id and a short fingerprint at most.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_token.errors import CredentialsRejected, EdgeTokenError
+from edge_token.policy import TokenState
+
+
+@dataclass(frozen=True)
+class ProfileStatus:
+    """One profile, as operators see it."""
+
+    profile: str
+    state: str  # fresh | stale | expired | credentials_rejected
+    expires_at: float | None
+    last_success_at: float | None
+    next_attempt_at: float | None
+    last_error: EdgeTokenError | None
+    sinks: Mapping[str, str | None] = field(default_factory=dict)  # sink -> error message, None if it holds the token
+    kid: str | None = None
+    fingerprint: str | None = None
+
+    @property
+    def token_valid(self) -> bool:
+        return self.state != TokenState.EXPIRED.value and self.expires_at is not None
+
+    @property
+    def ready(self) -> bool:
+        """An unexpired verified token, written to every sink."""
+        return self.token_valid and all(error is None for error in self.sinks.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "ready": self.ready,
+            "expires_at": self.expires_at,
+            "last_success_at": self.last_success_at,
+            "next_attempt_at": self.next_attempt_at,
+            "last_error": None
+            if self.last_error is None
+            else {"class": self.last_error.kind, "message": str(self.last_error)},
+            "sinks": {name: {"ok": error is None, "error": error} for name, error in self.sinks.items()},
+            "kid": self.kid,
+            "fingerprint": self.fingerprint,
+        }
+
+
+def state_name(token_state: TokenState, last_error: EdgeTokenError | None) -> str:
+    """The operator-facing state: credentials_rejected overrides while the provider keeps refusing us."""
+    if isinstance(last_error, CredentialsRejected):
+        return "credentials_rejected"
+    return token_state.value
+
+
+def readiness(statuses: Iterable[ProfileStatus]) -> tuple[bool, dict[str, Any]]:
+    """(ready, details): ready only if every profile is; details name what is not."""
+    not_ready: dict[str, Any] = {}
+    for status in statuses:
+        if not status.ready:
+            failing = [name for name, error in status.sinks.items() if error is not None]
+            not_ready[status.profile] = {"state": status.state, "sinks_failing": failing}
+    return not not_ready, {"ready": not not_ready, "not_ready": not_ready}
+
+
+def alive(last_tick: float, now: float, tick_seconds: float, scheduler_running: bool) -> bool:
+    """The loop is alive if the scheduler runs and the tick fired recently (3 ticks + 5 s of slack)."""
+    return scheduler_running and now - last_tick <= 3 * tick_seconds + 5.0
+
+
+def summary(statuses: list[ProfileStatus], next_renewal: float | None) -> str:
+    """A one-line status for systemd's STATUS= ("3/3 profiles fresh, next renewal 14:02Z")."""
+    from datetime import UTC, datetime
+
+    fresh = sum(1 for status in statuses if status.state == "fresh")
+    text = f"{fresh}/{len(statuses)} profiles fresh"
+    bad = [s.profile for s in statuses if not s.ready]
+    if bad:
+        text += f", not ready: {', '.join(bad[:5])}" + ("..." if len(bad) > 5 else "")
+    if next_renewal is not None:
+        text += ", next renewal " + datetime.fromtimestamp(next_renewal, UTC).strftime("%H:%MZ")
+    return text

@@ -1,0 +1,42 @@
+"""PURE health decisions: liveness from the tick, readiness from every profile and sink, the state name."""
+
+from __future__ import annotations
+
+from edge_token.errors import CredentialsRejected, TransientError
+from edge_token.health import ProfileStatus, alive, readiness, state_name, summary
+from edge_token.policy import TokenState
+
+
+def status(name: str, state: str = "fresh", sinks: dict[str, str | None] | None = None) -> ProfileStatus:
+    return ProfileStatus(name, state, 2e9, 1e9, 1.5e9, None, sinks if sinks is not None else {"file:/a": None})
+
+
+def test_alive_needs_a_running_scheduler_and_a_recent_tick() -> None:
+    """The loop is alive while it ticks; a stalled loop or stopped scheduler is not."""
+    assert alive(last_tick=100.0, now=114.0, tick_seconds=3.0, scheduler_running=True)
+    assert not alive(last_tick=100.0, now=115.0, tick_seconds=3.0, scheduler_running=True)
+    assert not alive(last_tick=100.0, now=100.0, tick_seconds=3.0, scheduler_running=False)
+
+
+def test_readiness_requires_every_profile_and_every_sink() -> None:
+    """Not ready if any profile is expired or any sink lacks the token; the details name them."""
+    assert readiness([status("a"), status("b", "stale")])[0]
+    ready, details = readiness([status("a"), status("b", "expired"), status("c", sinks={"file:/x": "disk full"})])
+    assert not ready
+    assert details["not_ready"] == {
+        "b": {"state": "expired", "sinks_failing": []},
+        "c": {"state": "fresh", "sinks_failing": ["file:/x"]},
+    }
+
+
+def test_rejected_credentials_are_named_as_such() -> None:
+    """While the provider refuses us, the state says so; other errors keep the token's own state."""
+    assert state_name(TokenState.STALE, CredentialsRejected("no")) == "credentials_rejected"
+    assert state_name(TokenState.STALE, TransientError("down")) == "stale"
+    assert state_name(TokenState.FRESH, None) == "fresh"
+
+
+def test_summary_line() -> None:
+    """The STATUS= line counts fresh profiles, names unready ones and shows the next renewal in UTC."""
+    line = summary([status("a"), status("b", "expired")], next_renewal=1_800_000_000.0)
+    assert line == "1/2 profiles fresh, not ready: b, next renewal 08:00Z"
