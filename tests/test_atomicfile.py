@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import edge_token
 from edge_token.atomicfile import remove_stale_temps, temp_name, write_atomic
 from edge_token.errors import SinkError
 
@@ -73,7 +74,10 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(public_dir: Path) ->
         "try:\n    write_atomic(Path(sys.argv[1]), b'new-token', 0o600)\n"
         "except SinkError as e:\n    print(e); sys.exit(3)\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    # the child cannot be trusted to reach our checkout (a clone under a 0700 temp dir): give it a readable copy
+    package = public_dir / "lib" / "edge_token"
+    shutil.copytree(Path(edge_token.__file__).parent, package)
+    env = {**os.environ, "PYTHONPATH": str(package.parent)}
     result = subprocess.run(
         ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c", code, str(target)],
         capture_output=True, text=True, env=env, check=False,

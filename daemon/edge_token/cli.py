@@ -31,6 +31,15 @@ def _parser() -> argparse.ArgumentParser:
 
     run = with_config(commands.add_parser("run", help="run the daemon: keep every profile's sinks fresh"))
     run.add_argument("--profile", action="append", help="only this profile (repeatable)")
+    wrap = with_config(commands.add_parser("exec", help="obtain tokens, then run CMD as a child and keep them fresh"))
+    wrap.add_argument("--on-rotation", choices=("none", "signal", "restart"), default="none",
+                      help="after each new token: nothing (default), signal the child, or restart it")  # fmt: skip
+    wrap.add_argument("--signal", default="HUP", choices=("HUP", "USR1", "USR2", "TERM", "INT"),
+                      help="the signal for --on-rotation signal (default HUP)")  # fmt: skip
+    wrap.add_argument(
+        "--token-env", action="store_true", help="also put the token in the child environment (EDGE_TOKEN_<PROFILE>)"
+    )
+    wrap.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
     once = with_config(commands.add_parser("once", help="make every profile's sinks hold a verified token, exit"))
     once.add_argument("--profile", action="append", help="only this profile (repeatable)")
     once.add_argument("--timeout", type=float, default=60.0, help="total seconds of retries (default 60)")
@@ -69,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             _load(args)  # validates --profile names before anything starts
             return daemon_main(Path(args.config), args.profile)
+        if args.command == "exec":
+            return _exec(args)
         if args.command == "check":
             return _check(args)
         if args.command == "inspect":
@@ -121,6 +132,16 @@ def _once(args: argparse.Namespace) -> int:
         if result.error is not None:
             print(f"edge-token: profile {result.profile}: {result.error}", file=sys.stderr)
     return exit_code(results)
+
+
+def _exec(args: argparse.Namespace) -> int:
+    from edge_token.errors import ConfigError
+    from edge_token.wrapper import main as exec_main
+
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        raise ConfigError("exec needs a command: edge-token exec -c FILE -- CMD ARGS...")
+    return exec_main(_load(args), cmd, args.on_rotation, args.signal, args.token_env)
 
 
 def _check(args: argparse.Namespace) -> int:

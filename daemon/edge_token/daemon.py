@@ -12,7 +12,7 @@ import asyncio
 import os
 import random
 import signal
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +25,16 @@ from edge_token.app import Parts, make_session
 from edge_token.clock import Clock, SystemClock
 from edge_token.config import Config, load_config
 from edge_token.errors import ConfigError
-from edge_token.health import ProfileStatus, state_name
+from edge_token.health import ProfileStatus, readiness, state_name
 from edge_token.httpserver import HealthSource, start_http
 from edge_token.metrics import Metrics
 from edge_token.notify import run_on_update, signal_pid_file
+from edge_token.pid1 import OrphanReaper
 from edge_token.policy import TokenState, backoff_delay
 from edge_token.renewer import RenewalOutcome, Renewer
 from edge_token.scheduler import Scheduler
 from edge_token.sinks import Sink
+from edge_token.systemd import Notifier
 from edge_token.token import Token
 
 TICK_SECONDS = 5.0  # scheduler wake-up (suspend / clock jumps) and liveness tick
@@ -53,15 +55,23 @@ class Daemon:
         redactor: logs.Redactor | None = None,
         tick_seconds: float = TICK_SECONDS,
         rng: random.Random | None = None,
+        handle_signals: bool = True,
+        on_rotated: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
         self.environ = os.environ if environ is None else environ
         self.only = profiles
         self.redactor = redactor or logs.Redactor()
-        self.tick_seconds = tick_seconds
-        self.rng = rng or random.Random()
         self.log = structlog.get_logger("edge_token")
+        self.notifier = Notifier(self.environ, self.log)
+        watchdog = self.notifier.watchdog_interval
+        self.tick_seconds = min(tick_seconds, watchdog) if watchdog else tick_seconds
+        self.reaper = OrphanReaper()
+        self.handle_signals = handle_signals
+        self.on_rotated = on_rotated  # exec mode: tell the child after each new token
+        self._status_sent_at = -float("inf")
+        self.rng = rng or random.Random()
         self.scheduler = Scheduler()
         self.renewers: dict[str, Renewer] = {}
         self.last_tick = self.clock.monotonic()
@@ -80,7 +90,8 @@ class Daemon:
         """Run until SIGTERM/SIGINT (or `duration` seconds); returns the exit code."""
         loop = asyncio.get_running_loop()
         runner = await self._start_http()  # a bad listen address fails the start (exit 78) before any work
-        self._install_signals(loop)
+        if self.handle_signals:
+            self._install_signals(loop)
         async with make_session(limit=max(16, self.config.daemon.max_concurrent_renewals)) as session:
             self._parts = Parts(
                 self.config, session, self.clock, self.log, environ=self.environ, rng=self.rng,
@@ -90,6 +101,7 @@ class Daemon:
             for profile in self._selected(self.config):
                 self._add(profile.name)
             ticker = asyncio.create_task(self._tick())
+            ready_timer = loop.call_later(self.config.daemon.ready_timeout_seconds, self._ready_timeout)
             self.log.info("daemon.started", profiles=len(self.renewers), config=str(self.config.path))
             # ---- phase 2: main loop (everything happens in scheduled jobs) -----------------------------
             try:
@@ -98,12 +110,15 @@ class Daemon:
                 pass
             # ---- phase 3: shutdown ----------------------------------------------------------------------
             self.log.info("daemon.stopping")
+            self.notifier.stopping()
+            ready_timer.cancel()
             ticker.cancel()
             self.scheduler.shutdown()
             await self._drain()
         if runner is not None:
             await runner.cleanup()
-        self._remove_signals(loop)
+        if self.handle_signals:
+            self._remove_signals(loop)
         self.log.info("daemon.stopped")
         return 0
 
@@ -131,10 +146,12 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self._interrupt)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         loop.add_signal_handler(signal.SIGUSR1, self.renew_all)
+        if self.reaper.active:
+            loop.add_signal_handler(signal.SIGCHLD, self.reaper.reap)
 
     @staticmethod
     def _remove_signals(loop: asyncio.AbstractEventLoop) -> None:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD):
             loop.remove_signal_handler(signum)
 
     def stop(self) -> None:
@@ -165,11 +182,39 @@ class Daemon:
         return task
 
     async def _tick(self) -> None:
-        """Every tick of monotonic time: let the scheduler compare due times with the wall clock."""
+        """Every tick of monotonic time: let the scheduler compare due times with the wall clock, prove
+        liveness to systemd's watchdog (only while healthy), reap orphans as PID 1."""
         while True:
             self.last_tick = self.clock.monotonic()
             self.scheduler.wakeup()
+            if self.notifier.watchdog_interval and self.alive():
+                self.notifier.watchdog()
+            self.reaper.reap()
+            self._report_to_systemd(throttle=False)
             await asyncio.sleep(self.tick_seconds)
+
+    def _report_to_systemd(self, throttle: bool = True) -> None:
+        """READY=1 once every profile is ready; STATUS= kept current (at most once a second after cycles)."""
+        if not self.notifier.enabled:
+            return
+        now = self.clock.monotonic()
+        if throttle and self.notifier.ready_sent and now - self._status_sent_at < 1.0:
+            return
+        self._status_sent_at = now
+        statuses = self.statuses()
+        jobs = [self.scheduler.next_run(f"profile:{name}") for name in self.renewers]
+        text = health.summary(statuses, min((j for j in jobs if j is not None), default=None))
+        if not self.notifier.ready_sent and readiness(statuses)[0]:
+            self.notifier.ready(text)
+        else:
+            self.notifier.status(text)
+
+    def _ready_timeout(self) -> None:
+        if self.notifier.enabled and not self.notifier.ready_sent:
+            _, details = readiness(self.statuses())
+            waiting = ", ".join(sorted(details["not_ready"]))
+            self.notifier.ready(f"ready_timeout reached; still without a verified token: {waiting}")
+            self.log.warning("daemon.ready_timeout", not_ready=sorted(details["not_ready"]))
 
     # ---- profiles --------------------------------------------------------------------------------------
     def _add(self, name: str) -> None:
@@ -223,6 +268,9 @@ class Daemon:
                 state = state_name(renewer.state(), renewer.last_error)
                 for outcome in outcomes:
                     self.metrics.observe(outcome, state, when)
+                    if self.on_rotated and outcome.result == "success" and outcome.error is None:
+                        self.on_rotated(name)
+                self._report_to_systemd()
                 rerun = self._rerun.pop(name, None)
                 if rerun is not None:
                     self.trigger(name, force=rerun)
@@ -247,10 +295,12 @@ class Daemon:
     # ---- reload ----------------------------------------------------------------------------------------
     def reload(self) -> None:
         """SIGHUP: apply a new config; an invalid one is rejected and the running one is kept."""
+        self.notifier.reloading()
         try:
             new = load_config(self.config.path, self.environ)
         except ConfigError as exc:
             self.log.error("config.reload_failed", message=str(exc), action="keeping the running configuration")
+            self.notifier.reloaded("reload failed, running the previous configuration: " + str(exc))
             return
         daemon_changed = new.daemon != self.config.daemon
         old = {p.name: p for p in self._selected(self.config)}
@@ -268,6 +318,7 @@ class Daemon:
         if daemon_changed:
             self.log.warning("config.daemon_changed", message="[daemon] changes take effect at the next restart")
         self.log.info("config.reloaded", added=added, removed=removed, changed=changed)
+        self.notifier.reloaded(f"reloaded: {len(added)} added, {len(removed)} removed, {len(changed)} changed")
 
 
 async def run_daemon(config_path: Path, profiles: list[str] | None = None, duration: float | None = None) -> int:

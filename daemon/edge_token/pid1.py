@@ -1,0 +1,66 @@
+"""PID 1 duties in a container: reap orphaned grandchildren so they do not pile up as zombies.
+
+As PID 1 we inherit every orphan (e.g. a background process an `on_update` hook left behind). asyncio reaps
+the children it started itself (one `waitpid(pid)` per child), so we must not reap those: we only touch zombies
+whose parent is us, found in /proc, and
+
+- reap at once those that are not group leaders (pid != pgid): everything we start ourselves runs in a new
+  session (start_new_session=True), so it *is* a group leader, and anything else is an orphan;
+- reap a group-leader zombie only when it is still there one round later — by then asyncio would have reaped
+  it if it were ours (double-forked daemons lead their own group too).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class OrphanReaper:
+    """Call `reap()` on SIGCHLD and on every tick; it is a no-op unless this process is PID 1."""
+
+    def __init__(self, proc: Path = Path("/proc")) -> None:
+        self._proc = proc
+        self._deferred: set[int] = set()
+        self.reaped = 0
+
+    @property
+    def active(self) -> bool:
+        return os.getpid() == 1
+
+    def reap(self) -> int:
+        if not self.active:
+            return 0
+        me, count, still = os.getpid(), 0, set()
+        for pid in self._zombie_children(me):
+            try:
+                leader = os.getpgid(pid) == pid
+            except OSError:
+                continue
+            if leader and pid not in self._deferred:
+                still.add(pid)
+                continue
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    count += 1
+            except ChildProcessError:
+                continue  # asyncio got there first
+        self._deferred = still
+        self.reaped += count
+        return count
+
+    def _zombie_children(self, parent: int) -> list[int]:
+        zombies = []
+        try:
+            entries = [entry for entry in os.listdir(self._proc) if entry.isdigit()]
+        except OSError:
+            return []
+        for entry in entries:
+            try:
+                stat = (self._proc / entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2 :].split()  # the command name may contain spaces and parentheses
+            if len(fields) > 1 and fields[0] == "Z" and fields[1] == str(parent):
+                zombies.append(int(entry))
+        return zombies

@@ -1,0 +1,89 @@
+"""sd_notify in a few lines of stdlib: READY, STATUS, WATCHDOG, RELOADING, STOPPING over $NOTIFY_SOCKET.
+
+One datagram per message to a path socket, or to an abstract one when the name starts with `@` (leading NUL).
+Failures are logged once and never stop the daemon; without $NOTIFY_SOCKET every call is a no-op. The PyPI
+`sdnotify` package swallows errors and mangles non-latin-1 text (REFERENCE.md), so we do not use it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Mapping
+from typing import Any
+
+
+class Notifier:
+    """Talks to systemd (or to whatever listens on $NOTIFY_SOCKET, e.g. a test)."""
+
+    def __init__(self, environ: Mapping[str, str], log: Any) -> None:
+        self._address = _address(environ.get("NOTIFY_SOCKET", ""))
+        self._log = log
+        self._warned = False
+        self.watchdog_interval = watchdog_interval(environ)
+        self.ready_sent = False
+
+    @property
+    def enabled(self) -> bool:
+        return self._address is not None
+
+    def send(self, *lines: str) -> bool:
+        """Send one message (lines joined by newlines); False if there is no socket or sending failed."""
+        if self._address is None:
+            return False
+        payload = "\n".join(lines).encode("utf-8")
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.sendto(payload, self._address)
+        except OSError as exc:
+            if not self._warned:  # once: a vanished socket must not flood the log every watchdog tick
+                self._log.warning("systemd.notify_failed", message=exc.strerror or str(exc))
+                self._warned = True
+            return False
+        return True
+
+    def ready(self, status: str) -> None:
+        if not self.ready_sent:
+            self.ready_sent = self.send("READY=1", f"STATUS={_one_line(status)}")
+
+    def status(self, text: str) -> None:
+        self.send(f"STATUS={_one_line(text)}")
+
+    def watchdog(self) -> None:
+        self.send("WATCHDOG=1")
+
+    def reloading(self) -> None:
+        # RELOADING=1 must carry MONOTONIC_USEC (systemd >= 253 checks it; older ones ignore it)
+        self.send("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+
+    def reloaded(self, status: str) -> None:
+        self.send("READY=1", f"STATUS={_one_line(status)}")
+
+    def stopping(self) -> None:
+        self.send("STOPPING=1", "STATUS=stopping")
+
+
+def _address(value: str) -> str | bytes | None:
+    if not value:
+        return None
+    if value.startswith("@"):
+        return b"\0" + value[1:].encode()
+    if value.startswith("/"):
+        return value
+    return None  # systemd only ever sets absolute paths or abstract names
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:400]
+
+
+def watchdog_interval(environ: Mapping[str, str]) -> float | None:
+    """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC), or None when the watchdog is not ours."""
+    usec = environ.get("WATCHDOG_USEC", "")
+    pid = environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0:
+        return None
+    if pid and pid != str(os.getpid()):
+        return None
+    return int(usec) / 2_000_000
