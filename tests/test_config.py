@@ -86,6 +86,17 @@ def test_minimal_config_gets_sitecore_defaults(tmp_path: Path) -> None:
         (MINIMAL + 'signal = "HUP"\n', "set both signal and pid_file"),
         (MINIMAL + 'owner = "no-such-user-xyz"\n', "no such owner 'no-such-user-xyz'"),
         ("this is = not toml", "not valid TOML"),
+        (MINIMAL + '[[profiles.production.sinks]]\ntype = "kubernetes_secret"\nsecret_name = "Bad_Name"\n',
+         "profiles.production.sinks[1].secret_name: expected a Kubernetes object name"),
+        (MINIMAL + '[[profiles.production.sinks]]\ntype = "kubernetes_secret"\nsecret_name = "t"\nformat = "raw"\n',
+         "unknown key 'profiles.production.sinks[1].format'"),
+        (MINIMAL + '[[profiles.production.sinks]]\ntype = "vault_kv"\naddress = "https://v:8200"\npath = "a"\n',
+         "authenticate to Vault with exactly one of"),
+        (MINIMAL + '[[profiles.production.sinks]]\ntype = "vault_kv"\naddress = "http://vault:8200"\npath = "a"\n'
+         'token_env = "T"\n', "plain http:// is refused"),
+        (MINIMAL + '[[profiles.production.sinks]]\ntype = "vault_kv"\naddress = "https://v"\npath = "../x"\n'
+         'token_env = "T"\n', "profiles.production.sinks[1].path: expected a KV path"),
+        (MINIMAL + '[[profiles.production.sinks]]\ntype = "s3"\n', "profiles.production.sinks[1].type: expected one of"),
     ],
 )  # fmt: skip
 def test_bad_config_names_the_key_and_expectation(tmp_path: Path, text: str, expected: str) -> None:
@@ -96,6 +107,24 @@ def test_bad_config_names_the_key_and_expectation(tmp_path: Path, text: str, exp
     assert expected in str(caught.value)
     assert str(path) in str(caught.value)
     assert caught.value.exit_code == 78
+
+
+def test_store_sinks_parse(tmp_path: Path) -> None:
+    """Kubernetes Secret and Vault KV sinks load with their defaults and get bounded, secret-free names."""
+    text = MINIMAL + (
+        '[[profiles.production.sinks]]\ntype = "kubernetes_secret"\nsecret_name = "edge-token"\n'
+        'labels = { team = "web" }\n'
+        '[[profiles.production.sinks]]\ntype = "vault_kv"\naddress = "https://vault:8200/"\n'
+        'path = "edge/prod"\nrole_id = "r"\nsecret_id_file = "/etc/sid"\nnamespace = "ns1"\n'
+    )
+    sinks = load_config(write(tmp_path, text), environ={}).profiles["production"].sinks
+    assert [s.name for s in sinks] == [
+        "file:/run/edge-token/production.jwt",
+        "kubernetes_secret:(pod namespace)/edge-token#token",
+        "vault_kv:secret/edge/prod",
+    ]
+    assert sinks[1].store is not None and sinks[1].path is None
+    assert sinks[2].store.address == "https://vault:8200"  # type: ignore[union-attr]
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:

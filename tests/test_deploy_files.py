@@ -25,9 +25,10 @@ def test_kubernetes_example_carries_a_valid_config(tmp_path: Path) -> None:
     assert sidecar["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert sidecar["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert pod["securityContext"]["runAsNonRoot"] is True
-    assert next(v for v in pod["volumes"] if v["name"] == "tokens")[
-        "emptyDir"
-    ] == {"medium": "Memory", "sizeLimit": "1Mi"}
+    assert next(v for v in pod["volumes"] if v["name"] == "tokens")["emptyDir"] == {
+        "medium": "Memory",
+        "sizeLimit": "1Mi",
+    }
 
 
 def test_systemd_units_use_notify_watchdog_and_credentials() -> None:

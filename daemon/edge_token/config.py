@@ -50,13 +50,13 @@ class SecretSource:
             return "inline in the config file"
         return f"{self.kind} {self.ref}"
 
-    def read(self, environ: Mapping[str, str]) -> str:
+    def read(self, environ: Mapping[str, str], what: str = "client secret") -> str:
         """Return the secret (surrounding whitespace stripped) or raise ConfigError saying where it failed."""
         if self.kind == "inline":
             value = self.ref
         elif self.kind == "env":
             if self.ref not in environ:
-                raise ConfigError(f"client secret: environment variable {self.ref} is not set")
+                raise ConfigError(f"{what}: environment variable {self.ref} is not set")
             value = environ[self.ref]
         else:
             path = Path(self.ref)
@@ -64,7 +64,7 @@ class SecretSource:
                 directory = environ.get("CREDENTIALS_DIRECTORY")
                 if not directory:
                     raise ConfigError(
-                        f"client secret: credential {self.ref!r} needs $CREDENTIALS_DIRECTORY "
+                        f"{what}: credential {self.ref!r} needs $CREDENTIALS_DIRECTORY "
                         "(systemd LoadCredential=/LoadCredentialEncrypted=)"
                     )
                 path = Path(directory) / self.ref
@@ -72,10 +72,10 @@ class SecretSource:
                 value = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-                raise ConfigError(f"client secret: cannot read {path}: {reason}") from None
+                raise ConfigError(f"{what}: cannot read {path}: {reason}") from None
         value = value.strip()
         if not value:
-            raise ConfigError(f"client secret from {self.describe()} is empty")
+            raise ConfigError(f"{what} from {self.describe()} is empty")
         return value
 
 
@@ -84,7 +84,7 @@ class SinkConfig:
     """One destination of a profile's token. `type = "file"` is the only sink type so far."""
 
     type: str
-    path: Path
+    path: Path | None = None  # file sinks only
     format: str = "raw"
     mode: int = 0o600
     uid: int = -1
@@ -94,11 +94,54 @@ class SinkConfig:
     on_update_timeout: float = 30.0
     signal: str | None = None
     pid_file: Path | None = None
+    store: KubernetesSecretOptions | VaultKvOptions | None = None  # secret-store sinks only
 
     @property
     def name(self) -> str:
-        """Stable, bounded label for logs and metrics."""
-        return f"{self.type}:{self.path}"
+        """Stable, bounded label for logs and metrics (never a secret)."""
+        return self.store.label if self.store is not None else f"{self.type}:{self.path}"
+
+
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+@dataclass(frozen=True)
+class KubernetesSecretOptions:
+    """`type = "kubernetes_secret"`: one key of one Secret, written over the Kubernetes REST API."""
+
+    secret_name: str
+    namespace: str | None = None  # None: the pod's own namespace (service-account namespace file)
+    key: str = "token"
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    api_url: str | None = None  # None: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT
+    token_file: Path = SA_DIR / "token"
+    ca_file: Path | None = SA_DIR / "ca.crt"
+    timeout_seconds: float = 10.0
+
+    @property
+    def label(self) -> str:
+        return f"kubernetes_secret:{self.namespace or '(pod namespace)'}/{self.secret_name}#{self.key}"
+
+
+@dataclass(frozen=True)
+class VaultKvOptions:
+    """`type = "vault_kv"`: a HashiCorp Vault KV v2 secret {token, expires_at, token_type}, check-and-set."""
+
+    address: str
+    path: str
+    mount: str = "secret"
+    namespace: str | None = None
+    token: SecretSource | None = None  # a Vault token (file or env), or AppRole below
+    role_id: str | None = None
+    secret_id: SecretSource | None = None
+    approle_mount: str = "approle"
+    ca_file: Path | None = None
+    timeout_seconds: float = 10.0
+
+    @property
+    def label(self) -> str:
+        return f"vault_kv:{self.mount}/{self.path}"
 
 
 @dataclass(frozen=True)
@@ -266,10 +309,14 @@ def _string_list(table: _Table, key: str, default: tuple[str, ...]) -> tuple[str
     return tuple(value)
 
 
-SINK_KEYS = frozenset(
-    {"type", "path", "format", "mode", "owner", "group", "env_name", "on_update", "on_update_timeout", "signal",
-     "pid_file"}
-)  # fmt: skip
+COMMON_SINK_KEYS = frozenset({"type", "on_update", "on_update_timeout", "signal", "pid_file"})
+SINK_KEYS = {
+    "file": COMMON_SINK_KEYS | {"path", "format", "mode", "owner", "group", "env_name"},
+    "kubernetes_secret": COMMON_SINK_KEYS | {"secret_name", "namespace", "key", "labels", "annotations", "api_url",
+                                             "token_file", "ca_file", "timeout_seconds"},
+    "vault_kv": COMMON_SINK_KEYS | {"address", "mount", "path", "namespace", "token_file", "token_env", "role_id",
+                                    "secret_id_file", "approle_mount", "ca_file", "timeout_seconds"},
+}  # fmt: skip
 PROFILE_KEYS = frozenset(
     {"client_id", "sinks", "token_url", "audience", "issuer", "jwks_url", "request_format", "auth_method", "scope",
      "algorithms", "leeway_seconds", "refresh_at", "jitter", "timeout_seconds", "retry_max_seconds"}
@@ -288,37 +335,103 @@ DAEMON_KEYS = frozenset(
 
 
 def _sink(table: _Table) -> SinkConfig:
-    table.only(SINK_KEYS)
-    kind = table.text("type", "file", choices=("file",))
+    kind = table.text("type", "file", choices=tuple(SINK_KEYS)) or "file"
+    table.only(frozenset(SINK_KEYS[kind]))
+    signal = table.text("signal", None, choices=SIGNALS)
+    pid_file = table.text("pid_file", None)
+    if (signal is None) != (pid_file is None):
+        raise ConfigError(f"{table.file}: {table.where}: set both signal and pid_file, or neither")
+    common: dict[str, Any] = {
+        "type": kind,
+        "on_update": _string_list(table, "on_update", ()),
+        "on_update_timeout": table.number("on_update_timeout", 30.0, 0.1, 3600.0),
+        "signal": signal,
+        "pid_file": Path(pid_file) if pid_file else None,
+    }
+    if kind == "kubernetes_secret":
+        return SinkConfig(**common, store=_kubernetes(table))
+    if kind == "vault_kv":
+        return SinkConfig(**common, store=_vault(table))
     path_text = table.text("path")
     if path_text is None:
         raise table.fail("path", "the absolute path of the token file")
     path = Path(path_text)
     if not path.is_absolute():
         path = (table.file.parent / path).resolve()
-    fmt = table.text("format", "raw", choices=("raw", "json", "env"))
-    env_name = table.text("env_name", "EDGE_TOKEN")
-    assert kind and fmt and env_name
+    fmt = table.text("format", "raw", choices=("raw", "json", "env")) or "raw"
+    env_name = table.text("env_name", "EDGE_TOKEN") or "EDGE_TOKEN"
     if not ENV_NAME.match(env_name):
         raise table.fail("env_name", "a shell variable name such as EDGE_TOKEN")
-    signal = table.text("signal", None, choices=SIGNALS)
-    pid_file = table.text("pid_file", None)
-    if (signal is None) != (pid_file is None):
-        raise ConfigError(f"{table.file}: {table.where}: set both signal and pid_file, or neither")
-    sink = SinkConfig(
-        type=kind,
+    return SinkConfig(
+        **common,
         path=path,
         format=fmt,
         mode=_mode(table, "mode"),
         uid=_owner(table, "owner", lambda name: pwd.getpwnam(name).pw_uid),
         gid=_owner(table, "group", lambda name: grp.getgrnam(name).gr_gid),
         env_name=env_name,
-        on_update=_string_list(table, "on_update", ()),
-        on_update_timeout=table.number("on_update_timeout", 30.0, 0.1, 3600.0),
-        signal=signal,
-        pid_file=Path(pid_file) if pid_file else None,
     )
-    return sink
+
+
+def _string_table(table: _Table, key: str) -> dict[str, str]:
+    value = table.get(key, dict, {}, "a table of strings")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise table.fail(key, "a table of strings")
+    return dict(value)
+
+
+def _optional_path(table: _Table, key: str, default: Path | None) -> Path | None:
+    text = table.text(key, None)
+    return Path(text) if text else default
+
+
+def _kubernetes(table: _Table) -> KubernetesSecretOptions:
+    name = table.text("secret_name")
+    if not name or not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", name):
+        raise table.fail("secret_name", "a Kubernetes object name (lowercase letters, digits, '-', '.')")
+    key = table.text("key", "token") or "token"
+    if not re.fullmatch(r"[-._a-zA-Z0-9]{1,253}", key):
+        raise table.fail("key", "a Secret data key ([-._a-zA-Z0-9]+)")
+    api_url = _url(table, "api_url", "") if "api_url" in table.data else None
+    return KubernetesSecretOptions(
+        secret_name=name,
+        namespace=table.text("namespace", None),
+        key=key,
+        labels=_string_table(table, "labels"),
+        annotations=_string_table(table, "annotations"),
+        api_url=api_url,
+        token_file=_optional_path(table, "token_file", SA_DIR / "token") or SA_DIR / "token",
+        ca_file=_optional_path(table, "ca_file", SA_DIR / "ca.crt"),
+        timeout_seconds=table.number("timeout_seconds", 10.0, 0.1, 300.0),
+    )
+
+
+def _vault(table: _Table) -> VaultKvOptions:
+    address = _url(table, "address", "")
+    kv_path = table.text("path")
+    if not kv_path or kv_path.startswith("/") or ".." in kv_path.split("/"):
+        raise table.fail("path", "a KV path such as \"edge-token/production\" (relative, no '..')")
+    token_file, token_env = table.text("token_file", None), table.text("token_env", None)
+    role_id, secret_id_file = table.text("role_id", None), table.text("secret_id_file", None)
+    methods = [m for m in (token_file, token_env, role_id) if m]
+    if len(methods) != 1 or (role_id is None) != (secret_id_file is None):
+        raise ConfigError(
+            f"{table.file}: {table.where}: authenticate to Vault with exactly one of token_file, token_env, "
+            "or role_id + secret_id_file (AppRole)"
+        )
+    token = SecretSource("file", token_file) if token_file else SecretSource("env", token_env) if token_env else None
+    return VaultKvOptions(
+        address=address.rstrip("/"),
+        path=kv_path.strip("/"),
+        mount=(table.text("mount", "secret") or "secret").strip("/"),
+        namespace=table.text("namespace", None),
+        token=token,
+        role_id=role_id,
+        secret_id=SecretSource("file", secret_id_file) if secret_id_file else None,
+        approle_mount=(table.text("approle_mount", "approle") or "approle").strip("/"),
+        ca_file=_optional_path(table, "ca_file", None),
+        timeout_seconds=table.number("timeout_seconds", 10.0, 0.1, 300.0),
+    )
 
 
 def env_prefix(profile: str) -> str:
@@ -455,13 +568,13 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
     root.finish()
     if not profiles:
         raise ConfigError(f"{file}: no profiles; add a [profiles.NAME] table (see config/local.toml)")
-    seen: dict[Path, str] = {}
+    seen: dict[str, str] = {}
     for profile in profiles.values():
         for sink in profile.sinks:
-            if sink.path in seen:
+            if sink.name in seen:
                 raise ConfigError(
-                    f"{file}: sink path {sink.path} is used by both {seen[sink.path]} and profiles.{profile.name}; "
-                    "every sink needs its own file"
+                    f"{file}: sink {sink.name} is used by both {seen[sink.name]} and profiles.{profile.name}; "
+                    "every sink needs its own destination"
                 )
-            seen[sink.path] = f"profiles.{profile.name}"
+            seen[sink.name] = f"profiles.{profile.name}"
     return Config(path=file, daemon=daemon, profiles=profiles)

@@ -21,12 +21,9 @@ def hook_environment(sink: SinkConfig, profile: str, environ: Mapping[str, str])
     """What an on_update command sees: a few harmless variables and where the new token is."""
     env = {name: environ[name] for name in PASSED_ENV if name in environ}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    env.update(
-        EDGE_TOKEN_PROFILE=profile,
-        EDGE_TOKEN_SINK=sink.name,
-        EDGE_TOKEN_PATH=str(sink.path),
-        EDGE_TOKEN_FORMAT=sink.format,
-    )
+    env.update(EDGE_TOKEN_PROFILE=profile, EDGE_TOKEN_SINK=sink.name)
+    if sink.path is not None:
+        env.update(EDGE_TOKEN_PATH=str(sink.path), EDGE_TOKEN_FORMAT=sink.format)
     return env
 
 

@@ -43,14 +43,13 @@ def child_environment(
     }
     for profile in config.profiles.values():
         key = env_prefix(profile.name).removeprefix("EDGE_TOKEN_").rstrip("_")
-        env[f"EDGE_TOKEN_PATH_{key}"] = str(profile.sinks[0].path)
-        if token_env and tokens and profile.name in tokens:
-            env[f"EDGE_TOKEN_{key}"] = tokens[profile.name]
-    if len(config.profiles) == 1:
-        only = next(iter(config.profiles.values()))
-        env["EDGE_TOKEN_PATH"] = str(only.sinks[0].path)
-        if token_env and tokens and only.name in tokens:
-            env["EDGE_TOKEN"] = tokens[only.name]
+        path = next((sink.path for sink in profile.sinks if sink.path is not None), None)
+        names = [f"_{key}"] + ([""] if len(config.profiles) == 1 else [])  # a lone profile also gets short names
+        for suffix in names:
+            if path is not None:
+                env[f"EDGE_TOKEN_PATH{suffix}"] = str(path)
+            if token_env and tokens and profile.name in tokens:
+                env[f"EDGE_TOKEN{suffix}"] = tokens[profile.name]
     return env
 
 

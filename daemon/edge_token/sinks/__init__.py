@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from edge_token.config import SinkConfig
+import aiohttp
+
+from edge_token.config import KubernetesSecretOptions, SinkConfig, VaultKvOptions
 from edge_token.token import Token
 
 
@@ -23,8 +26,21 @@ class Sink(Protocol):
         ...
 
 
-def build_sink(config: SinkConfig) -> Sink:
-    """The sink implementation for one `[[profiles.X.sinks]]` table."""
+def build_sink(
+    config: SinkConfig,
+    session: aiohttp.ClientSession,
+    on_secret: Callable[[str], None] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Sink:
+    """The sink implementation for one `[[profiles.X.sinks]]` table (store modules are imported only if used)."""
+    if isinstance(config.store, KubernetesSecretOptions):
+        from edge_token.sinks.kubernetes import KubernetesSecretSink
+
+        return KubernetesSecretSink(config, config.store, session, on_secret, environ)
+    if isinstance(config.store, VaultKvOptions):
+        from edge_token.sinks.vault import VaultKvSink
+
+        return VaultKvSink(config, config.store, session, on_secret, environ)
     from edge_token.sinks.file import FileSink
 
     return FileSink(config)

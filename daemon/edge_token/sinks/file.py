@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 
 from edge_token.atomicfile import remove_stale_temps, write_atomic
 from edge_token.config import SinkConfig
@@ -49,14 +50,15 @@ class FileSink:
     """Writes the token to `config.path` with the atomic recipe of `atomicfile`."""
 
     def __init__(self, config: SinkConfig) -> None:
+        assert config.path is not None
         self.config = config
         self.name = config.name
-        self.path = config.path
+        self.path: Path = config.path
 
     async def write(self, token: Token) -> bool:
         data = render(token, self.config.format, self.config.env_name)
         cfg = self.config
-        return await asyncio.to_thread(write_atomic, cfg.path, data, cfg.mode, cfg.uid, cfg.gid)
+        return await asyncio.to_thread(write_atomic, self.path, data, cfg.mode, cfg.uid, cfg.gid)
 
     async def read(self) -> str | None:
         return await asyncio.to_thread(self._read)

@@ -1,0 +1,172 @@
+"""The Kubernetes Secret sink: the token in one key of a Secret, over the REST API, never a blind overwrite.
+
+- Auth: the pod's service-account token, re-read on every call (projected tokens rotate), and its CA.
+- Create if absent (POST); otherwise a conditional replace (PUT carrying the `resourceVersion` we read), so a
+  concurrent writer makes us re-read (409) instead of being overwritten; a Secret holding a token that expires
+  later than ours is left alone (another daemon got a newer one).
+- The expiry is kept in the annotation `edge-token.io/expires-at` (UNIX seconds).
+
+Minimal RBAC (README "Secret-store sinks"): get, create, update, patch on `secrets` with resourceNames [NAME].
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from edge_token.config import SA_DIR, KubernetesSecretOptions, SinkConfig
+from edge_token.errors import SinkError
+from edge_token.oauth import sanitize
+from edge_token.sinks.storehttp import Answer, call, tls_context
+from edge_token.token import Token
+
+EXPIRY_ANNOTATION = "edge-token.io/expires-at"
+MAX_CONFLICT_RETRIES = 4
+
+
+class KubernetesSecretSink:
+    def __init__(
+        self,
+        config: SinkConfig,
+        options: KubernetesSecretOptions,
+        session: aiohttp.ClientSession,
+        on_secret: Callable[[str], None] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.config, self.options, self.name = config, options, config.name
+        self._session, self._on_secret = session, on_secret
+        self._environ = os.environ if environ is None else environ
+
+    # ---- plumbing --------------------------------------------------------------------------------------
+    def _base_url(self) -> str:
+        if self.options.api_url:
+            return self.options.api_url.rstrip("/")
+        host, port = self._environ.get("KUBERNETES_SERVICE_HOST"), self._environ.get("KUBERNETES_SERVICE_PORT")
+        if not host or not port:
+            raise SinkError(f"{self.name}: not running in a cluster ($KUBERNETES_SERVICE_HOST unset): set api_url")
+        return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+    def _namespace(self) -> str:
+        if self.options.namespace:
+            return self.options.namespace
+        try:
+            return (SA_DIR / "namespace").read_text().strip()
+        except OSError:
+            raise SinkError(f"{self.name}: no namespace configured and {SA_DIR / 'namespace'} unreadable") from None
+
+    def _token(self) -> str:
+        try:
+            token = self.options.token_file.read_text().strip()
+        except OSError as exc:
+            raise SinkError(f"{self.name}: cannot read service-account token {self.options.token_file}: "
+                            f"{exc.strerror}") from None  # fmt: skip
+        if self._on_secret is not None:
+            self._on_secret(token)
+        return token
+
+    async def _call(self, method: str, url: str, body: Any = None) -> Answer:
+        token = self._token()
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        return await call(
+            self._session, method, url, what=f"{self.name}: Kubernetes API", headers=headers, body=body,
+            timeout=self.options.timeout_seconds, tls=tls_context(self.options.ca_file), secrets=(token,),
+        )  # fmt: skip
+
+    def _url(self, collection: bool = False) -> str:
+        base = f"{self._base_url()}/api/v1/namespaces/{quote(self._namespace(), safe='')}/secrets"
+        return base if collection else f"{base}/{quote(self.options.secret_name, safe='')}"
+
+    def _error(self, answer: Answer, action: str) -> SinkError:
+        message = sanitize((answer.body or {}).get("message", ""), (), 160)
+        ns, name = self.options.namespace or "(pod namespace)", self.options.secret_name
+        hints = {
+            401: "the API server rejected the service-account token",
+            403: f"permission denied: the service account needs get, create, update on secrets/{name} in {ns}",
+            404: f"namespace {ns} not found",
+            422: f"the API server refused the Secret: {message}",
+        }
+        hint = hints.get(answer.status) or f"API server answered {answer.status} {message}; will retry"
+        return SinkError(f"{self.name}: cannot {action}: {hint}")
+
+    # ---- Sink protocol ---------------------------------------------------------------------------------
+    async def read(self) -> str | None:
+        try:
+            answer = await self._call("GET", self._url())
+        except SinkError:
+            return None
+        if answer.status != 200 or answer.body is None:
+            return None
+        return _decode((answer.body.get("data") or {}).get(self.options.key))
+
+    async def write(self, token: Token) -> bool:
+        encoded = base64.b64encode(token.jwt.encode()).decode()
+        for _ in range(MAX_CONFLICT_RETRIES):
+            current = await self._call("GET", self._url())
+            if current.status == 404:
+                created = await self._call("POST", self._url(collection=True), self._new_secret(encoded, token))
+                if created.status in (200, 201):
+                    return True
+                if created.status == 409:  # someone created it meanwhile: re-read
+                    continue
+                raise self._error(created, "create the Secret")
+            if current.status != 200 or current.body is None:
+                raise self._error(current, "read the Secret")
+            secret = current.body
+            data = secret.setdefault("data", {}) or {}
+            metadata = secret.setdefault("metadata", {})
+            annotations = metadata.get("annotations") or {}
+            if data.get(self.options.key) == encoded:
+                return False
+            if _float(annotations.get(EXPIRY_ANNOTATION)) > token.exp:
+                return False  # a newer token is already there (another writer); never regress it
+            data[self.options.key] = encoded
+            secret["data"] = data
+            metadata["annotations"] = {
+                **annotations,
+                **self.options.annotations,
+                EXPIRY_ANNOTATION: str(int(token.exp)),
+            }
+            metadata["labels"] = {**(metadata.get("labels") or {}), **self.options.labels}
+            replaced = await self._call("PUT", self._url(), secret)  # carries metadata.resourceVersion
+            if replaced.status == 200:
+                return True
+            if replaced.status != 409:
+                raise self._error(replaced, "update the Secret")
+        raise SinkError(
+            f"{self.name}: the Secret kept changing under us ({MAX_CONFLICT_RETRIES} conflicts); will retry"
+        )
+
+    def _new_secret(self, encoded: str, token: Token) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {
+                "name": self.options.secret_name,
+                "labels": {"app.kubernetes.io/managed-by": "edge-token", **self.options.labels},
+                "annotations": {**self.options.annotations, EXPIRY_ANNOTATION: str(int(token.exp))},
+            },
+            "data": {self.options.key: encoded},
+        }
+
+
+def _decode(value: object) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return base64.b64decode(value, validate=True).decode("ascii")
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _float(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0.0

@@ -1,0 +1,65 @@
+"""Shared HTTP plumbing of the secret-store sinks: bounded, TLS-verified JSON calls that fail as SinkError."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from edge_token.errors import ProtocolError, SinkError
+from edge_token.oauth import read_limited, sanitize
+
+MAX_STORE_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: dict[str, Any] | None
+
+
+def tls_context(ca_file: Path | None) -> ssl.SSLContext | bool:
+    """Verification always on: the system CAs, or the configured CA bundle (e.g. the in-cluster ca.crt)."""
+    if ca_file is None or not ca_file.exists():
+        return True
+    try:
+        return ssl.create_default_context(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise SinkError(f"cannot load CA bundle {ca_file}: {exc}") from None
+
+
+async def call(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    what: str,
+    headers: dict[str, str],
+    timeout: float,
+    tls: ssl.SSLContext | bool = True,
+    body: Any = None,
+    secrets: tuple[str, ...] = (),
+) -> Answer:
+    """One JSON request; network trouble, timeouts and oversized answers become SinkError naming `what`."""
+    try:
+        async with session.request(
+            method, url, headers=headers, json=body, ssl=tls, allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as response:  # fmt: skip
+            raw = await read_limited(response, MAX_STORE_BYTES, what)
+            status = response.status
+    except ProtocolError as exc:
+        raise SinkError(f"{what}: {exc}") from None
+    except TimeoutError:
+        raise SinkError(f"{what} did not answer within {timeout:g}s; will retry") from None
+    except aiohttp.ClientError as exc:
+        raise SinkError(f"{what} unreachable: {type(exc).__name__}: {sanitize(exc, secrets)}; will retry") from None
+    try:
+        parsed = json.loads(raw) if raw else None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        parsed = None
+    return Answer(status, parsed if isinstance(parsed, dict) else None)

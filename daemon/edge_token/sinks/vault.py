@@ -1,0 +1,183 @@
+"""The HashiCorp Vault KV v2 sink: {token, expires_at, expires_at_unix, token_type} at MOUNT/data/PATH.
+
+- Writes use check-and-set (`options.cas` = the version we read, 0 when absent), so concurrent writers cannot
+  regress the value; a value with a later expiry than ours is left alone.
+- Auth: a Vault token from a file or an environment variable (re-read each time), or AppRole
+  (`role_id` + `secret_id_file`): the client token is cached, renewed (renew-self) when a third of its lease is
+  left, and re-obtained by logging in again when renewal fails or Vault answers 403.
+- `namespace` is sent as X-Vault-Namespace (Vault Enterprise / HCP).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from edge_token.config import SinkConfig, VaultKvOptions
+from edge_token.errors import ConfigError, SinkError
+from edge_token.oauth import sanitize
+from edge_token.sinks.storehttp import Answer, call, tls_context
+from edge_token.token import Token
+
+MAX_CAS_RETRIES = 4
+
+
+class VaultKvSink:
+    def __init__(
+        self,
+        config: SinkConfig,
+        options: VaultKvOptions,
+        session: aiohttp.ClientSession,
+        on_secret: Callable[[str], None] | None = None,
+        environ: Mapping[str, str] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config, self.options, self.name = config, options, config.name
+        self._session, self._on_secret, self._monotonic = session, on_secret, monotonic
+        self._environ = os.environ if environ is None else environ
+        self._client_token: str | None = None  # AppRole: cached client token
+        self._lease_ends = 0.0
+        self._lease = 0.0
+        self._renewable = False
+
+    # ---- auth ------------------------------------------------------------------------------------------
+    def _secret(self, value: str) -> str:
+        if self._on_secret is not None:
+            self._on_secret(value)
+        return value
+
+    async def _vault_token(self, fresh_login: bool = False) -> str:
+        if self.options.token is not None:
+            try:
+                return self._secret(self.options.token.read(self._environ, "Vault token"))
+            except ConfigError as exc:
+                raise SinkError(f"{self.name}: {exc}") from None
+        now = self._monotonic()
+        if self._client_token and not fresh_login:
+            if now < self._lease_ends - self._lease / 3:
+                return self._client_token
+            if self._renewable and now < self._lease_ends and await self._renew_self():
+                return self._client_token
+        return await self._approle_login()
+
+    async def _approle_login(self) -> str:
+        assert self.options.role_id is not None and self.options.secret_id is not None
+        try:
+            secret_id = self._secret(self.options.secret_id.read(self._environ, "AppRole secret_id"))
+        except ConfigError as exc:
+            raise SinkError(f"{self.name}: {exc}") from None
+        url = f"{self.options.address}/v1/auth/{self.options.approle_mount}/login"
+        answer = await self._call("POST", url, None, {"role_id": self.options.role_id, "secret_id": secret_id})
+        auth = (answer.body or {}).get("auth") if answer.status == 200 else None
+        if not isinstance(auth, dict) or not isinstance(auth.get("client_token"), str):
+            raise SinkError(f"{self.name}: AppRole login failed ({answer.status}): check role_id and secret_id")
+        self._adopt_lease(auth)
+        assert self._client_token is not None
+        return self._client_token
+
+    async def _renew_self(self) -> bool:
+        assert self._client_token is not None
+        answer = await self._call("POST", f"{self.options.address}/v1/auth/token/renew-self", self._client_token, {})
+        auth = (answer.body or {}).get("auth") if answer.status == 200 else None
+        if isinstance(auth, dict) and isinstance(auth.get("client_token"), str):
+            self._adopt_lease(auth)
+            return True
+        return False
+
+    def _adopt_lease(self, auth: dict[str, Any]) -> None:
+        self._client_token = self._secret(auth["client_token"])
+        lease = auth.get("lease_duration")
+        self._lease = float(lease) if isinstance(lease, int | float) and lease > 0 else 3600.0
+        self._lease_ends = self._monotonic() + self._lease
+        self._renewable = bool(auth.get("renewable"))
+
+    # ---- plumbing --------------------------------------------------------------------------------------
+    async def _call(self, method: str, url: str, token: str | None, body: Any = None) -> Answer:
+        headers = {"Accept": "application/json"}
+        if token:
+            headers["X-Vault-Token"] = token
+        if self.options.namespace:
+            headers["X-Vault-Namespace"] = self.options.namespace
+        return await call(
+            self._session, method, url, what=f"{self.name}: Vault", headers=headers, body=body,
+            timeout=self.options.timeout_seconds, tls=tls_context(self.options.ca_file),
+            secrets=tuple(t for t in (token,) if t),
+        )  # fmt: skip
+
+    @property
+    def _data_url(self) -> str:
+        return f"{self.options.address}/v1/{self.options.mount}/data/{self.options.path}"
+
+    async def _authorized(self, method: str, body: Any = None) -> Answer:
+        """Call the data URL; with AppRole, log in again once on 403 (a revoked or expired client token)."""
+        answer = await self._call(method, self._data_url, await self._vault_token(), body)
+        if answer.status == 403 and self.options.role_id is not None:
+            answer = await self._call(method, self._data_url, await self._vault_token(fresh_login=True), body)
+        return answer
+
+    def _error(self, answer: Answer, action: str) -> SinkError:
+        errors = (answer.body or {}).get("errors") or []
+        said = sanitize("; ".join(str(e) for e in errors), (), 160) if isinstance(errors, list) else ""
+        mount, path = self.options.mount, self.options.path
+        if answer.status == 403:
+            need = "create and update" if action == "write" else "read"
+            hint = f"permission denied: the Vault policy needs {need} on {mount}/data/{path}"
+        elif answer.status == 404 or "no handler for route" in said:
+            hint = f"no KV v2 engine mounted at {mount!r}: check mount (and the namespace)"
+        elif answer.status == 400:
+            hint = f"Vault refused the request: {said}"
+        else:
+            hint = f"Vault answered {answer.status} {said}; will retry"
+        return SinkError(f"{self.name}: cannot {action}: {hint}")
+
+    # ---- Sink protocol ---------------------------------------------------------------------------------
+    async def read(self) -> str | None:
+        try:
+            answer = await self._authorized("GET")
+        except SinkError:
+            return None
+        data = _kv(answer).get("data") if answer.status == 200 else None
+        token = data.get("token") if isinstance(data, dict) else None
+        return token if isinstance(token, str) else None
+
+    async def write(self, token: Token) -> bool:
+        value = {
+            "token": token.jwt,
+            "token_type": token.token_type,
+            "expires_at": datetime.fromtimestamp(token.exp, UTC).isoformat(timespec="seconds"),
+            "expires_at_unix": int(token.exp),
+        }
+        for _ in range(MAX_CAS_RETRIES):
+            current = await self._authorized("GET")
+            kv = _kv(current)
+            metadata: dict[str, Any] = kv["metadata"] if isinstance(kv.get("metadata"), dict) else {}
+            if current.status == 200:
+                existing: dict[str, Any] = kv["data"] if isinstance(kv.get("data"), dict) else {}
+                if existing.get("token") == token.jwt:
+                    return False
+                if _number(existing.get("expires_at_unix")) > token.exp:
+                    return False  # a newer token is already stored; never regress it
+            elif current.status != 404 or "no handler for route" in str((current.body or {}).get("errors")):
+                raise self._error(current, "read")
+            version = int(_number(metadata.get("version")))  # 0: create only if absent
+            written = await self._authorized("POST", {"options": {"cas": version}, "data": value})
+            if written.status in (200, 204):
+                return True
+            if written.status == 400 and "check-and-set" in str((written.body or {}).get("errors")):
+                continue  # someone wrote in between: re-read and decide again
+            raise self._error(written, "write")
+        raise SinkError(f"{self.name}: the secret kept changing under us ({MAX_CAS_RETRIES} cas mismatches)")
+
+
+def _kv(answer: Answer) -> dict[str, Any]:
+    data = (answer.body or {}).get("data")
+    return data if isinstance(data, dict) else {}
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
