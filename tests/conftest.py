@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from collections.abc import AsyncIterator, Callable
@@ -19,6 +20,17 @@ CLIENT_SECRET = "s3cret-a-7f9c2e1d"
 OTHER_CLIENT = "client-b"
 OTHER_SECRET = "s3cret-b-0a1b2c3d"
 START = 1_800_000_000.0
+SOAK = os.environ.get("EDGE_TOKEN_SOAK") == "1"  # full-length reliability runs (README "Reliability")
+FIGURES: dict[str, dict[str, Any]] = {}  # reliability figures, printed at the end of the run
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the figures the reliability tests recorded (chaos soak, crash safety, hostile inputs, ...)."""
+    if not FIGURES:
+        return
+    terminalreporter.section(f"reliability figures ({'full soak' if SOAK else 'short CI run'})")
+    for name, figures in FIGURES.items():
+        terminalreporter.write_line(f"{name}: " + ", ".join(f"{k} {v}" for k, v in figures.items()))
 
 
 class FakeClock:
@@ -85,7 +97,7 @@ def toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return json.dumps(str(value))  # JSON string escapes are valid TOML basic-string escapes
 
 
 @pytest.fixture

@@ -53,6 +53,9 @@ class DaemonProcess:
             async with self._changed:
                 self.events.append(event)
                 self._changed.notify_all()
+        await self.process.wait()  # EOF: the process is gone; let waiters see its exit status
+        async with self._changed:
+            self._changed.notify_all()
 
     def count(self, name: str, **fields: Any) -> int:
         return sum(1 for e in self.events if e.get("event") == name and all(e.get(k) == v for k, v in fields.items()))

@@ -14,6 +14,7 @@ from edge_token.policy import (
     MAX_RETRY_AFTER,
     RefreshSettings,
     TokenState,
+    backoff_bounds,
     backoff_delay,
     next_attempt_at,
     parse_retry_after,
@@ -111,3 +112,15 @@ def test_backoff_after_expiry_continues_at_the_cap() -> None:
 def test_parse_retry_after(value: str | None, expected: float | None) -> None:
     """Retry-After as delay-seconds or HTTP-date, relative to now; garbage is ignored."""
     assert parse_retry_after(value, NOW) == expected
+
+
+def test_backoff_scales_down_for_short_lived_tokens() -> None:
+    """A 4 s token gets retries from 40 ms and a 1 s cap; a 24 h token keeps 1 s to 5 min."""
+    short, day = token(lifetime=4.0), token(lifetime=86400.0)
+    assert backoff_bounds(short, SETTINGS) == (0.04, 1.0)
+    assert backoff_bounds(day, SETTINGS) == (1.0, 300.0)
+    assert backoff_bounds(None, SETTINGS) == (1.0, 300.0)
+    rng = random.Random(5)
+    expired_short = token(received_at=NOW - 10, lifetime=4.0)
+    delays = [next_attempt_at(NOW, expired_short, TransientError("x"), 30, SETTINGS, rng) - NOW for _ in range(200)]
+    assert max(delays) <= 1.0 + 1e-6 and min(delays) >= 0.04 - 1e-6  # float precision at 1.8e9

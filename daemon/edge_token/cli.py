@@ -76,8 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             from edge_token.daemon import main as daemon_main
 
-            _load(args)  # validates --profile names before anything starts
-            return daemon_main(Path(args.config), args.profile)
+            return daemon_main(_load(args), args.profile)  # _load validates --profile names first
         if args.command == "exec":
             return _exec(args)
         if args.command == "check":

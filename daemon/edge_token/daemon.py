@@ -127,7 +127,7 @@ class Daemon:
         if not listen:
             return None
         source = HealthSource(self.statuses, self.alive, self.redactor.scrub)
-        runner, self.http_address = await start_http(listen, self.registry, source)
+        runner, self.http_address = await start_http(listen, self.metrics, source)
         self.log.info("http.listening", address=self.http_address)
         return runner
 
@@ -230,7 +230,7 @@ class Daemon:
         renewer = self.renewers.pop(name, None)
         self.scheduler.cancel(f"profile:{name}")
         if renewer is not None:
-            self.metrics.forget(name, [sink.name for sink in renewer.sinks])
+            self.metrics.forget(name)
 
     def trigger(self, name: str, force: bool = False) -> None:
         """Start a cycle for the profile now, or right after the one in flight."""
@@ -321,12 +321,14 @@ class Daemon:
         self.notifier.reloaded(f"reloaded: {len(added)} added, {len(removed)} removed, {len(changed)} changed")
 
 
-async def run_daemon(config_path: Path, profiles: list[str] | None = None, duration: float | None = None) -> int:
-    """Load the config, set up logging and run the daemon until stopped."""
-    config = load_config(config_path)
+async def run_daemon(
+    config_path: Path, profiles: list[str] | None = None, duration: float | None = None, config: Config | None = None
+) -> int:
+    """Load the config (unless given), set up logging and run the daemon until stopped."""
+    config = config or load_config(config_path)
     redactor = logs.configure(config.daemon.log_format, config.daemon.log_level)
     return await Daemon(config, profiles=profiles, redactor=redactor).run(duration)
 
 
-def main(config_path: Path, profiles: list[str] | None = None) -> int:
-    return asyncio.run(run_daemon(config_path, profiles))
+def main(config: Config, profiles: list[str] | None = None) -> int:
+    return asyncio.run(run_daemon(config.path, profiles, config=config))

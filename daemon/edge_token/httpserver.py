@@ -11,12 +11,11 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
-from prometheus_client.aiohttp import make_aiohttp_handler
 
 from edge_token.config import parse_listen
 from edge_token.errors import ConfigError
 from edge_token.health import ProfileStatus, readiness
+from edge_token.metrics import Metrics
 
 
 class HealthSource:
@@ -37,9 +36,14 @@ def _json(body: Any, status: int = 200) -> web.Response:
     )
 
 
-def build_app(registry: CollectorRegistry, source: HealthSource) -> web.Application:
+def build_app(metrics: Metrics, source: HealthSource) -> web.Application:
     app = web.Application()
-    metrics_handler = make_aiohttp_handler(registry)
+
+    async def metrics_handler(request: web.Request) -> web.Response:
+        body, headers = metrics.exposition(
+            request.headers.get("Accept", ""), request.headers.get("Accept-Encoding", "")
+        )
+        return web.Response(body=body, headers=headers)
 
     async def healthz(request: web.Request) -> web.Response:
         ok = source.alive()
@@ -60,10 +64,10 @@ def build_app(registry: CollectorRegistry, source: HealthSource) -> web.Applicat
     return app
 
 
-async def start_http(listen: str, registry: CollectorRegistry, source: HealthSource) -> tuple[web.AppRunner, str]:
+async def start_http(listen: str, metrics: Metrics, source: HealthSource) -> tuple[web.AppRunner, str]:
     """Bind and serve; returns the runner and the bound "host:port". A bind failure is a ConfigError."""
     host, port = parse_listen(listen, "[daemon] listen")
-    runner = web.AppRunner(build_app(registry, source), access_log=None, handle_signals=False)
+    runner = web.AppRunner(build_app(metrics, source), access_log=None, handle_signals=False)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

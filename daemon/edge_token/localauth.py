@@ -37,6 +37,7 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     access_token: str | None = None  # with status 200: a normal answer carrying this token instead
+    reset: bool = False  # drop the connection without answering
 
 
 class LocalAuthServer:
@@ -56,6 +57,10 @@ class LocalAuthServer:
         self.keys: list[RSAKey] = [self._new_key()]
         self.token_faults: deque[Fault] = deque()
         self.jwks_faults: deque[Fault] = deque()
+        # consulted when no fault is queued: a chaos source for soak tests (None = no fault this time)
+        self.token_chaos: Callable[[], Fault | None] | None = None
+        self.jwks_chaos: Callable[[], Fault | None] | None = None
+        self.good_issue_times: list[float] = []  # now() of every genuine token handed out
         self.token_requests = 0
         self.request_times: list[float] = []  # now() of every token request, for Retry-After tests
         self.tokens_issued = 0
@@ -141,9 +146,12 @@ class LocalAuthServer:
 
     # ---- handlers ----------------------------------------------------------------------------------------
     @staticmethod
-    async def _fault_response(fault: Fault) -> web.StreamResponse | None:
+    async def _fault_response(fault: Fault, request: web.Request) -> web.StreamResponse | None:
         if fault.delay:
             await asyncio.sleep(fault.delay)
+        if fault.reset and request.transport is not None:
+            request.transport.abort()
+            return web.Response(status=500)  # never sent: the connection is gone
         if fault.access_token is not None:
             return None
         if isinstance(fault.body, bytes):
@@ -170,10 +178,10 @@ class LocalAuthServer:
     async def _token(self, request: web.Request) -> web.StreamResponse:
         self.token_requests += 1
         self.request_times.append(self.now())
-        fault = self.token_faults.popleft() if self.token_faults else None
+        fault = self.token_faults.popleft() if self.token_faults else self.token_chaos() if self.token_chaos else None
         override = None
         if fault is not None:
-            response = await self._fault_response(fault)
+            response = await self._fault_response(fault, request)
             if response is not None:
                 return response
             override = fault.access_token
@@ -193,14 +201,17 @@ class LocalAuthServer:
         self.tokens_issued += 1
         token = override if override is not None else self.mint(self.claims_for(client_id, audience))
         self.issued.append(token)
+        if override is None:
+            self.good_issue_times.append(self.now())
         return web.json_response(
             {"access_token": token, "expires_in": max(1, round(self.ttl)), "token_type": "Bearer", "scope": self.scope}
         )
 
     async def _jwks(self, request: web.Request) -> web.StreamResponse:
         self.jwks_requests += 1
-        if self.jwks_faults:
-            response = await self._fault_response(self.jwks_faults.popleft())
+        fault = self.jwks_faults.popleft() if self.jwks_faults else self.jwks_chaos() if self.jwks_chaos else None
+        if fault is not None:
+            response = await self._fault_response(fault, request)
             if response is not None:
                 return response
         return web.Response(text=json.dumps(self.jwks()), content_type="application/json")

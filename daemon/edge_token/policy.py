@@ -56,12 +56,25 @@ def refresh_due_at(token: Token, settings: RefreshSettings, rng: random.Random) 
 
 
 def backoff_delay(failures: int, rng: random.Random, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
-    """Capped exponential backoff with full jitter (AWS style), never below MIN_DELAY.
+    """Capped exponential backoff with full jitter (AWS style), never below `base`.
 
     `failures` counts consecutive failures including the one just seen (1 for the first).
     """
     ceiling = min(cap, base * 2.0 ** min(max(failures - 1, 0), 32))
-    return max(MIN_DELAY, rng.uniform(0.0, ceiling))
+    return max(base, rng.uniform(0.0, ceiling))
+
+
+def backoff_bounds(token: Token | None, settings: RefreshSettings) -> tuple[float, float]:
+    """(base, cap) of the backoff: 1 s doubling to `retry_max` (300 s), scaled down for short-lived tokens.
+
+    With the usual 24 h token nothing changes. A token living only seconds (tests, some dev servers) gets a base
+    of 1 % and a cap of 25 % of its lifetime: a 1 s floor would leave a 4 s token only two attempts between its
+    refresh point and its expiry, and a 5 min cap would leave it expired for minutes after the provider recovers.
+    """
+    if token is None:
+        return BACKOFF_BASE, settings.retry_max
+    base = min(BACKOFF_BASE, token.lifetime / 100)
+    return base, min(settings.retry_max, max(base, token.lifetime / 4))
 
 
 def next_attempt_at(
@@ -75,8 +88,8 @@ def next_attempt_at(
     """When this profile should try again, after a success (`error is None`) or a failure.
 
     Failure rules, in order: a server's Retry-After wins (capped at an hour); credentials rejected back off
-    15 minutes; everything else backs off exponentially. A backoff that would overshoot the expiry of a
-    still-valid token is pulled in to halfway between now and that expiry, so a retry can still save it.
+    15 minutes; everything else backs off exponentially (`backoff_bounds`). A backoff that would overshoot the
+    expiry of a still-valid token is pulled in to halfway to that expiry, so a retry can still save it.
     """
     if error is None:
         assert token is not None, "a success always has a token"
@@ -84,12 +97,13 @@ def next_attempt_at(
     retry_after = error.retry_after if isinstance(error, TransientError) else None
     if retry_after is not None:
         return now + min(max(retry_after, MIN_DELAY), MAX_RETRY_AFTER)
+    base, cap = backoff_bounds(token, settings)
     if isinstance(error, CredentialsRejected):
         delay = REJECTED_BACKOFF * rng.uniform(0.9, 1.0)
     else:
-        delay = backoff_delay(failures, rng, cap=settings.retry_max)
+        delay = backoff_delay(failures, rng, base, cap)
     if token is not None and now < token.expires_at < now + delay:
-        delay = max(MIN_DELAY, (token.expires_at - now) / 2)
+        delay = max(base, (token.expires_at - now) / 2)
     return now + delay
 
 
