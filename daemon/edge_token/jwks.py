@@ -111,14 +111,16 @@ class JwksCache:
         """Key ids currently loaded."""
         return self._kids
 
-    async def key_set(self, kid: str | None) -> KeySet:
+    async def key_set(self, kid: str | None, suspect: bool = False) -> KeySet:
         """The key set to verify a token whose header names `kid`.
 
         Fetches if nothing is loaded or the set is due for refresh; refetches once (rate-limited) if `kid` is
-        unknown. On a failed fetch the last good set is returned; with none at all, JwksError.
+        unknown, or if the caller `suspect`s the loaded key for it (a signature that did not verify: the provider
+        may have replaced a key under the same kid). On a failed fetch the last good set is returned; with none
+        at all, JwksError.
         """
         now = self._clock.monotonic()
-        unknown = kid is not None and kid not in self._kids
+        unknown = suspect or (kid is not None and kid not in self._kids)
         if self._keys is None or now >= self._refresh_due or (unknown and now - self._fetched_at >= self._min_refetch):
             await self.refresh(force=False)
         if self._keys is None:

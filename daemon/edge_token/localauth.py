@@ -38,6 +38,8 @@ class Fault:
     delay: float = 0.0
     access_token: str | None = None  # with status 200: a normal answer carrying this token instead
     reset: bool = False  # drop the connection without answering
+    trickle: float = 0.0  # seconds between body bytes (a slowloris answer)
+    chunks: int = 0  # send `body` this many times as chunked transfer encoding (an endless body)
 
 
 class LocalAuthServer:
@@ -154,6 +156,20 @@ class LocalAuthServer:
             return web.Response(status=500)  # never sent: the connection is gone
         if fault.access_token is not None:
             return None
+        if fault.chunks:
+            stream = web.StreamResponse(status=fault.status, headers=fault.headers)
+            stream.enable_chunked_encoding()
+            await stream.prepare(request)
+            for _ in range(fault.chunks):
+                await stream.write(fault.body if isinstance(fault.body, bytes) else b" ")
+            return stream
+        if fault.trickle:
+            stream = web.StreamResponse(status=fault.status, headers=fault.headers)
+            await stream.prepare(request)
+            for byte in fault.body if isinstance(fault.body, bytes) else b"{}":
+                await stream.write(bytes([byte]))
+                await asyncio.sleep(fault.trickle)
+            return stream
         if isinstance(fault.body, bytes):
             return web.Response(status=fault.status, body=fault.body, headers=fault.headers)
         return web.json_response(fault.body, status=fault.status, headers=fault.headers)

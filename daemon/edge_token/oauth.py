@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 import aiohttp
 
+from edge_token import strictjson
 from edge_token.clock import Clock
 from edge_token.config import ProfileConfig
 from edge_token.errors import CredentialsRejected, ProtocolError, TransientError
@@ -157,17 +158,13 @@ def _parse_body(raw: bytes, content_type: str) -> dict[str, Any]:
         except (UnicodeDecodeError, ValueError):
             raise ProtocolError("token answer is not valid form-encoded text") from None
     try:
-        data = json.loads(raw, parse_constant=_reject_constant)
+        data = strictjson.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         kind = "an HTML page" if raw.lstrip()[:1] == b"<" else "not valid JSON"
         raise ProtocolError(f"token answer with status 200 is {kind}; check token_url") from None
     if not isinstance(data, dict):
         raise ProtocolError("token answer is JSON but not an object")
     return data
-
-
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not JSON")
 
 
 def parse_token_answer(raw: bytes, content_type: str, received_at: float, secret: str = "") -> TokenAnswer:

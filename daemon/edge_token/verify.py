@@ -28,11 +28,12 @@ from joserfc.errors import (
 from joserfc.jwk import KeySet
 
 from edge_token.errors import VerificationError
+from edge_token.strictjson import StrictDecoder
 from edge_token.token import Token
 
 MAX_TOKEN_BYTES = 16 * 1024
 _B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
-KeySetLookup = Callable[[str | None], Awaitable[KeySet]]
+KeySetLookup = Callable[[str | None, bool], Awaitable[KeySet]]  # (kid, suspect the cached key) -> keys
 
 
 @dataclass(frozen=True)
@@ -44,27 +45,6 @@ class Rules:
     client_id: str
     algorithms: tuple[str, ...] = ("RS256",)
     leeway: float = 60.0
-
-
-class _StrictDecoder(json.JSONDecoder):
-    """JSON that refuses duplicate member names and NaN/Infinity: ambiguity is how parsers get confused."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.update(object_pairs_hook=_unique_members, parse_constant=_no_constant)
-        super().__init__(**kwargs)
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate member {key[:40]!r}")
-        result[key] = value
-    return result
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def fail(reason: str, message: str) -> VerificationError:
@@ -84,7 +64,7 @@ def parse_header(token: object) -> dict[str, Any]:
     if not all(parts) or not all(_B64URL.match(part) for part in parts):
         raise fail("malformed", "a JWT part is empty or not base64url")
     try:
-        header = json.loads(_b64decode(parts[0]), cls=_StrictDecoder)
+        header = json.loads(_b64decode(parts[0]), cls=StrictDecoder)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise fail("malformed", "the JWT header is not a JSON object") from None
     if not isinstance(header, dict):
@@ -103,7 +83,7 @@ def decode_unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(header, claims) WITHOUT checking anything but structure: for `inspect` and diagnostics only."""
     header = parse_header(token)
     try:
-        claims = json.loads(_b64decode(token.split(".")[1]), cls=_StrictDecoder)
+        claims = json.loads(_b64decode(token.split(".")[1]), cls=StrictDecoder)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise fail("malformed", "the JWT payload is not a JSON object") from None
     if not isinstance(claims, dict):
@@ -134,9 +114,15 @@ async def verify_token(
     kid = header.get("kid")
     if kid is not None and not isinstance(kid, str):
         raise fail("malformed", "the JWT header's kid is not a string")
-    key_set = await keys(kid)
+    key_set = await keys(kid, False)
     try:
-        claims = jwt.decode(token, key_set, algorithms=list(rules.algorithms), decoder_cls=_StrictDecoder).claims
+        try:
+            claims = jwt.decode(token, key_set, algorithms=list(rules.algorithms), decoder_cls=StrictDecoder).claims
+        except BadSignatureError:
+            fresher = await keys(kid, True)  # a replaced key under the same kid: one rate-limited refetch
+            if fresher is key_set:
+                raise
+            claims = jwt.decode(token, fresher, algorithms=list(rules.algorithms), decoder_cls=StrictDecoder).claims
     except InvalidKeyIdError:
         raise fail("unknown_kid", "its signing key is not in the provider's JWKS (unknown kid)") from None
     except BadSignatureError:
