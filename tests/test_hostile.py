@@ -7,7 +7,6 @@ working afterwards (the next, good renewal succeeds). It adds to the cases of te
 
 from __future__ import annotations
 
-import base64
 import gzip
 import hashlib
 import hmac
