@@ -8,7 +8,6 @@ Unknown keys are rejected so that a typo never silently falls back to a default.
 from __future__ import annotations
 
 import grp
-import ipaddress
 import math
 import os
 import pwd
@@ -246,6 +245,8 @@ def is_loopback_host(host: str) -> bool:
     """True for localhost and 127.0.0.0/8 / ::1: the only places plain HTTP may go."""
     if host.lower() in ("localhost", "localhost."):
         return True
+    import ipaddress  # only for http:// URLs
+
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:

@@ -11,7 +11,6 @@ import enum
 import math
 import random
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 
 from edge_token.errors import CredentialsRejected, EdgeTokenError, TransientError
 from edge_token.token import Token
@@ -114,6 +113,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     value = value.strip()
     if value.isdigit():
         return float(min(int(value), 10**9))
+    from email.utils import parsedate_to_datetime  # rare path: keep the email package out of start-up
+
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):

@@ -10,20 +10,22 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from edge_token.clock import Clock
 from edge_token.config import ProfileConfig
 from edge_token.errors import EdgeTokenError, SinkError, VerificationError
-from edge_token.health import ProfileStatus, state_name
 from edge_token.jwks import JwksCache
 from edge_token.oauth import request_token
 from edge_token.policy import RefreshSettings, TokenState, next_attempt_at, token_state
 from edge_token.sinks import Sink, build_sink
 from edge_token.token import Token
 from edge_token.verify import Rules, verify_token
+
+if TYPE_CHECKING:
+    from edge_token.health import ProfileStatus
 
 LIFETIME_MISMATCH_SECONDS = 120.0
 
@@ -98,6 +100,8 @@ class Renewer:
 
     def status(self, next_attempt_at: float | None) -> ProfileStatus:
         """The operator-facing snapshot (no token, no secret)."""
+        from edge_token.health import ProfileStatus, state_name  # daemon only: keep `once` start-up lean
+
         token = self.current
         return ProfileStatus(
             profile=self.profile.name,
