@@ -127,6 +127,20 @@ def test_store_sinks_parse(tmp_path: Path) -> None:
     assert sinks[2].store.address == "https://vault:8200"  # type: ignore[union-attr]
 
 
+def test_fleet_section(tmp_path: Path) -> None:
+    """[fleet] loads with defaults; plain http to a non-loopback etcd and an empty endpoint list are refused."""
+    config = load_config(write(tmp_path, '[fleet]\netcd_endpoints = ["https://etcd-1:2379", "http://127.0.0.1:2379/"]\n'
+                                          + MINIMAL), environ={})  # fmt: skip
+    assert config.fleet is not None
+    assert config.fleet.etcd_endpoints == ("https://etcd-1:2379", "http://127.0.0.1:2379")
+    assert (config.fleet.lease_ttl_seconds, config.fleet.key_prefix) == (15.0, "/edge-token")
+    assert load_config(write(tmp_path, MINIMAL), environ={}).fleet is None
+    with pytest.raises(ConfigError, match="plain http"):
+        load_config(write(tmp_path, '[fleet]\netcd_endpoints = ["http://etcd:2379"]\n' + MINIMAL), environ={})
+    with pytest.raises(ConfigError, match="fleet.etcd_endpoints: expected a non-empty list"):
+        load_config(write(tmp_path, "[fleet]\netcd_endpoints = []\n" + MINIMAL), environ={})
+
+
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     """A config path that does not exist says so."""
     with pytest.raises(ConfigError, match="cannot read the config file"):

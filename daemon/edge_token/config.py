@@ -180,12 +180,30 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    """`[fleet]`: share one token per profile across daemons through etcd (see fleet.py)."""
+
+    etcd_endpoints: tuple[str, ...]
+    key_prefix: str = "/edge-token"
+    lease_ttl_seconds: float = 15.0
+    poll_seconds: float = 5.0
+    timeout_seconds: float = 2.0
+    node_name: str | None = None
+    username: str | None = None
+    password: SecretSource | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration."""
 
     path: Path
     daemon: DaemonConfig
     profiles: Mapping[str, ProfileConfig]
+    fleet: FleetConfig | None = None
 
 
 class _Table:
@@ -256,6 +274,10 @@ def is_loopback_host(host: str) -> bool:
 def _url(table: _Table, key: str, default: str) -> str:
     value = table.text(key, default)
     assert value is not None
+    return _check_url(table, key, value)
+
+
+def _check_url(table: _Table, key: str, value: str) -> str:
     parts = urlsplit(value)
     expected = "an https:// URL (http:// only for a loopback host) without user info or fragment"
     try:
@@ -539,6 +561,37 @@ def _daemon(table: _Table) -> DaemonConfig:
     return config
 
 
+FLEET_KEYS = frozenset(
+    {"etcd_endpoints", "key_prefix", "lease_ttl_seconds", "poll_seconds", "timeout_seconds", "node_name", "username",
+     "password_file", "ca_file", "cert_file", "key_file"}
+)  # fmt: skip
+
+
+def _fleet(table: _Table) -> FleetConfig | None:
+    if not table.data:
+        return None
+    table.only(FLEET_KEYS)
+    endpoints = [_check_url(table, "etcd_endpoints", value) for value in _string_list(table, "etcd_endpoints", ())]
+    if not endpoints:
+        raise table.fail("etcd_endpoints", "a non-empty list of etcd client URLs (https://, or http:// on loopback)")
+    username, password_file = table.text("username", None), table.text("password_file", None)
+    if (username is None) != (password_file is None):
+        raise ConfigError(f"{table.file}: fleet: set both username and password_file, or neither")
+    return FleetConfig(
+        etcd_endpoints=tuple(e.rstrip("/") for e in endpoints),
+        key_prefix=table.text("key_prefix", "/edge-token") or "/edge-token",
+        lease_ttl_seconds=table.number("lease_ttl_seconds", 15.0, 2.0, 600.0),
+        poll_seconds=table.number("poll_seconds", 5.0, 0.1, 600.0),
+        timeout_seconds=table.number("timeout_seconds", 2.0, 0.1, 60.0),
+        node_name=table.text("node_name", None),
+        username=username,
+        password=SecretSource("file", password_file) if password_file else None,
+        ca_file=_optional_path(table, "ca_file", None),
+        cert_file=_optional_path(table, "cert_file", None),
+        key_file=_optional_path(table, "key_file", None),
+    )
+
+
 def parse_listen(value: str, where: str) -> tuple[str, int]:
     """`127.0.0.1:9464`, `[::1]:9464`, `0.0.0.0:9464` -> (host, port); ConfigError otherwise."""
     match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", value)
@@ -562,6 +615,7 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
         raise ConfigError(f"{file}: not valid TOML: {exc}") from None
     root = _Table(data, "", file)
     daemon = _daemon(root.table("daemon"))
+    fleet = _fleet(root.table("fleet"))
     profiles_table = root.table("profiles")
     profiles: dict[str, ProfileConfig] = {}
     for name in profiles_table.data:
@@ -578,4 +632,4 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
                     "every sink needs its own destination"
                 )
             seen[sink.name] = f"profiles.{profile.name}"
-    return Config(path=file, daemon=daemon, profiles=profiles)
+    return Config(path=file, daemon=daemon, profiles=profiles, fleet=fleet)

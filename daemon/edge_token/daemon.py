@@ -13,8 +13,9 @@ import os
 import random
 import signal
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -36,6 +37,9 @@ from edge_token.scheduler import Scheduler
 from edge_token.sinks import Sink
 from edge_token.systemd import Notifier
 from edge_token.token import Token
+
+if TYPE_CHECKING:
+    from edge_token.fleet import Fleet
 
 TICK_SECONDS = 5.0  # scheduler wake-up (suspend / clock jumps) and liveness tick
 SHUTDOWN_GRACE_SECONDS = 10.0
@@ -84,6 +88,7 @@ class Daemon:
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.http_address: str | None = None
+        self.fleet: Fleet | None = None  # only when [fleet] is configured (the module is imported only then)
 
     # ---- phase 1: startup ------------------------------------------------------------------------------
     async def run(self, duration: float | None = None) -> int:
@@ -97,6 +102,12 @@ class Daemon:
                 self.config, session, self.clock, self.log, environ=self.environ, rng=self.rng,
                 on_secret=self.redactor.add_secret, jwks_on_fetch=self.metrics.jwks_fetched,
             )  # fmt: skip
+            if self.config.fleet is not None:
+                from edge_token.fleet import Fleet
+
+                self.fleet = Fleet(self.config.fleet, session, self.log)
+                keepalive = self.config.fleet.lease_ttl_seconds / 3
+                self.scheduler.every("fleet:keepalive", keepalive, lambda: self.spawn(self._keepalive()))
             self.scheduler.start()
             for profile in self._selected(self.config):
                 self._add(profile.name)
@@ -115,6 +126,8 @@ class Daemon:
             ticker.cancel()
             self.scheduler.shutdown()
             await self._drain()
+            if self.fleet is not None:
+                await self.fleet.leave()
         if runner is not None:
             await runner.cleanup()
         if self.handle_signals:
@@ -133,7 +146,15 @@ class Daemon:
 
     def statuses(self) -> list[ProfileStatus]:
         """Every profile's status snapshot, for /status, /readyz and systemd."""
-        return [r.status(self.scheduler.next_run(f"profile:{n}")) for n, r in self.renewers.items()]
+        roles = self.fleet.roles if self.fleet is not None else {}
+        return [
+            replace(r.status(self.scheduler.next_run(f"profile:{n}")), fleet_role=roles.get(n))
+            for n, r in self.renewers.items()
+        ]
+
+    async def _keepalive(self) -> None:
+        assert self.fleet is not None
+        await self.fleet.keepalive()
 
     def alive(self) -> bool:
         return health.alive(self.last_tick, self.clock.monotonic(), self.tick_seconds, self.scheduler.running)
@@ -255,8 +276,13 @@ class Daemon:
                 if renewer.last_outcome is None:
                     adopted = await renewer.adopt()
                     outcomes += [adopted] if adopted else []
-                if force or renewer.state() is not TokenState.FRESH:
+                role = await self._fleet_step(name, renewer, outcomes)
+                if role == "follower":
+                    pass  # the leader requests; we only read, verify and write what it publishes
+                elif force or renewer.state() is not TokenState.FRESH:
                     outcomes.append(await renewer.renew())
+                    if role == "leader" and outcomes[-1].error is None:
+                        await self._publish(name, renewer)
                 elif renewer.pending_sinks:
                     outcomes.append(await renewer.retry_sinks())
         except Exception:
@@ -275,9 +301,52 @@ class Daemon:
                 if rerun is not None:
                     self.trigger(name, force=rerun)
 
+    async def _fleet_step(self, name: str, renewer: Renewer, outcomes: list[RenewalOutcome]) -> str | None:
+        """Fleet mode: learn our role, take a newer verified token from etcd, publish ours if it is newer."""
+        if self.fleet is None:
+            return None
+        from edge_token.fleet import LEADER, STANDALONE, EtcdUnavailable
+
+        role = await self.fleet.role(name)
+        self.metrics.fleet_role(name, role)
+        if role == STANDALONE:
+            return role
+        try:
+            stored = await self.fleet.read_token(name)
+        except EtcdUnavailable:
+            return STANDALONE
+        held = renewer.current
+        if stored.value and (held is None or stored.value != held.jwt):
+            outcome = await renewer.accept(stored.value)  # verified like our own; None if not newer
+            if outcome is not None:
+                outcomes.append(outcome)
+                self.metrics.fleet_event(name, "rejected" if outcome.error else "received")
+        held = renewer.current
+        if (
+            role == LEADER
+            and held is not None
+            and held.jwt != stored.value
+            and renewer.state() is not TokenState.EXPIRED
+        ):
+            await self._publish(name, renewer)  # ours outlives what the store holds (or the store held garbage)
+        return role
+
+    async def _publish(self, name: str, renewer: Renewer) -> None:
+        from edge_token.fleet import EtcdUnavailable
+
+        assert self.fleet is not None and renewer.current is not None
+        try:
+            if await self.fleet.publish(name, renewer.current.jwt):
+                self.metrics.fleet_event(name, "published")
+                self.log.info("fleet.published", profile=name, fingerprint=renewer.current.fingerprint)
+        except EtcdUnavailable as exc:
+            self.log.warning("fleet.publish_failed", profile=name, message=str(exc))
+
     def _schedule_next(self, name: str, renewer: Renewer, outcome: RenewalOutcome | None) -> float:
         now = self.clock.time()
         when = outcome.next_attempt_at if outcome and outcome.next_attempt_at else now + backoff_delay(1, self.rng)
+        if self.fleet is not None and self.fleet.roles.get(name) != "standalone":
+            when = min(when, now + self.fleet.config.poll_seconds)  # watch the shared key, and the leader's health
         if renewer.pending_sinks:
             sink_failures = max(1, renewer.sink_failures)
             when = min(when, now + backoff_delay(sink_failures, self.rng, cap=SINK_RETRY_MAX_SECONDS))

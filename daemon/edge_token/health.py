@@ -27,6 +27,7 @@ class ProfileStatus:
     sinks: Mapping[str, str | None] = field(default_factory=dict)  # sink -> error message, None if it holds the token
     kid: str | None = None
     fingerprint: str | None = None
+    fleet_role: str | None = None  # leader | follower | standalone, in fleet mode
 
     @property
     def token_valid(self) -> bool:
@@ -50,6 +51,7 @@ class ProfileStatus:
             "sinks": {name: {"ok": error is None, "error": error} for name, error in self.sinks.items()},
             "kid": self.kid,
             "fingerprint": self.fingerprint,
+            "fleet_role": self.fleet_role,
         }
 
 
@@ -67,6 +69,8 @@ def readiness(statuses: Iterable[ProfileStatus]) -> tuple[bool, dict[str, Any]]:
         if not status.ready:
             failing = [name for name, error in status.sinks.items() if error is not None]
             not_ready[status.profile] = {"state": status.state, "sinks_failing": failing}
+            if status.fleet_role:
+                not_ready[status.profile]["fleet_role"] = status.fleet_role
     return not not_ready, {"ready": not not_ready, "not_ready": not_ready}
 
 

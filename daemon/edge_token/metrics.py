@@ -58,6 +58,9 @@ class ProfileSeries:
     requests: float = 0.0
     verification_failures: dict[str, float] = field(default_factory=dict)
     sinks: dict[str, SinkSeries] = field(default_factory=dict)
+    fleet_role: str | None = None
+    fleet_events: dict[str, float] = field(default_factory=dict)  # published / received / rejected
+    leadership_changes: float = 0.0
 
 
 class Metrics:
@@ -115,6 +118,16 @@ class Metrics:
             if ok:
                 sink.last_success = finished
 
+    def fleet_role(self, profile: str, role: str) -> None:
+        series = self._profile(profile)
+        if series.fleet_role is not None and "leader" in (series.fleet_role, role) and role != series.fleet_role:
+            series.leadership_changes += 1
+        series.fleet_role = role
+
+    def fleet_event(self, profile: str, event: str) -> None:
+        series = self._profile(profile)
+        series.fleet_events[event] = series.fleet_events.get(event, 0.0) + 1
+
     def jwks_fetched(self, url: str, result: str, keys: int) -> None:
         self.jwks_fetches.labels(url, result).inc()
         self.jwks_keys.labels(url).set(keys)
@@ -147,6 +160,15 @@ class Metrics:
              [(s.labels, s.last_success) for s in sinks if s.last_success is not None]),
             ("edge_token_sink_healthy", "gauge", "1 if the sink holds the profile's current token.",
              [(s.labels, s.healthy) for s in sinks if s.healthy is not None]),
+            ("edge_token_fleet_role", "gauge", "Fleet mode: 1 for this daemon's role for the profile.",
+             [(f'{p.labels},role="{r}"', float(r == p.fleet_role)) for p in profiles if p.fleet_role
+              for r in ("leader", "follower", "standalone")]),
+            ("edge_token_fleet_leadership_changes_total", "counter",
+             "Fleet mode: times this daemon became or stopped being the profile's leader.",
+             [(p.labels, p.leadership_changes) for p in profiles if p.fleet_role]),
+            ("edge_token_fleet_tokens_total", "counter",
+             "Fleet mode: tokens published to, received from and rejected from etcd.",
+             [(f'{p.labels},event="{e}"', n) for p in profiles for e, n in p.fleet_events.items()]),
         ]  # fmt: skip
         out: list[str] = []
         for name, kind, doc, samples in families:

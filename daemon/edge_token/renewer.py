@@ -196,6 +196,24 @@ class Renewer:
         )
         return self._finish("success", started, mono, None, requested=True, written=written, sink_errors=errors)
 
+    async def accept(self, jwt: str) -> RenewalOutcome | None:
+        """Take a token another daemon obtained (fleet mode): verified exactly like our own, written only if it
+        outlives the one we hold. None when it is not newer; an outcome with the error when it is refused."""
+        started, mono = self._clock.time(), self._clock.monotonic()
+        try:
+            token = await verify_token(jwt, self._jwks.key_set, self.rules, self._clock.time())
+        except EdgeTokenError as exc:
+            self.log.warning("fleet.token_rejected", reason=getattr(exc, "reason", exc.kind), message=str(exc))
+            return self._finish("store_rejected", started, mono, error=exc)
+        if self.current is not None and token.exp <= self.current.exp:
+            return None
+        self.current, self.last_error = token, None
+        self.last_success_at = self._clock.time()
+        self.pending_sinks = {sink.name for sink in self.sinks}
+        written, errors = await self.write_pending()
+        self.log.info("fleet.token_received", fingerprint=token.fingerprint, expires_at=token.expires_at)
+        return self._finish("received", started, mono, None, written=written, sink_errors=errors)
+
     async def write_pending(self) -> tuple[tuple[str, ...], dict[str, SinkError]]:
         """Write `current` to every sink that does not hold it yet; sinks fail independently."""
         token = self.current
