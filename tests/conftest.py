@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,10 @@ from typing import Any
 import pytest
 import structlog
 
+from edge_token.app import Parts, make_session
 from edge_token.config import Config, load_config
 from edge_token.localauth import LocalAuthServer
+from edge_token.renewer import Renewer
 
 CLIENT_ID = "client-a"
 CLIENT_SECRET = "s3cret-a-7f9c2e1d"
@@ -61,6 +64,29 @@ async def auth(clock: FakeClock) -> AsyncIterator[LocalAuthServer]:
     await server.start()
     yield server
     await server.stop()
+
+
+@pytest.fixture
+def live_auth(auth: LocalAuthServer, request: pytest.FixtureRequest) -> LocalAuthServer:
+    """The auth server on the real clock, for tests that run the daemon as a child process; token lifetime from
+    the test module's AUTH_TTL (default 1000 s)."""
+    auth.now = time.time
+    auth.ttl = getattr(request.module, "AUTH_TTL", 1000)
+    return auth
+
+
+@pytest.fixture
+async def renewer_for(
+    make_config: Callable[..., Config], clock: FakeClock, log: Any
+) -> AsyncIterator[Callable[..., Renewer]]:
+    """Build a Renewer for a one-profile config (settings override the profile) over one shared session."""
+    async with make_session() as session:
+
+        def build(**settings: Any) -> Renewer:
+            config = make_config(**settings)
+            return Parts(config, session, clock, log, environ={}).renewer(config.profiles["main"])
+
+        yield build
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ import asyncio
 import json
 import os
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,8 @@ from joserfc.jwk import RSAKey
 
 from conftest import CLIENT_SECRET, profile_toml
 from edge_token.localauth import LocalAuthServer
+
+pytestmark = pytest.mark.usefixtures("live_auth")
 
 
 async def edge_token(*args: str, stdin: bytes | None = None, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -27,13 +27,6 @@ async def edge_token(*args: str, stdin: bytes | None = None, env: dict[str, str]
     out, err = await asyncio.wait_for(process.communicate(stdin), 60)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
-
-
-@pytest.fixture(autouse=True)
-def real_time_auth(auth: LocalAuthServer) -> Iterator[None]:
-    """The child process runs on the real clock, so the auth server must too."""
-    auth.now = time.time
-    yield
 
 
 def write_config(tmp_path: Path, auth: LocalAuthServer, secret_file: Path, **settings: object) -> Path:

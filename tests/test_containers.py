@@ -9,7 +9,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +19,7 @@ from conftest import CLIENT_SECRET, profile_toml
 from daemonproc import reference_check
 from edge_token.localauth import LocalAuthServer
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def real_time_auth(auth: LocalAuthServer) -> Iterator[None]:
-    auth.now = time.time
-    auth.ttl = 1000
-    yield
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("live_auth")]
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,15 +18,9 @@ from conftest import FIGURES, SOAK, profile_toml
 from daemonproc import DaemonProcess, reference_check
 from edge_token.localauth import LocalAuthServer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("live_auth")]
+AUTH_TTL = 3600  # conftest.live_auth
 SINKS = 20
-
-
-@pytest.fixture(autouse=True)
-def real_time_auth(auth: LocalAuthServer) -> Iterator[None]:
-    auth.now = time.time
-    auth.ttl = 3600
-    yield
 
 
 def temp_files(directory: Path) -> list[Path]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +15,7 @@ from daemonproc import DaemonProcess, Reader, reference_check
 from edge_token.localauth import Fault, LocalAuthServer
 from edge_token.verify import decode_unverified
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def real_time_auth(auth: LocalAuthServer) -> Iterator[None]:
-    """The child runs on the real clock, so the auth server does too."""
-    auth.now = time.time
-    yield
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("live_auth")]
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -26,7 +25,8 @@ from daemonproc import DaemonProcess, reference_check
 from edge_token.localauth import LocalAuthServer
 from test_observability import sample
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("live_auth")]
+AUTH_TTL = 3600  # conftest.live_auth
 
 FAULTS = {  # sink directory -> what the log must say
     "ro": "the filesystem is read-only",
@@ -35,13 +35,6 @@ FAULTS = {  # sink directory -> what the log must say
     "link": "the directory does not exist",
     "isdir": "the sink path is a directory",
 }
-
-
-@pytest.fixture(autouse=True)
-def real_time_auth(auth: LocalAuthServer) -> Iterator[None]:
-    auth.now = time.time
-    auth.ttl = 3600
-    yield
 
 
 async def nsenter(pid: int, *command: str) -> None:

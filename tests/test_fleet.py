@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -25,8 +25,9 @@ from conftest import CLIENT_ID, FIGURES, profile_toml
 from daemonproc import DaemonProcess, reference_check
 from edge_token.localauth import LocalAuthServer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("live_auth")]
 LIFETIME, REFRESH_AT, LEASE = 4, 0.5, 3
+AUTH_TTL = LIFETIME  # conftest.live_auth
 
 
 def free_ports(count: int) -> list[int]:
@@ -109,13 +110,6 @@ async def etcd(tmp_path: Path) -> AsyncIterator[EtcdCluster]:
             cluster.stop(index)
 
 
-@pytest.fixture(autouse=True)
-def real_time_auth(auth: LocalAuthServer) -> Iterator[None]:
-    auth.now = time.time
-    auth.ttl = LIFETIME
-    yield
-
-
 @pytest.fixture
 async def fleet(
     auth: LocalAuthServer, etcd: EtcdCluster, tmp_path: Path, secret_file: Path
@@ -135,7 +129,7 @@ async def fleet(
                 [{"path": str(tmp_path / f"d{index}.jwt")}],
                 refresh_at=REFRESH_AT,
                 leeway_seconds=1,
-            )  # fmt: skip
+            )
         )
         daemons.append(await DaemonProcess(config).start())
     yield daemons

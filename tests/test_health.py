@@ -29,6 +29,17 @@ def test_readiness_requires_every_profile_and_every_sink() -> None:
     }
 
 
+def test_readiness_shows_fleet_roles() -> None:
+    """In fleet mode /readyz names each profile's role, ready or not."""
+    from dataclasses import replace
+
+    ready, details = readiness(
+        [replace(status("a"), fleet_role="leader"), replace(status("b"), fleet_role="standalone")]
+    )
+    assert ready and details["fleet_roles"] == {"a": "leader", "b": "standalone"}
+    assert "fleet_roles" not in readiness([status("a")])[1]
+
+
 def test_rejected_credentials_are_named_as_such() -> None:
     """While the provider refuses us, the state says so; other errors keep the token's own state."""
     assert state_name(TokenState.STALE, CredentialsRejected("no")) == "credentials_rejected"

@@ -11,7 +11,7 @@ import gzip
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,6 @@ import pytest
 from joserfc.jwk import OctKey, RSAKey
 
 from conftest import CLIENT_ID, FIGURES, FakeClock
-from edge_token.app import Parts, make_session
-from edge_token.config import Config
 from edge_token.errors import EdgeTokenError, JwksError, ProtocolError, TransientError, VerificationError
 from edge_token.localauth import Fault, LocalAuthServer
 from edge_token.renewer import Renewer
@@ -131,19 +129,6 @@ HTTP: dict[str, tuple[Fault, type[EdgeTokenError], str]] = {
     "error as a number": (Fault(400, {"error": 5, "error_description": ["x"]}), type(None), ""),
 }  # fmt: skip
 HTTP.pop("error as a number")  # classified by status: covered by test_error_body_of_wrong_types below
-
-
-@pytest.fixture
-async def renewer_for(
-    make_config: Callable[..., Config], clock: FakeClock, log: Any
-) -> AsyncIterator[Callable[..., Renewer]]:
-    async with make_session() as session:
-
-        def build(**settings: Any) -> Renewer:
-            config = make_config(**settings)
-            return Parts(config, session, clock, log, environ={}).renewer(config.profiles["main"])
-
-        yield build
 
 
 async def check_case(renewer: Renewer, auth: LocalAuthServer, tmp_path: Path, error_class: type, detail: str) -> None:

@@ -10,7 +10,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from edge_token import __version__
 from edge_token.localauth import Fault, LocalAuthServer
 from edge_token.verify import decode_unverified
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("live_auth")]
 RULES = Path(__file__).resolve().parent.parent / "config" / "prometheus"
 
 
@@ -36,12 +36,6 @@ def need(tool: str) -> str:
             pytest.fail(f"{tool} is not installed (apt-get install prometheus)")
         pytest.skip(f"{tool} is not installed (apt-get install prometheus)")
     return path
-
-
-@pytest.fixture(autouse=True)
-def real_time_auth(auth: LocalAuthServer) -> Iterator[None]:
-    auth.now = time.time
-    yield
 
 
 @pytest.fixture

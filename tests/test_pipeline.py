@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import json
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,6 @@ import pytest
 from joserfc.jwk import RSAKey
 
 from conftest import CLIENT_ID, OTHER_CLIENT, FakeClock
-from edge_token.app import Parts, make_session
-from edge_token.config import Config
 from edge_token.errors import CredentialsRejected, ProtocolError, TransientError, VerificationError
 from edge_token.localauth import Fault, LocalAuthServer
 from edge_token.renewer import Renewer
@@ -26,20 +24,6 @@ from edge_token.renewer import Renewer
 def b64(data: Any) -> str:
     raw = data if isinstance(data, bytes) else json.dumps(data).encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-@pytest.fixture
-async def renewer_for(
-    make_config: Callable[..., Config], clock: FakeClock, log: Any
-) -> AsyncIterator[Callable[..., Renewer]]:
-    async with make_session() as session:
-
-        def build(**settings: Any) -> Renewer:
-            config = make_config(**settings)
-            parts = Parts(config, session, clock, log, environ={})
-            return parts.renewer(config.profiles["main"])
-
-        yield build
 
 
 def good_claims(auth: LocalAuthServer, **changes: Any) -> dict[str, Any]:

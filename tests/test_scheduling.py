@@ -6,7 +6,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +19,7 @@ from edge_token.config import load_config
 from edge_token.daemon import Daemon
 from edge_token.localauth import LocalAuthServer
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def real_time_auth(auth: LocalAuthServer) -> Iterator[None]:
-    auth.now = time.time
-    auth.ttl = 1000
-    yield
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("live_auth")]
 
 
 async def until(condition: Callable[[], bool], timeout: float) -> bool:

@@ -11,7 +11,6 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -22,16 +21,10 @@ from conftest import CLIENT_ID, CLIENT_SECRET, FIGURES, SOAK, profile_toml
 from daemonproc import DaemonProcess
 from edge_token.localauth import Fault, LocalAuthServer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("live_auth")]
 TESTS = Path(__file__).resolve().parent
 LIFETIME, REFRESH_AT, FAULT_RATE = 4, 0.5, 0.3
-
-
-@pytest.fixture(autouse=True)
-def real_time_auth(auth: LocalAuthServer) -> Iterator[None]:
-    auth.now = time.time
-    auth.ttl = LIFETIME
-    yield
+AUTH_TTL = LIFETIME  # conftest.live_auth
 
 
 def chaos(auth: LocalAuthServer, rng: random.Random, stranger: RSAKey) -> list[tuple[str, Fault | None]]:

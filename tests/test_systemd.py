@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from daemonproc import DaemonProcess
 from edge_token.localauth import Fault, LocalAuthServer
 from edge_token.systemd import Notifier, watchdog_interval
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("live_auth")]
 
 
 class NotifySocket:
@@ -52,13 +52,6 @@ class NotifySocket:
         except asyncio.CancelledError:
             pass
         self.sock.close()
-
-
-@pytest.fixture(autouse=True)
-def real_time_auth(auth: LocalAuthServer) -> Iterator[None]:
-    auth.now = time.time
-    auth.ttl = 1000
-    yield
 
 
 @pytest.fixture

@@ -65,13 +65,17 @@ def state_name(token_state: TokenState, last_error: EdgeTokenError | None) -> st
 def readiness(statuses: Iterable[ProfileStatus]) -> tuple[bool, dict[str, Any]]:
     """(ready, details): ready only if every profile is; details name what is not."""
     not_ready: dict[str, Any] = {}
+    roles: dict[str, str] = {}
     for status in statuses:
+        if status.fleet_role:
+            roles[status.profile] = status.fleet_role
         if not status.ready:
             failing = [name for name, error in status.sinks.items() if error is not None]
             not_ready[status.profile] = {"state": status.state, "sinks_failing": failing}
-            if status.fleet_role:
-                not_ready[status.profile]["fleet_role"] = status.fleet_role
-    return not not_ready, {"ready": not not_ready, "not_ready": not_ready}
+    details: dict[str, Any] = {"ready": not not_ready, "not_ready": not_ready}
+    if roles:
+        details["fleet_roles"] = roles  # leader / follower / standalone per profile
+    return not not_ready, details
 
 
 def alive(last_tick: float, now: float, tick_seconds: float, scheduler_running: bool) -> bool:
