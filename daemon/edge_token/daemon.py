@@ -345,8 +345,12 @@ class Daemon:
     def _schedule_next(self, name: str, renewer: Renewer, outcome: RenewalOutcome | None) -> float:
         now = self.clock.time()
         when = outcome.next_attempt_at if outcome and outcome.next_attempt_at else now + backoff_delay(1, self.rng)
-        if self.fleet is not None and self.fleet.roles.get(name) != "standalone":
-            when = min(when, now + self.fleet.config.poll_seconds)  # watch the shared key, and the leader's health
+        if self.fleet is not None:
+            # followers and leaders watch the shared key; a standalone daemon retries etcd to rejoin the fleet
+            poll = self.fleet.config.poll_seconds
+            if self.fleet.roles.get(name) == "standalone":
+                poll = max(poll, self.fleet.config.lease_ttl_seconds)
+            when = min(when, now + poll)
         if renewer.pending_sinks:
             sink_failures = max(1, renewer.sink_failures)
             when = min(when, now + backoff_delay(sink_failures, self.rng, cap=SINK_RETRY_MAX_SECONDS))
