@@ -8,7 +8,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import structlog
@@ -17,6 +17,9 @@ from edge_token.app import Parts, make_session
 from edge_token.config import Config, load_config
 from edge_token.localauth import LocalAuthServer
 from edge_token.renewer import Renewer
+
+if TYPE_CHECKING:
+    from daemonproc import DaemonProcess
 
 CLIENT_ID = "client-a"
 CLIENT_SECRET = "s3cret-a-7f9c2e1d"
@@ -87,6 +90,15 @@ async def renewer_for(
             return Parts(config, session, clock, log, environ={}).renewer(config.profiles["main"])
 
         yield build
+
+
+@pytest.fixture
+async def daemons() -> AsyncIterator[list[DaemonProcess]]:
+    """Daemon child processes a test starts; killed at the end whatever happened."""
+    started: list[DaemonProcess] = []
+    yield started
+    for daemon in started:
+        await daemon.kill()
 
 
 @pytest.fixture

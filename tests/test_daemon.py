@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +33,6 @@ def write(tmp_path: Path, auth: LocalAuthServer, secret_file: Path) -> Callable[
         return path
 
     return make
-
-
-@pytest.fixture
-async def daemons() -> AsyncIterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        await daemon.kill()
 
 
 async def start(daemons: list[DaemonProcess], config: Path) -> DaemonProcess:

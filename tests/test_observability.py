@@ -64,14 +64,6 @@ async def start(config: Path, daemons: list[DaemonProcess]) -> tuple[DaemonProce
     return daemon, f"http://{listening['address']}"
 
 
-@pytest.fixture
-async def daemons() -> AsyncIterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        await daemon.kill()
-
-
 async def get(http: aiohttp.ClientSession, url: str, **headers: str) -> tuple[int, str, str]:
     async with http.get(url, headers=headers) as response:
         return response.status, response.headers.get("Content-Type", ""), await response.text()
