@@ -93,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `edge-token inspect t.jwt | head`: the reader left; exit quietly like cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _load(args: argparse.Namespace) -> Any:
