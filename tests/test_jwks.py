@@ -108,3 +108,22 @@ async def test_unknown_kid_refetch_is_rate_limited(auth: LocalAuthServer, cache:
     clock.advance(30)
     await cache.key_set(new.kid)
     assert new.kid in cache.kids and auth.jwks_requests == fetched + 2
+
+
+async def test_failed_refetch_is_retried_sooner_than_the_rate_limit(
+    auth: LocalAuthServer, cache: JwksCache, clock: FakeClock
+) -> None:
+    """After a failed refetch an unknown kid may try again 5 s later, not only after the 30 s rate limit."""
+    await cache.key_set(auth.signing_key.kid)
+    new = auth.rotate_key()
+    clock.advance(30)
+    auth.jwks_faults.append(Fault(503, b"down"))
+    await cache.key_set(new.kid)
+    assert new.kid not in cache.kids
+    fetched = auth.jwks_requests
+    clock.advance(4)
+    await cache.key_set(new.kid)
+    assert auth.jwks_requests == fetched  # still limited
+    clock.advance(1)
+    await cache.key_set(new.kid)
+    assert new.kid in cache.kids and auth.jwks_requests == fetched + 1

@@ -25,6 +25,7 @@ from edge_token.oauth import read_limited, sanitize
 
 MAX_JWKS_BYTES = 256 * 1024
 MAX_KEYS = 64
+RETRY_AFTER_FAILURE = 5.0  # an unknown kid may refetch this soon after a *failed* fetch (not min_refetch)
 PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 ALLOWED_KTY = frozenset({"RSA", "EC", "OKP"})
 
@@ -143,6 +144,9 @@ class JwksCache:
             except JwksError as exc:
                 self.last_error = exc
                 self._report("failure", len(self._kids))
+                # a failed fetch taught us nothing: during a key rotation with a flaky JWKS endpoint, waiting the
+                # full min_refetch (30 s) would keep refusing good tokens; allow another try a few seconds on
+                self._fetched_at = now - self._min_refetch + min(self._min_refetch, RETRY_AFTER_FAILURE)
                 # retry a failed periodic refresh sooner than the full interval
                 self._refresh_due = now + min(self._refresh_seconds, max(self._min_refetch, 60.0))
                 if self._keys is None:
