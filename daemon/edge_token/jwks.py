@@ -20,8 +20,9 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from edge_token.clock import Clock
-from edge_token.errors import JwksError, ProtocolError
-from edge_token.oauth import read_limited, sanitize
+from edge_token.errors import JwksError
+from edge_token.httpcall import exchange
+from edge_token.oauth import sanitize
 
 MAX_JWKS_BYTES = 256 * 1024
 MAX_KEYS = 64
@@ -161,20 +162,13 @@ class JwksCache:
             self._on_fetch(self.url, result, keys)
 
     async def _fetch(self) -> tuple[KeySet, frozenset[str]]:
-        timeout = aiohttp.ClientTimeout(total=self._timeout)
-        try:
-            async with self._session.get(
-                self.url, headers={"Accept": "application/json"}, timeout=timeout, allow_redirects=False
-            ) as response:
-                if response.status != 200:
-                    raise JwksError(f"JWKS {self._host} answered HTTP {response.status}")
-                raw = await read_limited(response, MAX_JWKS_BYTES, "the JWKS")
-        except ProtocolError as exc:
-            raise JwksError(f"JWKS {self._host}: {exc}") from None
-        except TimeoutError:
-            raise JwksError(f"JWKS {self._host} did not answer within {self._timeout:g}s") from None
-        except aiohttp.ClientError as exc:
-            raise JwksError(f"JWKS {self._host} unreachable: {type(exc).__name__}: {sanitize(exc)}") from None
+        what = f"JWKS {self._host}"
+        status, raw = await exchange(
+            self._session, "GET", self.url, what=what, error=JwksError, limit=MAX_JWKS_BYTES,
+            timeout=self._timeout, headers={"Accept": "application/json"},
+        )  # fmt: skip
+        if status != 200:
+            raise JwksError(f"{what} answered HTTP {status}")
         try:
             document = json.loads(raw)
         except (ValueError, UnicodeDecodeError, RecursionError):

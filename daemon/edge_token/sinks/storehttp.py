@@ -10,8 +10,8 @@ from typing import Any
 
 import aiohttp
 
-from edge_token.errors import ProtocolError, SinkError
-from edge_token.oauth import read_limited, sanitize
+from edge_token.errors import SinkError
+from edge_token.httpcall import exchange
 
 MAX_STORE_BYTES = 1024 * 1024
 
@@ -45,19 +45,10 @@ async def call(
     secrets: tuple[str, ...] = (),
 ) -> Answer:
     """One JSON request; network trouble, timeouts and oversized answers become SinkError naming `what`."""
-    try:
-        async with session.request(
-            method, url, headers=headers, json=body, ssl=tls, allow_redirects=False,
-            timeout=aiohttp.ClientTimeout(total=timeout),
-        ) as response:  # fmt: skip
-            raw = await read_limited(response, MAX_STORE_BYTES, what)
-            status = response.status
-    except ProtocolError as exc:
-        raise SinkError(f"{what}: {exc}") from None
-    except TimeoutError:
-        raise SinkError(f"{what} did not answer within {timeout:g}s; will retry") from None
-    except aiohttp.ClientError as exc:
-        raise SinkError(f"{what} unreachable: {type(exc).__name__}: {sanitize(exc, secrets)}; will retry") from None
+    status, raw = await exchange(
+        session, method, url, what=what, error=SinkError, limit=MAX_STORE_BYTES, timeout=timeout,
+        headers=headers, body=body, tls=tls, secrets=secrets,
+    )  # fmt: skip
     try:
         parsed = json.loads(raw) if raw else None
     except (ValueError, UnicodeDecodeError, RecursionError):

@@ -1,0 +1,45 @@
+"""One bounded HTTP exchange, with every network failure turned into the caller's error class.
+
+Shared by the JWKS cache and the secret-store sinks: a timeout, a refused or reset connection, or an answer over
+the size cap becomes `error(message)` naming `what` — never an aiohttp exception and never a response body.
+(The token request in `oauth` classifies its failures itself: it must also tell TLS trouble apart.)
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import aiohttp
+
+from edge_token.errors import EdgeTokenError, ProtocolError
+from edge_token.oauth import read_limited, sanitize
+
+
+async def exchange(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    what: str,
+    error: type[EdgeTokenError],
+    limit: int,
+    timeout: float,
+    headers: dict[str, str] | None = None,
+    body: Any = None,
+    tls: ssl.SSLContext | bool = True,
+    secrets: tuple[str, ...] = (),
+) -> tuple[int, bytes]:
+    """(status, body) of one request without redirects; `error` on network trouble, timeout or oversize."""
+    try:
+        async with session.request(
+            method, url, headers=headers, json=body, ssl=tls, allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as response:  # fmt: skip
+            return response.status, await read_limited(response, limit, what)
+    except ProtocolError as exc:
+        raise error(f"{what}: {exc}") from None
+    except TimeoutError:
+        raise error(f"{what} did not answer within {timeout:g}s") from None
+    except aiohttp.ClientError as exc:
+        raise error(f"{what} unreachable: {type(exc).__name__}: {sanitize(exc, secrets)}") from None
