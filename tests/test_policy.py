@@ -115,9 +115,9 @@ def test_parse_retry_after(value: str | None, expected: float | None) -> None:
 
 
 def test_backoff_scales_down_for_short_lived_tokens() -> None:
-    """A 4 s token gets retries from 40 ms and a 1 s cap; a 24 h token keeps 1 s to 5 min."""
+    """A 4 s token gets retries from the 50 ms floor and a 1 s cap; a 24 h token keeps 1 s to 5 min."""
     short, day = token(lifetime=4.0), token(lifetime=86400.0)
-    assert backoff_bounds(short, SETTINGS) == (0.04, 1.0)
+    assert backoff_bounds(short, SETTINGS) == (0.05, 1.0)
     assert backoff_bounds(day, SETTINGS) == (1.0, 300.0)
     assert backoff_bounds(None, SETTINGS) == (1.0, 300.0)
     rng = random.Random(5)

@@ -18,8 +18,9 @@ from edge_token.clock import Clock
 from edge_token.config import Config, ProfileConfig
 from edge_token.errors import EdgeTokenError, PermanentError
 from edge_token.jwks import JwksCache
+from edge_token.outcome import RenewalOutcome
 from edge_token.policy import TokenState
-from edge_token.renewer import RenewalOutcome, Renewer
+from edge_token.renewer import Renewer
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -107,8 +108,7 @@ async def obtain(renewer: Renewer, clock: Clock, deadline: float, sleep: Sleep) 
         outcome = await renewer.renew()
         if outcome.error is None or isinstance(outcome.error, PermanentError):
             break
-        assert outcome.next_attempt_at is not None
-        delay = outcome.next_attempt_at - clock.time()
+        delay = renewer.next_attempt_at() - clock.time()
         if clock.monotonic() + delay > deadline:
             break
         await sleep(max(0.0, delay))

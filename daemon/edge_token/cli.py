@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_token import __version__
-from edge_token.errors import EX_CONFIG, EX_DATAERR, EdgeTokenError
+from edge_token.errors import EX_CONFIG, EX_DATAERR, EX_SOFTWARE, EdgeTokenError
 
 DEFAULT_CONFIG = os.environ.get("EDGE_TOKEN_CONFIG", "/etc/edge-token/config.toml")
 
@@ -96,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `edge-token inspect t.jwt | head`: the reader left; exit quietly like cat does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except Exception as exc:  # a bug: a sysexits code and one line, never a traceback that could carry a secret
+        print(f"edge-token: internal error ({type(exc).__name__}); please report it", file=sys.stderr)
+        return EX_SOFTWARE
 
 
 def _load(args: argparse.Namespace) -> Any:

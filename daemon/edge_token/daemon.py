@@ -1,9 +1,9 @@
 """`edge-token run`: the long-running daemon. Startup, main loop and shutdown in three plain phases.
 
-Per profile, one self-rescheduling one-shot job: adopt what the sinks hold (first cycle only), renew when the
-token is not FRESH (or on SIGUSR1), retry failed sinks on their own short timer, then ask the pure policy when
-to run next. Signal handlers only set flags or schedule work. A job never runs twice at once for a profile, and
-the next run is always scheduled, even after an unexpected exception.
+Per profile, one self-rescheduling one-shot job run by the `Supervisor` (which owns every "what runs next"
+decision and its invariants): adopt what the sinks hold (first cycle only), renew at the held token's jittered
+renewal point (or on SIGUSR1), retry failed sinks on their own short timer. This module wires the parts, runs the
+fleet step, reloads and talks to systemd. Signal handlers only set flags or schedule work.
 """
 
 from __future__ import annotations
@@ -24,17 +24,19 @@ from prometheus_client import CollectorRegistry
 from edge_token import health, logs
 from edge_token.app import Parts, make_session
 from edge_token.clock import Clock, SystemClock
-from edge_token.config import Config, load_config
+from edge_token.config import Config, ProfileConfig, load_config
 from edge_token.errors import ConfigError
 from edge_token.health import ProfileStatus, readiness, state_name
 from edge_token.httpserver import HealthSource, start_http
 from edge_token.metrics import Metrics
 from edge_token.notify import run_on_update, signal_pid_file
+from edge_token.outcome import RenewalOutcome
 from edge_token.pid1 import OrphanReaper
-from edge_token.policy import TokenState, backoff_delay
-from edge_token.renewer import RenewalOutcome, Renewer
+from edge_token.policy import TokenState, backoff_delay, next_run_at
+from edge_token.renewer import Renewer
 from edge_token.scheduler import Scheduler
 from edge_token.sinks import Sink
+from edge_token.supervisor import JobScheduler, Supervisor, job_id
 from edge_token.systemd import Notifier
 from edge_token.token import Token
 
@@ -61,6 +63,7 @@ class Daemon:
         rng: random.Random | None = None,
         handle_signals: bool = True,
         on_rotated: Callable[[str], None] | None = None,
+        scheduler: JobScheduler | None = None,
     ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
@@ -73,14 +76,10 @@ class Daemon:
         self.tick_seconds = min(tick_seconds, watchdog) if watchdog else tick_seconds
         self.reaper = OrphanReaper()
         self.handle_signals = handle_signals
-        self.on_rotated = on_rotated  # exec mode: tell the child after each new token
         self._status_sent_at = -float("inf")
         self.rng = rng or random.Random()
-        self.scheduler = Scheduler()
-        self.renewers: dict[str, Renewer] = {}
+        self.scheduler: Any = scheduler or Scheduler()
         self.last_tick = self.clock.monotonic()
-        self._running: dict[str, asyncio.Task[None]] = {}
-        self._rerun: dict[str, bool] = {}  # profile -> force flag of a trigger that came while it was running
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stop = asyncio.Event()
         self._parts: Parts | None = None
@@ -89,6 +88,11 @@ class Daemon:
         self.metrics = Metrics(self.registry)
         self.http_address: str | None = None
         self.fleet: Fleet | None = None  # only when [fleet] is configured (the module is imported only then)
+        self.supervisor = Supervisor(
+            self.scheduler, self.clock, self.spawn, self._step, log=self.log,
+            next_run_at=next_run_at, sink_retry_in=self._sink_retry_in, poll_in=self._poll_in,
+            observe=self._observe, on_rotated=on_rotated,
+        )  # fmt: skip
 
     # ---- phase 1: startup ------------------------------------------------------------------------------
     async def run(self, duration: float | None = None) -> int:
@@ -113,7 +117,7 @@ class Daemon:
                 self._add(profile.name)
             ticker = asyncio.create_task(self._tick())
             ready_timer = loop.call_later(self.config.daemon.ready_timeout_seconds, self._ready_timeout)
-            self.log.info("daemon.started", profiles=len(self.renewers), config=str(self.config.path))
+            self.log.info("daemon.started", profiles=len(self.supervisor.slots), config=str(self.config.path))
             # ---- phase 2: main loop (everything happens in scheduled jobs) -----------------------------
             try:
                 await asyncio.wait_for(self._stop.wait(), duration)
@@ -122,6 +126,7 @@ class Daemon:
             # ---- phase 3: shutdown ----------------------------------------------------------------------
             self.log.info("daemon.stopping")
             self.notifier.stopping()
+            self.supervisor.stop()
             ready_timer.cancel()
             ticker.cancel()
             self.scheduler.shutdown()
@@ -148,13 +153,18 @@ class Daemon:
         """Every profile's status snapshot, for /status, /readyz and systemd."""
         roles = self.fleet.roles if self.fleet is not None else {}
         return [
-            replace(r.status(self.scheduler.next_run(f"profile:{n}")), fleet_role=roles.get(n))
+            replace(r.status(self.scheduler.next_run(job_id(n))), fleet_role=roles.get(n))
             for n, r in self.renewers.items()
         ]
 
+    @property
+    def renewers(self) -> dict[str, Renewer]:
+        """Each profile's current renewer (a snapshot; the supervisor owns the slots)."""
+        return {name: slot.renewer for name, slot in self.supervisor.slots.items()}
+
     async def _keepalive(self) -> None:
-        assert self.fleet is not None
-        await self.fleet.keepalive()
+        if self.fleet is not None:
+            await self.fleet.keepalive()
 
     def alive(self) -> bool:
         return health.alive(self.last_tick, self.clock.monotonic(), self.tick_seconds, self.scheduler.running)
@@ -223,7 +233,7 @@ class Daemon:
             return
         self._status_sent_at = now
         statuses = self.statuses()
-        jobs = [self.scheduler.next_run(f"profile:{name}") for name in self.renewers]
+        jobs = [self.scheduler.next_run(job_id(name)) for name in self.supervisor.slots]
         text = health.summary(statuses, min((j for j in jobs if j is not None), default=None))
         if not self.notifier.ready_sent and readiness(statuses)[0]:
             self.notifier.ready(text)
@@ -238,68 +248,53 @@ class Daemon:
             self.log.warning("daemon.ready_timeout", not_ready=sorted(details["not_ready"]))
 
     # ---- profiles --------------------------------------------------------------------------------------
-    def _add(self, name: str) -> None:
-        assert self._parts is not None
+    def _renewer(self, name: str) -> Renewer:
+        if self._parts is None:
+            raise RuntimeError("profiles are added only while the daemon runs")
         profile = self.config.profiles[name]
-        self.renewers[name] = self._parts.renewer(profile, on_written=self._on_written)
         cache = self._parts.jwks_for(profile)
         interval = self.config.daemon.jwks_refresh_seconds
         self.scheduler.every(f"jwks:{cache.url}", interval, lambda: self.spawn(cache.refresh()), jitter=0.05 * interval)
-        self.trigger(name)
+        return self._parts.renewer(profile, on_written=self._on_written)
+
+    def _add(self, name: str) -> None:
+        self.supervisor.add(name, self._renewer(name))
 
     def _remove(self, name: str) -> None:
-        renewer = self.renewers.pop(name, None)
-        self.scheduler.cancel(f"profile:{name}")
-        if renewer is not None:
-            self.metrics.forget(name)
+        self.supervisor.remove(name)
+        self.metrics.forget(name)
 
     def trigger(self, name: str, force: bool = False) -> None:
         """Start a cycle for the profile now, or right after the one in flight."""
-        if self._stop.is_set() or name not in self.renewers:
-            return
-        if name in self._running:
-            self._rerun[name] = self._rerun.get(name, False) or force
-            return
-        self._running[name] = self.spawn(self._cycle(name, force))
+        self.supervisor.trigger(name, force)
 
     def renew_all(self) -> None:
         """SIGUSR1: renew every profile now, FRESH or not."""
-        self.log.info("daemon.renew_all", profiles=len(self.renewers))
-        for name in list(self.renewers):
-            self.trigger(name, force=True)
+        self.log.info("daemon.renew_all", profiles=len(self.supervisor.slots))
+        for name in list(self.supervisor.slots):
+            self.supervisor.trigger(name, force=True)
 
-    async def _cycle(self, name: str, force: bool) -> None:
-        renewer = self.renewers[name]
-        outcomes: list[RenewalOutcome] = []
-        try:
-            async with self._semaphore:
-                if renewer.last_outcome is None:
-                    adopted = await renewer.adopt()
-                    outcomes += [adopted] if adopted else []
-                role = await self._fleet_step(name, renewer, outcomes)
-                if role == "follower":
-                    pass  # the leader requests; we only read, verify and write what it publishes
-                elif force or renewer.state() is not TokenState.FRESH:
-                    outcomes.append(await renewer.renew())
-                    if role == "leader" and outcomes[-1].error is None:
-                        await self._publish(name, renewer)
-                elif renewer.pending_sinks:
-                    outcomes.append(await renewer.retry_sinks())
-        except Exception:
-            self.log.exception("renewal.crashed", profile=name)
-        finally:
-            del self._running[name]
-            if self.renewers.get(name) is renewer:  # not removed or replaced by a reload meanwhile
-                when = self._schedule_next(name, renewer, outcomes[-1] if outcomes else renewer.last_outcome)
-                state = state_name(renewer.state(), renewer.last_error)
-                for outcome in outcomes:
-                    self.metrics.observe(outcome, state, when)
-                    if self.on_rotated and outcome.result == "success" and outcome.error is None:
-                        self.on_rotated(name)
-                self._report_to_systemd()
-                rerun = self._rerun.pop(name, None)
-                if rerun is not None:
-                    self.trigger(name, force=rerun)
+    async def _step(self, renewer: Renewer, force: bool, outcomes: list[RenewalOutcome]) -> None:
+        """One cycle's work; every renewer step returns an outcome and never raises."""
+        async with self._semaphore:
+            if renewer.last_outcome is None and renewer.current is None:
+                adopted = await renewer.adopt()
+                outcomes += [adopted] if adopted else []
+            role = await self._fleet_step(renewer.profile.name, renewer, outcomes)
+            if role == "follower":
+                pass  # the leader requests; we only read, verify and write what it publishes
+            elif force or renewer.renewal_due(self.clock.time()):
+                outcomes.append(await renewer.renew())
+                if role == "leader" and outcomes[-1].error is None:
+                    await self._publish(renewer.profile.name, renewer)
+            elif renewer.pending_sinks:
+                outcomes.append(await renewer.retry_sinks())
+
+    def _observe(self, renewer: Renewer, outcomes: list[RenewalOutcome], when: float | None) -> None:
+        state = state_name(renewer.state(), renewer.last_error)
+        for outcome in outcomes:
+            self.metrics.observe(outcome, state, when)
+        self._report_to_systemd()
 
     async def _fleet_step(self, name: str, renewer: Renewer, outcomes: list[RenewalOutcome]) -> str | None:
         """Fleet mode: learn our role, take a newer verified token from etcd, publish ours if it is newer."""
@@ -334,7 +329,8 @@ class Daemon:
     async def _publish(self, name: str, renewer: Renewer) -> None:
         from edge_token.fleet import EtcdUnavailable
 
-        assert self.fleet is not None and renewer.current is not None
+        if self.fleet is None or renewer.current is None:
+            return
         try:
             if await self.fleet.publish(name, renewer.current.jwt):
                 self.metrics.fleet_event(name, "published")
@@ -342,21 +338,20 @@ class Daemon:
         except EtcdUnavailable as exc:
             self.log.warning("fleet.publish_failed", profile=name, message=str(exc))
 
-    def _schedule_next(self, name: str, renewer: Renewer, outcome: RenewalOutcome | None) -> float:
-        now = self.clock.time()
-        when = outcome.next_attempt_at if outcome and outcome.next_attempt_at else now + backoff_delay(1, self.rng)
-        if self.fleet is not None:
-            # followers and leaders watch the shared key; a standalone daemon retries etcd to rejoin the fleet
-            poll = self.fleet.config.poll_seconds
-            if self.fleet.roles.get(name) == "standalone":
-                poll = max(poll, self.fleet.config.lease_ttl_seconds)
-            when = min(when, now + poll)
-        if renewer.pending_sinks:
-            sink_failures = max(1, renewer.sink_failures)
-            when = min(when, now + backoff_delay(sink_failures, self.rng, cap=SINK_RETRY_MAX_SECONDS))
-        self.scheduler.at(f"profile:{name}", when, lambda: self.trigger(name))
-        self.log.debug("renewal.scheduled", profile=name, next_attempt_at=when)
-        return when
+    def _sink_retry_in(self, renewer: Renewer) -> float | None:
+        """Failed sinks are retried on their own short backoff, without a token request."""
+        if not renewer.pending_sinks or renewer.current is None:
+            return None
+        return backoff_delay(max(1, renewer.sink_failures), self.rng, cap=SINK_RETRY_MAX_SECONDS)
+
+    def _poll_in(self, name: str) -> float | None:
+        """Fleet mode: followers and leaders watch the shared key; a standalone daemon retries etcd to rejoin."""
+        if self.fleet is None:
+            return None
+        poll = self.fleet.config.poll_seconds
+        if self.fleet.roles.get(name) == "standalone":
+            poll = max(poll, self.fleet.config.lease_ttl_seconds)
+        return poll
 
     def _on_written(self, profile: str, sink: Sink, token: Token) -> None:
         config = sink.config
@@ -382,11 +377,13 @@ class Daemon:
         changed = sorted(name for name in old.keys() & fresh.keys() if old[name] != fresh[name])
         added = sorted(fresh.keys() - old.keys())
         self.config = new
-        assert self._parts is not None
-        self._parts.config = new
-        for name in removed + changed:
+        if self._parts is not None:
+            self._parts.config = new
+        for name in removed:
             self._remove(name)
-        for name in changed + added:
+        for name in changed:
+            self.supervisor.replace(name, self._renewer(name), inherit=same_provider(old[name], fresh[name]))
+        for name in added:
             self._add(name)
         if daemon_changed:
             self.log.warning("config.daemon_changed", message="[daemon] changes take effect at the next restart")
@@ -405,3 +402,9 @@ async def run_daemon(
 
 def main(config: Config, profiles: list[str] | None = None) -> int:
     return asyncio.run(run_daemon(config.path, profiles, config=config))
+
+
+def same_provider(old: ProfileConfig, new: ProfileConfig) -> bool:
+    """True when only a profile's sinks changed, so the token it holds is still the one the new settings would
+    get and verify: the reload then reuses it (no request) and writes each new sink once."""
+    return replace(old, sinks=new.sinks) == new

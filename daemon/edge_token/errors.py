@@ -8,7 +8,9 @@ carry a secret, a token or a raw response body.
 from __future__ import annotations
 
 EX_DATAERR = 65  # a token failed verification
+EX_NOINPUT = 66  # an input file does not exist or cannot be read
 EX_UNAVAILABLE = 69  # provider (token endpoint or JWKS) unavailable
+EX_SOFTWARE = 70  # a bug in edge-token (an exception nothing classified)
 EX_CANTCREAT = 73  # a sink could not be written
 EX_PROTOCOL = 76  # the provider answered something that is not OAuth2
 EX_NOPERM = 77  # credentials rejected
@@ -83,3 +85,19 @@ class SinkError(EdgeTokenError):
 
     exit_code = EX_CANTCREAT
     kind = "sink"
+
+
+class InternalError(TransientError):
+    """An exception nothing classified: a bug (ours or a library's) or an input no rule foresaw.
+
+    It is retried with the ordinary backoff like a transient failure, so it can never turn into a request storm,
+    and it is counted and shown like every other failure (`kind` "internal"); the traceback goes to the log.
+    """
+
+    exit_code = EX_SOFTWARE
+    kind = "internal"
+
+    @classmethod
+    def wrap(cls, exc: BaseException, where: str) -> InternalError:
+        """Classify an unexpected exception; the message names only its type (its text could echo a secret)."""
+        return cls(f"internal error while {where} ({type(exc).__name__}); retrying with backoff")

@@ -22,7 +22,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 
 from edge_token import __version__
 from edge_token.errors import VerificationError
-from edge_token.renewer import RenewalOutcome
+from edge_token.outcome import RenewalOutcome, Result
 
 STATES = ("fresh", "stale", "expired", "credentials_rejected")
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -92,7 +92,8 @@ class Metrics:
     def observe(self, outcome: RenewalOutcome, state: str, next_attempt: float | None) -> None:
         """Record one renewal outcome (called by the daemon after every cycle)."""
         series = self._profile(outcome.profile)
-        series.refresh[outcome.result] = series.refresh.get(outcome.result, 0.0) + 1
+        label = outcome.label
+        series.refresh[label] = series.refresh.get(label, 0.0) + 1
         self.duration.observe(outcome.duration)
         if outcome.requested:
             series.requests += 1
@@ -103,7 +104,7 @@ class Metrics:
         if token is not None:
             gauges.update(expiry=token.exp, issued=token.received_at, lifetime=token.lifetime)
         finished = outcome.started_at + outcome.duration
-        if outcome.error is None and outcome.result in ("success", "adopted"):
+        if outcome.error is None and outcome.result in (Result.NEW_TOKEN, Result.ADOPTED, Result.RECEIVED):
             gauges["last_success"] = finished
         if next_attempt is not None:
             gauges["next_refresh"] = next_attempt
@@ -146,8 +147,8 @@ class Metrics:
               for name, doc, key in GAUGES),
             ("edge_token_token_state", "gauge", "1 for the profile's current state, 0 for the others.",
              [(f'{p.labels},state="{s}"', float(s == p.state)) for p in profiles if p.state for s in STATES]),
-            ("edge_token_refresh_total", "counter", "Renewal attempts by result (success, adopted, transient, "
-             "rejected, invalid_token, protocol, jwks, config, sink).",
+            ("edge_token_refresh_total", "counter", "Renewal attempts by result (success, adopted, received, "
+             "transient, rejected, invalid_token, protocol, jwks, config, sink, internal).",
              [(f'{p.labels},result="{r}"', n) for p in profiles for r, n in p.refresh.items()]),
             ("edge_token_token_requests_total", "counter", "Token requests sent to the provider (quota use).",
              [(p.labels, p.requests) for p in profiles]),

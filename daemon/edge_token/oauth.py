@@ -9,8 +9,6 @@ with our own secret scrubbed in case a hostile server echoes it), never the requ
 from __future__ import annotations
 
 import base64
-import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,8 +22,10 @@ from edge_token.clock import Clock
 from edge_token.config import ProfileConfig
 from edge_token.errors import CredentialsRejected, ProtocolError, TransientError
 from edge_token.policy import parse_retry_after
+from edge_token.strictnum import ascii_uint, finite
 
 MAX_RESPONSE_BYTES = 64 * 1024
+MAX_EXPIRES_IN = 10 * 365 * 86400.0
 REJECTING_ERRORS = frozenset(
     {"invalid_client", "access_denied", "unauthorized_client", "invalid_grant", "invalid_scope",
      "invalid_request", "unsupported_grant_type", "invalid_target"}
@@ -110,6 +110,8 @@ async def request_token(
     except aiohttp.ClientError as exc:
         detail = sanitize(exc, (secret,))
         raise TransientError(f"token endpoint {host} unreachable: {type(exc).__name__}: {detail}") from None
+    except (OSError, ValueError, LookupError) as exc:  # a malformed answer aiohttp did not wrap (bad encoding...)
+        raise TransientError(f"token endpoint {host} answered unreadably ({type(exc).__name__}); will retry") from None
     if status != 200:
         raise _classify_failure(status, response_headers, raw, host, secret, clock.time())
     return parse_token_answer(raw, response_headers.get("Content-Type", ""), received_at, secret)
@@ -118,8 +120,8 @@ async def request_token(
 def _oauth_error(raw: bytes) -> tuple[str | None, str | None]:
     """(error, error_description) from an OAuth error body, if it is one."""
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        data = strictjson.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None, None
     if not isinstance(data, dict):
         return None, None
@@ -173,16 +175,7 @@ def parse_token_answer(raw: bytes, content_type: str, received_at: float, secret
     token = data.get("access_token")
     if not isinstance(token, str) or not token:
         raise ProtocolError("token answer has no access_token string")
-    expires_in = data.get("expires_in")
-    if isinstance(expires_in, str) and expires_in.isdigit():  # form-encoded answers, lenient servers
-        expires_in = int(expires_in)
-    if expires_in is not None and (
-        isinstance(expires_in, bool)
-        or not isinstance(expires_in, int | float)
-        or not math.isfinite(expires_in)
-        or expires_in <= 0
-    ):
-        raise ProtocolError(f"token answer has an invalid expires_in {sanitize(expires_in, (secret,), 40)}")
+    expires_in = _expires_in(data.get("expires_in"), secret)
     token_type = data.get("token_type", "Bearer")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
         raise ProtocolError(
@@ -194,7 +187,18 @@ def parse_token_answer(raw: bytes, content_type: str, received_at: float, secret
     return TokenAnswer(
         access_token=token,
         received_at=received_at,
-        expires_in=float(expires_in) if expires_in is not None else None,
+        expires_in=expires_in,
         token_type="Bearer",
         scope=scope,
     )
+
+
+def _expires_in(value: object, secret: str) -> float | None:
+    """RFC 6749 5.1 `expires_in`: RECOMMENDED, so absent is fine; present, it must be a positive number of seconds
+    (a JSON number, or ASCII digits in a form-encoded answer) of at most ten years."""
+    if value is None:
+        return None
+    seconds = float(ascii_uint(value, 10) or 0) if isinstance(value, str) else finite(value, 0, MAX_EXPIRES_IN)
+    if not seconds or seconds > MAX_EXPIRES_IN:
+        raise ProtocolError(f"token answer has an invalid expires_in {sanitize(value, (secret,), 40)}")
+    return seconds

@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass
 
 from edge_token.errors import CredentialsRejected, EdgeTokenError, TransientError
+from edge_token.strictnum import ascii_uint
 from edge_token.token import Token
 
 BACKOFF_BASE = 1.0
@@ -20,6 +21,9 @@ BACKOFF_CAP = 300.0
 REJECTED_BACKOFF = 900.0
 MAX_RETRY_AFTER = 3600.0  # a hostile or confused server must not park a profile for days
 MIN_DELAY = 1.0
+MIN_BACKOFF = 0.05  # the shortest retry gap, even for tokens that live only seconds
+MIN_RUN_GAP = 0.05  # no job is ever scheduled sooner than this: nothing can spin
+MAX_RETRY_AFTER_CHARS = 64
 
 
 class TokenState(enum.Enum):
@@ -49,7 +53,11 @@ def token_state(token: Token | None, now: float, settings: RefreshSettings) -> T
 
 
 def refresh_due_at(token: Token, settings: RefreshSettings, rng: random.Random) -> float:
-    """The renewal moment: `refresh_at` of the lifetime after receipt, jittered earlier only (no stampede)."""
+    """The renewal moment: `refresh_at` of the lifetime after receipt, jittered earlier only (no stampede).
+
+    Drawn once per token by its holder (`Renewer.take`), not at every look: a moment re-drawn on each call
+    would wander, and a FRESH check against the un-jittered point would make the jitter a busy wait.
+    """
     fraction = settings.refresh_at - rng.uniform(0.0, settings.jitter)
     return token.received_at + fraction * token.lifetime
 
@@ -72,7 +80,7 @@ def backoff_bounds(token: Token | None, settings: RefreshSettings) -> tuple[floa
     """
     if token is None:
         return BACKOFF_BASE, settings.retry_max
-    base = min(BACKOFF_BASE, token.lifetime / 100)
+    base = max(MIN_BACKOFF, min(BACKOFF_BASE, token.lifetime / 100))
     return base, min(settings.retry_max, max(base, token.lifetime / 4))
 
 
@@ -90,8 +98,7 @@ def next_attempt_at(
     15 minutes; everything else backs off exponentially (`backoff_bounds`). A backoff that would overshoot the
     expiry of a still-valid token is pulled in to halfway to that expiry, so a retry can still save it.
     """
-    if error is None:
-        assert token is not None, "a success always has a token"
+    if error is None and token is not None:
         return max(now, refresh_due_at(token, settings, rng))
     retry_after = error.retry_after if isinstance(error, TransientError) else None
     if retry_after is not None:
@@ -107,19 +114,31 @@ def next_attempt_at(
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
-    """RFC 9110 Retry-After: delay-seconds or an HTTP-date, as seconds from `now`; None if absent/garbage."""
-    if value is None:
+    """RFC 9110 Retry-After: delay-seconds or an HTTP-date, as seconds from `now`; None if absent or garbage.
+
+    Strict, because the value is the server's: ASCII digits only (`"١٢".isdigit()` is True in Python), at most
+    ten of them, and a date of bounded length that must parse as GMT. Never raises.
+    """
+    if value is None or len(value) > MAX_RETRY_AFTER_CHARS:
         return None
-    value = value.strip()
-    if value.isdigit():
-        return float(min(int(value), 10**9))
+    seconds = ascii_uint(value, 10)
+    if seconds is not None:
+        return float(seconds)
     from email.utils import parsedate_to_datetime  # rare path: keep the email package out of start-up
 
     try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        when = parsedate_to_datetime(value.strip())
+        delay = when.timestamp() - now if when.tzinfo is not None else None  # an HTTP-date is always GMT
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:  # an HTTP-date is always GMT
-        return None
-    seconds = when.timestamp() - now
-    return max(0.0, seconds) if math.isfinite(seconds) else None
+    return max(0.0, delay) if delay is not None and math.isfinite(delay) else None
+
+
+def next_run_at(now: float, attempt_at: float, sink_retry_in: float | None, poll_in: float | None) -> float:
+    """The one next run of a profile's job: the earliest of its renewal attempt, its failed sinks' retry and (fleet
+    mode) its poll of the shared store, but never sooner than MIN_RUN_GAP from now, whatever the inputs."""
+    when = attempt_at
+    for delay in (sink_retry_in, poll_in):
+        if delay is not None:
+            when = min(when, now + delay)
+    return max(when, now + MIN_RUN_GAP) if math.isfinite(when) else now + BACKOFF_CAP

@@ -1,25 +1,27 @@
-"""One profile's cycle: adopt what the sinks hold, or fetch -> verify -> write every sink -> report.
+"""One profile's steps: adopt what the sinks hold, or fetch -> verify -> write every sink -> report.
 
-The renewer makes no scheduling decisions: it returns a frozen `RenewalOutcome` and the caller (the `once`
-command or the daemon's scheduler) asks the pure policy when to go next. Metrics, logs and health are fed from
-the outcome, not from code sprinkled through the pipeline.
+The renewer makes no scheduling decisions and never raises: every step returns a frozen `RenewalOutcome`
+(anything unforeseen becomes an `InternalError` outcome) and keeps the numbers the policy needs (the jittered
+renewal point of the held token, the failure count, when a failed renewal may be retried). The caller (the
+`once` command or the daemon's supervisor) asks `next_attempt_at()` when to come back.
 """
 
 from __future__ import annotations
 
 import random
+import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from edge_token.clock import Clock
 from edge_token.config import ProfileConfig
-from edge_token.errors import EdgeTokenError, SinkError, VerificationError
+from edge_token.errors import EdgeTokenError, InternalError, SinkError, VerificationError
 from edge_token.jwks import JwksCache
 from edge_token.oauth import request_token
-from edge_token.policy import RefreshSettings, TokenState, next_attempt_at, token_state
+from edge_token.outcome import RenewalOutcome, Result
+from edge_token.policy import RefreshSettings, TokenState, next_attempt_at, refresh_due_at, token_state
 from edge_token.sinks import Sink, build_sink
 from edge_token.token import Token
 from edge_token.verify import Rules, verify_token
@@ -27,28 +29,11 @@ from edge_token.verify import Rules, verify_token
 if TYPE_CHECKING:
     from edge_token.health import ProfileStatus
 
+__all__ = ["RenewalOutcome", "Renewer", "Result"]
+
 LIFETIME_MISMATCH_SECONDS = 120.0
-
-
-@dataclass(frozen=True)
-class RenewalOutcome:
-    """What one attempt did. Handed to logs, metrics, health and the scheduler; never holds a secret."""
-
-    profile: str
-    result: str  # success | adopted | transient | jwks | rejected | protocol | invalid_token | config | sink
-    started_at: float
-    duration: float
-    token: Token | None  # the token the profile holds after this attempt (new, adopted or previous)
-    error: EdgeTokenError | None = None
-    requested: bool = False  # a token request went to the provider (the quota-relevant count)
-    sinks_written: tuple[str, ...] = ()
-    sink_errors: Mapping[str, SinkError] = field(default_factory=dict)
-    next_attempt_at: float | None = None
-
-    @property
-    def ok(self) -> bool:
-        """The profile holds a verified token and every sink has it."""
-        return self.error is None and not self.sink_errors
+DUE_SLACK = 0.001  # timers may fire a hair before a float due time (microsecond datetimes)
+TRACEBACK_EVERY_SECONDS = 300.0  # an internal error's traceback is logged at most this often per profile
 
 
 class Renewer:
@@ -87,6 +72,8 @@ class Renewer:
         self._on_written, self._on_secret = on_written, on_secret
         self.log = log.bind(profile=profile.name)
         self.current: Token | None = None
+        self.due_at: float | None = None  # the held token's renewal point, jittered once when it arrived
+        self.retry_at: float | None = None  # set while a failed renewal waits for its retry
         self.pending_sinks: set[str] = set()  # sinks that do not hold `current` yet
         self.failures = 0  # consecutive failed renewals
         self.sink_failures = 0  # consecutive write rounds with at least one failed sink
@@ -94,9 +81,36 @@ class Renewer:
         self.last_outcome: RenewalOutcome | None = None
         self.last_error: EdgeTokenError | None = None  # of the latest renewal; None after a success
         self.last_success_at: float | None = None
+        self._traceback_at = -float("inf")
 
+    # ---- what the policy needs --------------------------------------------------------------------------
     def state(self) -> TokenState:
         return token_state(self.current, self._clock.time(), self.settings)
+
+    def renewal_due(self, now: float) -> bool:
+        """Renew now? While a failed renewal waits, only once its backoff is over; otherwise with no token, or at
+        the held token's jittered renewal point. Exactly these, so a job that fires early (a fleet poll, a sink
+        retry) never renews ahead of the backoff or of a FRESH token's due time, and a job that fires on time
+        always does: no busy loop before the due time, no missed jitter, no storm."""
+        if self.retry_at is not None:
+            return now + DUE_SLACK >= self.retry_at
+        return self.current is None or self.due_at is None or now + DUE_SLACK >= self.due_at
+
+    def next_attempt_at(self) -> float:
+        """When this profile next needs a renewal attempt (in the past or now: it is due now)."""
+        if self.retry_at is not None:
+            return self.retry_at
+        if self.current is None or self.due_at is None:
+            return self._clock.time()
+        return self.due_at
+
+    def take(self, token: Token) -> None:
+        """Hold `token` (new, adopted, received or inherited): fix its jittered renewal point once, mark every sink
+        as not holding it yet."""
+        self.current = token
+        self.due_at = refresh_due_at(token, self.settings, self._rng)
+        self.retry_at = None
+        self.pending_sinks = {sink.name for sink in self.sinks}
 
     def status(self, next_attempt_at: float | None) -> ProfileStatus:
         """The operator-facing snapshot (no token, no secret)."""
@@ -116,17 +130,25 @@ class Renewer:
         )
 
     def _sink_problem(self, name: str) -> str | None:
+        if self.current is None:
+            error = self.sink_errors.get(name)
+            return str(error) if error else "no verified token yet"
         if name not in self.pending_sinks:
             return None
         error = self.sink_errors.get(name)
         return str(error) if error else "not written yet"
 
+    # ---- steps ------------------------------------------------------------------------------------------
     async def adopt(self) -> RenewalOutcome | None:
         """Adopt the best verified token already in the sinks (no token request); None if there is none."""
         started, mono = self._clock.time(), self._clock.monotonic()
         seen: dict[str, Token | None] = {}
         for sink in self.sinks:
-            jwt = await sink.read()
+            try:
+                jwt = await sink.read()
+            except Exception as exc:  # a sink we cannot read back holds nothing we could adopt
+                self.log.info("token.adoption_skipped", sink=sink.name, reason=f"unreadable ({type(exc).__name__})")
+                continue
             if jwt is None or jwt in seen:
                 continue
             try:
@@ -134,20 +156,20 @@ class Renewer:
             except EdgeTokenError as exc:
                 seen[jwt] = None
                 self.log.info("token.adoption_skipped", sink=sink.name, reason=str(exc))
+            except Exception as exc:
+                seen[jwt] = None
+                self._internal(InternalError.wrap(exc, "verifying a token read back from a sink"), exc)
         candidates = [token for token in seen.values() if token is not None]
         if not candidates:
             return None
-        self.current = max(candidates, key=lambda token: token.expires_at)
+        held = max(candidates, key=lambda token: token.expires_at)
+        self.take(held)
         self.last_success_at = self._clock.time()
-        self.pending_sinks = {sink.name for sink in self.sinks}
         written, errors = await self.write_pending()
         self.log.info(
-            "token.adopted",
-            fingerprint=self.current.fingerprint,
-            expires_at=self.current.expires_at,
-            state=self.state().value,
+            "token.adopted", fingerprint=held.fingerprint, expires_at=held.expires_at, state=self.state().value
         )
-        return self._finish("adopted", started, mono, error=None, written=written, sink_errors=errors)
+        return self._finish(Result.ADOPTED, started, mono, None, written=written, sink_errors=errors)
 
     async def renew(self) -> RenewalOutcome:
         """Request, verify and write a new token. Failures leave `current` and every sink untouched."""
@@ -157,7 +179,7 @@ class Renewer:
             secret = self.profile.secret.read(self._environ)  # re-read every time: a rotated secret heals
             if self._on_secret is not None:
                 self._on_secret(secret)  # the log redactor learns it before anything could echo it
-            requested = True
+            requested = True  # counted even if what follows raises: the provider may have issued a token
             answer = await request_token(self._session, self.profile, secret, self._clock)
             token = await verify_token(
                 answer.access_token,
@@ -169,24 +191,16 @@ class Renewer:
                 scope=answer.scope,
             )
         except EdgeTokenError as exc:
-            self.failures += 1
-            self.last_error = exc
-            result = exc.reason if isinstance(exc, VerificationError) else exc.kind
-            self.log.warning(
-                "token.renewal_failed",
-                error=exc.kind,
-                reason=result,
-                message=str(exc),
-                failures=self.failures,
-                state=self.state().value,
-            )
-            return self._finish(exc.kind, started, mono, error=exc, requested=requested)
+            return self._failed(exc, started, mono, requested)
+        except Exception as exc:
+            error = InternalError.wrap(exc, "renewing")
+            self._internal(error, exc)
+            return self._failed(error, started, mono, requested)
         if answer.expires_in is not None and abs(answer.expires_in - token.lifetime) > LIFETIME_MISMATCH_SECONDS:
             self.log.warning("token.lifetime_mismatch", expires_in=answer.expires_in, lifetime=token.lifetime)
         self.failures, self.last_error = 0, None
         self.last_success_at = self._clock.time()
-        self.current = token
-        self.pending_sinks = {sink.name for sink in self.sinks}
+        self.take(token)
         written, errors = await self.write_pending()
         self.log.info(
             "token.renewed",
@@ -194,7 +208,39 @@ class Renewer:
             expires_at=token.expires_at,
             lifetime=round(token.lifetime, 3),
         )
-        return self._finish("success", started, mono, None, requested=True, written=written, sink_errors=errors)
+        return self._finish(Result.NEW_TOKEN, started, mono, None, requested=True, written=written, sink_errors=errors)
+
+    def _failed(self, exc: EdgeTokenError, started: float, mono: float, requested: bool) -> RenewalOutcome:
+        self.failures += 1
+        self.last_error = exc
+        reason = exc.reason if isinstance(exc, VerificationError) else exc.kind
+        self.log.warning(
+            "token.renewal_failed",
+            error=exc.kind,
+            reason=reason,
+            message=str(exc),
+            failures=self.failures,
+            state=self.state().value,
+        )
+        now = self._clock.time()
+        self.retry_at = next_attempt_at(now, self.current, exc, self.failures, self.settings, self._rng)
+        return self._finish(Result.FAILED, started, mono, exc, requested=requested)
+
+    def crashed(self, exc: BaseException, started: float, mono: float) -> RenewalOutcome:
+        """An exception escaped a step's caller (e.g. the fleet step): classify it and back off like any failure."""
+        error = InternalError.wrap(exc, "running a renewal cycle")
+        self._internal(error, exc)
+        return self._failed(error, started, mono, requested=False)
+
+    def _internal(self, error: InternalError, exc: BaseException) -> None:
+        """Log a bug with its traceback, at most once per TRACEBACK_EVERY_SECONDS per profile (no log storm)."""
+        now = self._clock.monotonic()
+        if now - self._traceback_at >= TRACEBACK_EVERY_SECONDS:
+            self._traceback_at = now
+            trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=12))
+            self.log.error("internal_error", message=str(error), traceback=trace)
+        else:
+            self.log.error("internal_error", message=str(error))
 
     async def accept(self, jwt: str) -> RenewalOutcome | None:
         """Take a token another daemon obtained (fleet mode): verified exactly like our own, written only if it
@@ -204,15 +250,19 @@ class Renewer:
             token = await verify_token(jwt, self._jwks.key_set, self.rules, self._clock.time())
         except EdgeTokenError as exc:
             self.log.warning("fleet.token_rejected", reason=getattr(exc, "reason", exc.kind), message=str(exc))
-            return self._finish("store_rejected", started, mono, error=exc)
+            return self._finish(Result.FAILED, started, mono, error=exc)
+        except Exception as exc:
+            error = InternalError.wrap(exc, "verifying a token from the fleet store")
+            self._internal(error, exc)
+            return self._finish(Result.FAILED, started, mono, error=error)
         if self.current is not None and token.exp <= self.current.exp:
             return None
-        self.current, self.last_error = token, None
+        self.failures, self.last_error = 0, None
         self.last_success_at = self._clock.time()
-        self.pending_sinks = {sink.name for sink in self.sinks}
+        self.take(token)
         written, errors = await self.write_pending()
         self.log.info("fleet.token_received", fingerprint=token.fingerprint, expires_at=token.expires_at)
-        return self._finish("received", started, mono, None, written=written, sink_errors=errors)
+        return self._finish(Result.RECEIVED, started, mono, None, written=written, sink_errors=errors)
 
     async def write_pending(self) -> tuple[tuple[str, ...], dict[str, SinkError]]:
         """Write `current` to every sink that does not hold it yet; sinks fail independently."""
@@ -226,9 +276,10 @@ class Renewer:
                 continue
             try:
                 changed = await sink.write(token)
-            except SinkError as exc:
-                errors[sink.name] = self.sink_errors[sink.name] = exc
-                self.log.error("sink.write_failed", sink=sink.name, message=str(exc))
+            except Exception as exc:
+                error = exc if isinstance(exc, SinkError) else _sink_bug(sink.name, exc)
+                errors[sink.name] = self.sink_errors[sink.name] = error
+                self.log.error("sink.write_failed", sink=sink.name, message=str(error))
                 continue
             self.pending_sinks.discard(sink.name)
             self.sink_errors.pop(sink.name, None)
@@ -244,11 +295,11 @@ class Renewer:
         """Retry only the sinks that failed, with the token already held: no token request."""
         started, mono = self._clock.time(), self._clock.monotonic()
         written, errors = await self.write_pending()
-        return self._finish("sink" if errors else "success", started, mono, None, written=written, sink_errors=errors)
+        return self._finish(Result.SINKS_RETRIED, started, mono, None, written=written, sink_errors=errors)
 
     def _finish(
         self,
-        result: str,
+        result: Result,
         started: float,
         mono: float,
         error: EdgeTokenError | None,
@@ -257,11 +308,6 @@ class Renewer:
         written: tuple[str, ...] = (),
         sink_errors: dict[str, SinkError] | None = None,
     ) -> RenewalOutcome:
-        now = self._clock.time()
-        if error is None and self.current is not None:
-            when = next_attempt_at(now, self.current, None, 0, self.settings, self._rng)
-        else:
-            when = next_attempt_at(now, self.current, error, max(self.failures, 1), self.settings, self._rng)
         outcome = RenewalOutcome(
             profile=self.profile.name,
             result=result,
@@ -272,7 +318,12 @@ class Renewer:
             requested=requested,
             sinks_written=written,
             sink_errors=sink_errors or {},
-            next_attempt_at=when,
+            next_attempt_at=self.next_attempt_at(),
         )
         self.last_outcome = outcome
         return outcome
+
+
+def _sink_bug(name: str, exc: BaseException) -> SinkError:
+    """A sink raised something it should have classified: still a sink failure, retried on the sink timer."""
+    return SinkError(f"{name}: unexpected {type(exc).__name__} while writing; the previous content is kept")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -29,9 +28,11 @@ from joserfc.jwk import KeySet
 
 from edge_token.errors import VerificationError
 from edge_token.strictjson import StrictDecoder
+from edge_token.strictnum import finite
 from edge_token.token import Token
 
 MAX_TOKEN_BYTES = 16 * 1024
+PLAUSIBLE_SECONDS = 100 * 365 * 86400.0  # a NumericDate further than this from now is garbage
 _B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
 KeySetLookup = Callable[[str | None, bool], Awaitable[KeySet]]  # (kid, suspect the cached key) -> keys
 
@@ -151,11 +152,12 @@ def _number(claims: Mapping[str, Any], name: str, now: float) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise fail("malformed", f"claim {name} is not a NumericDate")
-    if abs(value - now) > 100 * 365 * 86400:
+    number = finite(value, now - PLAUSIBLE_SECONDS, now + PLAUSIBLE_SECONDS)  # range first: 10**400 never floats
+    if number is None:
         raise fail("malformed", f"claim {name} is not a plausible NumericDate")
-    return float(value)
+    return number
 
 
 def check_claims(

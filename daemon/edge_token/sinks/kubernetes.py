@@ -24,6 +24,7 @@ from edge_token.config import SA_DIR, KubernetesSecretOptions, SinkConfig
 from edge_token.errors import SinkError
 from edge_token.oauth import sanitize
 from edge_token.sinks.storehttp import Answer, call, tls_context
+from edge_token.strictnum import ascii_uint
 from edge_token.token import Token
 
 EXPIRY_ANNOTATION = "edge-token.io/expires-at"
@@ -166,7 +167,5 @@ def _decode(value: object) -> str | None:
 
 
 def _float(value: object) -> float:
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return 0.0
+    """The stored expiry annotation (ASCII epoch seconds); garbage counts as none, so it cannot block updates."""
+    return float(ascii_uint(value, 11) or 0)

@@ -22,9 +22,12 @@ from edge_token.config import SinkConfig, VaultKvOptions
 from edge_token.errors import ConfigError, SinkError
 from edge_token.oauth import sanitize
 from edge_token.sinks.storehttp import Answer, call, tls_context
+from edge_token.strictnum import finite, whole
 from edge_token.token import Token
 
 MAX_CAS_RETRIES = 4
+MAX_VERSION = 2**53  # Vault versions are JSON integers; anything beyond is not one
+MAX_EPOCH = 10**11  # about year 5138: beyond any real expiry
 
 
 class VaultKvSink:
@@ -92,7 +95,7 @@ class VaultKvSink:
     def _adopt_lease(self, auth: dict[str, Any]) -> None:
         self._client_token = self._secret(auth["client_token"])
         lease = auth.get("lease_duration")
-        self._lease = float(lease) if isinstance(lease, int | float) and lease > 0 else 3600.0
+        self._lease = finite(lease, 1, 10**9) or 3600.0
         self._lease_ends = self._monotonic() + self._lease
         self._renewable = bool(auth.get("renewable"))
 
@@ -164,7 +167,9 @@ class VaultKvSink:
                     return False  # a newer token is already stored; never regress it
             elif current.status != 404 or "no handler for route" in str((current.body or {}).get("errors")):
                 raise self._error(current, "read")
-            version = int(_number(metadata.get("version")))  # 0: create only if absent
+            version = whole(metadata.get("version", 0), 0, MAX_VERSION)  # 0: create only if absent
+            if version is None:
+                raise SinkError(f"{self.name}: Vault answered a metadata.version that is not a version number")
             written = await self._authorized("POST", {"options": {"cas": version}, "data": value})
             if written.status in (200, 204):
                 return True
@@ -180,4 +185,5 @@ def _kv(answer: Answer) -> dict[str, Any]:
 
 
 def _number(value: object) -> float:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+    """A stored expiry; anything that is not a plausible epoch time counts as none (so garbage cannot block us)."""
+    return finite(value, 0, MAX_EPOCH) or 0.0

@@ -1,0 +1,256 @@
+"""Stateful property test of the running daemon: under any interleaving of reloads (adding, removing, changing
+profiles, also while a cycle is in flight), SIGUSR1, provider faults, sink failure and recovery and time passing,
+every profile has exactly one next run (never in the past), each job runs once per due time, each new token fires
+the rotation callback exactly once, and /status says of each sink exactly what the disk holds.
+
+The daemon is the real one (real renewers, real HTTP to the bundled auth server on loopback, real files); only
+time is injected: a fake clock and a scheduler that fires due jobs when the test says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import random
+import shutil
+import tempfile
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from conftest import FakeClock, profile_toml
+from edge_token.config import load_config
+from edge_token.daemon import Daemon
+from edge_token.localauth import Fault, LocalAuthServer
+from edge_token.policy import MIN_RUN_GAP
+from edge_token.supervisor import job_id
+from manualsched import ManualScheduler
+
+NAMES = ("p0", "p1", "p2")
+SECRET = "stateful-secret-1f2e3d"
+MAX_FIRES_PER_INSTANT = 20  # a busy loop would fire a job over and over at one instant; we stop it here
+
+
+def fingerprint(jwt: str) -> str:
+    return hashlib.sha256(jwt.encode()).hexdigest()[:12]
+
+
+class DaemonMachine(RuleBasedStateMachine):
+    """One real daemon per example; rules are the events an operator, a provider and a disk can cause."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.dir = Path(tempfile.mkdtemp(prefix="edge-token-stateful-"))
+        self.clock = FakeClock()
+        self.auth = LocalAuthServer({f"client-{n}": SECRET for n in NAMES}, ttl=1000, now=self.clock.time)
+        self.run(self.auth.start())
+        self.secret = self.dir / "secret"
+        self.secret.write_text(SECRET)
+        self.secret.chmod(0o600)
+        self.config = self.dir / "config.toml"
+        self.profiles: dict[str, dict[str, Any]] = {}  # name -> {"sinks": [dir names], "refresh_at": x}
+        self.rotations: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.scheduler = ManualScheduler(self.clock.time)
+        self.daemon: Daemon | None = None
+        self.task: asyncio.Task[int] | None = None
+        self.checked = 0  # scheduler.scheduled entries already checked
+
+    def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        return self.loop.run_until_complete(coroutine)
+
+    # ---- helpers -----------------------------------------------------------------------------------------
+    def write_config(self) -> None:
+        text = '[daemon]\nlisten = ""\n'
+        for name, spec in self.profiles.items():
+            sinks = [{"path": str(self.dir / d / f"{name}.jwt")} for d in spec["sinks"]]
+            text += profile_toml(
+                name, self.auth, self.secret, sinks, client_id=f"client-{name}", refresh_at=spec["refresh_at"]
+            )
+        self.config.write_text(text)
+        self.config.chmod(0o600)
+
+    def settle(self) -> None:
+        """Let every cycle (and any rerun it starts) finish."""
+        assert self.daemon is not None
+
+        async def quiet() -> None:
+            assert self.daemon is not None
+            for _ in range(100):
+                await self.daemon.supervisor.idle()
+                await asyncio.sleep(0)
+                if all(slot.task is None for slot in self.daemon.supervisor.slots.values()):
+                    return
+            raise AssertionError("cycles keep starting on their own")
+
+        self.run(quiet())
+
+    def fire_due(self) -> None:
+        """Fire every due job at the current instant, as often as they come due at that instant (bounded)."""
+        fires: collections.Counter[str] = collections.Counter()
+        for _ in range(MAX_FIRES_PER_INSTANT):
+            before = len(self.scheduler.fired)
+            if not self.run(self.on_loop(self.scheduler.due)):
+                break
+            fires.update(job for job, _ in self.scheduler.fired[before:])
+            self.settle()
+        assert all(count == 1 for count in fires.values()), f"a job ran repeatedly at one instant: {fires}"
+
+    # ---- rules -------------------------------------------------------------------------------------------
+    @initialize(names=st.sets(st.sampled_from(NAMES), min_size=1), seed=st.integers(0, 2**32 - 1))
+    def start(self, names: set[str], seed: int) -> None:
+        self.profiles = {name: {"sinks": ["a"], "refresh_at": 0.8} for name in sorted(names)}
+        for d in ("a", "b"):
+            (self.dir / d).mkdir()
+        self.write_config()
+        self.daemon = Daemon(
+            load_config(self.config, environ={}), clock=self.clock, environ={}, tick_seconds=3600,
+            rng=random.Random(seed), handle_signals=False, scheduler=self.scheduler,
+            on_rotated=self.rotated,
+        )  # fmt: skip
+        self.task = self.loop.create_task(self.daemon.run())
+        self.run(asyncio.sleep(0.01))
+        self.settle()
+
+    def rotated(self, name: str) -> None:
+        """The rotation callback: the announced token must already be in one of the profile's sinks on disk."""
+        assert self.daemon is not None
+        announced = self.daemon.supervisor.slots[name].announced
+        on_disk = {
+            fingerprint(path.read_text())
+            for directory in ("a", "b")
+            if (path := self.dir / directory / f"{name}.jwt").exists()
+        }
+        assert announced in on_disk, "a rotation was announced before any sink held the token"
+        self.rotations.update([(name, announced)])
+
+    @rule(seconds=st.floats(0.01, 600))
+    def time_passes(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.fire_due()
+
+    @rule()
+    def until_next_due(self) -> None:
+        """Land exactly on the next due time (where a busy loop or a missed jitter would show)."""
+        due = self.scheduler.next_due()
+        if due is not None and due > self.clock.time():
+            self.clock.advance(due - self.clock.time())
+        self.fire_due()
+
+    @rule(steps=st.integers(0, 30))
+    def sigusr1(self, steps: int) -> None:
+        assert self.daemon is not None
+        self.run(self.on_loop(self.daemon.renew_all))
+        self.run(self.spin(steps))
+        self.settle()
+
+    @rule(
+        name=st.sampled_from(NAMES),
+        change=st.sampled_from(["add", "remove", "sinks", "settings"]),
+        in_flight=st.booleans(),
+        steps=st.integers(0, 30),
+    )
+    def reload(self, name: str, change: str, in_flight: bool, steps: int) -> None:
+        """SIGHUP after a config change; with `in_flight`, while a renewal cycle of every profile is running."""
+        assert self.daemon is not None
+        if change == "add":
+            self.profiles.setdefault(name, {"sinks": ["a"], "refresh_at": 0.8})
+        elif change == "remove":
+            if len(self.profiles) > 1:
+                self.profiles.pop(name, None)
+        elif name in self.profiles and change == "sinks":
+            sinks = self.profiles[name]["sinks"]
+            self.profiles[name]["sinks"] = ["a", "b"] if sinks == ["a"] else ["b"] if len(sinks) == 2 else ["a"]
+        elif name in self.profiles:
+            self.profiles[name]["refresh_at"] = 0.7 if self.profiles[name]["refresh_at"] == 0.8 else 0.8
+        self.write_config()
+        if in_flight:
+            self.run(self.on_loop(self.daemon.renew_all))
+            self.run(self.spin(steps))
+        self.run(self.on_loop(self.daemon.reload))
+        self.settle()
+
+    @rule(directory=st.sampled_from(["a", "b"]))
+    def sink_breaks_or_heals(self, directory: str) -> None:
+        """Take a sink directory away (writes fail) or bring it back (sinks recover, no new token)."""
+        path, away = self.dir / directory, self.dir / f"{directory}.away"
+        if path.exists():
+            path.rename(away)
+        elif away.exists():
+            away.rename(path)
+
+    @rule(fault=st.sampled_from(["503", "retry-after", "401", "garbage", "reset", "foreign"]), count=st.integers(1, 3))
+    def provider_fails(self, fault: str, count: int) -> None:
+        foreign = self.auth.mint(self.auth.claims_for("client-x", "https://api.sitecorecloud.io"))
+        faults = {
+            "503": Fault(503, b"down"),
+            "retry-after": Fault(429, b"", headers={"Retry-After": "\u0661\u0662"}),
+            "401": Fault(401, {"error": "access_denied"}),
+            "garbage": Fault(200, b'{"access_token": 5, "expires_in": 1e999}'),
+            "reset": Fault(reset=True),
+            "foreign": Fault(200, access_token=foreign),
+        }
+        self.auth.token_faults.extend([faults[fault]] * count)
+
+    @staticmethod
+    async def on_loop(func: Any) -> Any:
+        return func()  # scheduler jobs run on the event loop, as APScheduler runs our coroutine jobs
+
+    @staticmethod
+    async def spin(steps: int) -> None:
+        for _ in range(steps):
+            await asyncio.sleep(0)
+
+    # ---- invariants ----------------------------------------------------------------------------------------
+    @precondition(lambda self: self.daemon is not None)
+    @invariant()
+    def exactly_one_next_run_never_in_the_past(self) -> None:
+        assert self.daemon is not None
+        if any(slot.task is not None for slot in self.daemon.supervisor.slots.values()):
+            return  # only quiescent states are judged (rules settle before returning)
+        jobs = {job for job in self.scheduler.jobs if job.startswith("profile:")}
+        assert jobs == {job_id(name) for name in self.profiles}, "a profile without a next run, or a ghost"
+        for job, when, at in self.scheduler.scheduled[self.checked :]:
+            assert when >= at + MIN_RUN_GAP - 1e-9, f"{job} scheduled {at - when:.3f}s in the past"
+        self.checked = len(self.scheduler.scheduled)
+
+    @precondition(lambda self: self.daemon is not None)
+    @invariant()
+    def one_rotation_per_new_token_and_status_matches_the_disk(self) -> None:
+        assert self.daemon is not None
+        assert all(count == 1 for count in self.rotations.values()), f"a rotation fired twice: {self.rotations}"
+        statuses = {status.profile: status for status in self.daemon.statuses()}
+        for name, spec in self.profiles.items():
+            renewer = self.daemon.renewers[name]
+            for directory in spec["sinks"]:
+                if not (self.dir / directory).exists():
+                    continue  # taken away since the last write: the daemon learns it at the next write
+                path = self.dir / directory / f"{name}.jwt"
+                on_disk = path.read_text() if path.exists() else None
+                if on_disk is not None and renewer.current is not None and on_disk == renewer.current.jwt:
+                    assert (name, fingerprint(on_disk)) in self.rotations, "a new token in a sink was never announced"
+                sink = f"file:{path}"
+                holds = renewer.current is not None and on_disk == renewer.current.jwt
+                # never a false "ok" (an error may linger until the sink's retry writes it again)
+                assert statuses[name].sinks[sink] is not None or holds, f"/status says {sink} ok, the disk disagrees"
+
+    def teardown(self) -> None:
+        try:
+            if self.daemon is not None and self.task is not None:
+                self.daemon.stop()
+                assert self.run(asyncio.wait_for(self.task, 15)) == 0
+            self.run(self.auth.stop())
+        finally:
+            self.loop.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+DaemonMachine.TestCase.settings = settings(
+    max_examples=25, stateful_step_count=20, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+TestDaemonInvariants = DaemonMachine.TestCase
