@@ -23,12 +23,13 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from conftest import FakeClock, profile_toml
+from conftest import SOAK, FakeClock, profile_toml
 from edge_token.config import load_config
 from edge_token.daemon import Daemon
 from edge_token.localauth import Fault, LocalAuthServer
 from edge_token.policy import MIN_RUN_GAP
 from edge_token.supervisor import job_id
+from edge_token.token import Token
 from manualsched import ManualScheduler
 
 NAMES = ("p0", "p1", "p2")
@@ -117,17 +118,11 @@ class DaemonMachine(RuleBasedStateMachine):
         self.run(asyncio.sleep(0.01))
         self.settle()
 
-    def rotated(self, name: str) -> None:
+    def rotated(self, name: str, token: Token) -> None:
         """The rotation callback: the announced token must already be in one of the profile's sinks on disk."""
-        assert self.daemon is not None
-        announced = self.daemon.supervisor.slots[name].announced
-        on_disk = {
-            fingerprint(path.read_text())
-            for directory in ("a", "b")
-            if (path := self.dir / directory / f"{name}.jwt").exists()
-        }
-        assert announced in on_disk, "a rotation was announced before any sink held the token"
-        self.rotations.update([(name, announced)])
+        on_disk = {path.read_text() for d in ("a", "b") if (path := self.dir / d / f"{name}.jwt").exists()}
+        assert token.jwt in on_disk, "a rotation was announced before any sink held the token"
+        self.rotations.update([(name, token.fingerprint)])
 
     @rule(seconds=st.floats(0.01, 600))
     def time_passes(self, seconds: float) -> None:
@@ -251,6 +246,9 @@ class DaemonMachine(RuleBasedStateMachine):
 
 
 DaemonMachine.TestCase.settings = settings(
-    max_examples=25, stateful_step_count=20, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=300 if SOAK else 25,
+    stateful_step_count=30 if SOAK else 20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 TestDaemonInvariants = DaemonMachine.TestCase

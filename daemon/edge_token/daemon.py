@@ -62,7 +62,7 @@ class Daemon:
         tick_seconds: float = TICK_SECONDS,
         rng: random.Random | None = None,
         handle_signals: bool = True,
-        on_rotated: Callable[[str], None] | None = None,
+        on_rotated: Callable[[str, Token], None] | None = None,
         scheduler: JobScheduler | None = None,
     ) -> None:
         self.config = config

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from edge_token.clock import Clock
 from edge_token.outcome import RenewalOutcome, Result
 from edge_token.renewer import Renewer
+from edge_token.token import Token
 
 #: a cycle's work for one renewer: appends its outcomes (so they survive an exception part-way)
 Step = Callable[[Renewer, bool, list[RenewalOutcome]], Awaitable[None]]
@@ -69,7 +70,7 @@ class Supervisor:
         poll_in: Poll = lambda _name: None,
         log: Any,
         observe: Callable[[Renewer, list[RenewalOutcome], float | None], None] = lambda *_: None,
-        on_rotated: Callable[[str], None] | None = None,
+        on_rotated: Callable[[str, Token], None] | None = None,
     ) -> None:
         self.scheduler, self.clock, self._spawn, self._step = scheduler, clock, spawn, step
         self._next_run_at, self._sink_retry_in, self._poll_in = next_run_at, sink_retry_in, poll_in
@@ -145,8 +146,8 @@ class Supervisor:
         try:
             if member:  # a removed profile's series are gone; do not bring them back
                 self._observe(renewer, outcomes, when)
-            if live:
-                self._announce(slot, renewer, outcomes)  # also a swapped-out renewer's new token
+            if not self.stopping:  # also the new token of a renewer swapped out or removed mid-cycle: it was written
+                self._announce(slot, renewer, outcomes)
         except Exception:  # an observer's bug must not cost the profile its schedule (already set above)
             self._log.exception("observer.crashed", profile=slot.name)
 
@@ -168,4 +169,4 @@ class Supervisor:
             return  # no sink holds it yet: announce when one does
         slot.announced = token.fingerprint
         if self._on_rotated is not None:
-            self._on_rotated(slot.name)
+            self._on_rotated(slot.name, token)

@@ -83,7 +83,7 @@ class Wrapper:
         self._initial = {r.profile: r.outcome.token.jwt for r in results if r.outcome and r.outcome.token}
         self.daemon = Daemon(
             self.config, environ=self.environ, redactor=self.redactor, handle_signals=False,
-            on_rotated=lambda _profile: self.rotated.set(),
+            on_rotated=lambda _profile, _token: self.rotated.set(),
         )  # fmt: skip
         daemon_task = asyncio.create_task(self.daemon.run())
         loop = asyncio.get_running_loop()
