@@ -30,7 +30,7 @@ from edge_token.localauth import Fault, LocalAuthServer
 from edge_token.policy import MIN_RUN_GAP
 from edge_token.supervisor import job_id
 from edge_token.token import Token
-from manualsched import ManualScheduler
+from harness import LoopDaemon
 
 NAMES = ("p0", "p1", "p2")
 SECRET = "stateful-secret-1f2e3d"
@@ -57,9 +57,9 @@ class DaemonMachine(RuleBasedStateMachine):
         self.config = self.dir / "config.toml"
         self.profiles: dict[str, dict[str, Any]] = {}  # name -> {"sinks": [dir names], "refresh_at": x}
         self.rotations: collections.Counter[tuple[str, str]] = collections.Counter()
-        self.scheduler = ManualScheduler(self.clock.time)
+        self.harness = LoopDaemon(self.loop, self.clock)
+        self.scheduler = self.harness.scheduler
         self.daemon: Daemon | None = None
-        self.task: asyncio.Task[int] | None = None
         self.checked = 0  # scheduler.scheduled entries already checked
 
     def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
@@ -76,30 +76,8 @@ class DaemonMachine(RuleBasedStateMachine):
         self.config.write_text(text)
         self.config.chmod(0o600)
 
-    def settle(self) -> None:
-        """Let every cycle (and any rerun it starts) finish."""
-        assert self.daemon is not None
-
-        async def quiet() -> None:
-            assert self.daemon is not None
-            for _ in range(100):
-                await self.daemon.supervisor.idle()
-                await asyncio.sleep(0)
-                if all(slot.task is None for slot in self.daemon.supervisor.slots.values()):
-                    return
-            raise AssertionError("cycles keep starting on their own")
-
-        self.run(quiet())
-
     def fire_due(self) -> None:
-        """Fire every due job at the current instant, as often as they come due at that instant (bounded)."""
-        fires: collections.Counter[str] = collections.Counter()
-        for _ in range(MAX_FIRES_PER_INSTANT):
-            before = len(self.scheduler.fired)
-            if not self.run(self.on_loop(self.scheduler.due)):
-                break
-            fires.update(job for job, _ in self.scheduler.fired[before:])
-            self.settle()
+        fires = self.harness.fire_due(MAX_FIRES_PER_INSTANT)
         assert all(count == 1 for count in fires.values()), f"a job ran repeatedly at one instant: {fires}"
 
     # ---- rules -------------------------------------------------------------------------------------------
@@ -109,14 +87,9 @@ class DaemonMachine(RuleBasedStateMachine):
         for d in ("a", "b"):
             (self.dir / d).mkdir()
         self.write_config()
-        self.daemon = Daemon(
-            load_config(self.config, environ={}), clock=self.clock, environ={}, tick_seconds=3600,
-            rng=random.Random(seed), handle_signals=False, scheduler=self.scheduler,
-            on_rotated=self.rotated,
-        )  # fmt: skip
-        self.task = self.loop.create_task(self.daemon.run())
-        self.run(asyncio.sleep(0.01))
-        self.settle()
+        self.daemon = self.harness.start(
+            load_config(self.config, environ={}), rng=random.Random(seed), on_rotated=self.rotated
+        )
 
     def rotated(self, name: str, token: Token) -> None:
         """The rotation callback: the announced token must already be in one of the profile's sinks on disk."""
@@ -140,9 +113,9 @@ class DaemonMachine(RuleBasedStateMachine):
     @rule(steps=st.integers(0, 30))
     def sigusr1(self, steps: int) -> None:
         assert self.daemon is not None
-        self.run(self.on_loop(self.daemon.renew_all))
+        self.harness.on_loop(self.daemon.renew_all)
         self.run(self.spin(steps))
-        self.settle()
+        self.harness.settle()
 
     @rule(
         name=st.sampled_from(NAMES),
@@ -165,10 +138,10 @@ class DaemonMachine(RuleBasedStateMachine):
             self.profiles[name]["refresh_at"] = 0.7 if self.profiles[name]["refresh_at"] == 0.8 else 0.8
         self.write_config()
         if in_flight:
-            self.run(self.on_loop(self.daemon.renew_all))
+            self.harness.on_loop(self.daemon.renew_all)
             self.run(self.spin(steps))
-        self.run(self.on_loop(self.daemon.reload))
-        self.settle()
+        self.harness.on_loop(self.daemon.reload)
+        self.harness.settle()
 
     @rule(directory=st.sampled_from(["a", "b"]))
     def sink_breaks_or_heals(self, directory: str) -> None:
@@ -191,10 +164,6 @@ class DaemonMachine(RuleBasedStateMachine):
             "foreign": Fault(200, access_token=foreign),
         }
         self.auth.token_faults.extend([faults[fault]] * count)
-
-    @staticmethod
-    async def on_loop(func: Any) -> Any:
-        return func()  # scheduler jobs run on the event loop, as APScheduler runs our coroutine jobs
 
     @staticmethod
     async def spin(steps: int) -> None:
@@ -236,9 +205,7 @@ class DaemonMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         try:
-            if self.daemon is not None and self.task is not None:
-                self.daemon.stop()
-                assert self.run(asyncio.wait_for(self.task, 15)) == 0
+            assert self.harness.stop() == 0
             self.run(self.auth.stop())
         finally:
             self.loop.close()

@@ -1,0 +1,130 @@
+"""A scheduler that runs jobs only when a test says so: a small real implementation of the daemon's scheduler
+interface (`at`, `every`, `cancel`, `next_run`, `start`, `shutdown`, `wakeup`, `running`) driven by a fake clock.
+
+`due(now)` pops and runs every one-shot job whose time has come (interval jobs are recorded but never fire:
+tests drive JWKS refreshes explicitly). It also records every time a job was *scheduled* at, and when, so tests
+can assert that no run was ever scheduled in the past.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ManualScheduler:
+    now: Callable[[], float]
+    jobs: dict[str, tuple[float, Callable[[], Any]]] = field(default_factory=dict)
+    intervals: dict[str, float] = field(default_factory=dict)
+    scheduled: list[tuple[str, float, float]] = field(default_factory=list)  # (job, when, now at scheduling)
+    fired: list[tuple[str, float]] = field(default_factory=list)  # (job, now when it ran)
+    running: bool = False
+
+    def start(self) -> None:
+        self.running = True
+
+    def shutdown(self) -> None:
+        self.running = False
+
+    def wakeup(self) -> None:
+        pass
+
+    def at(self, job_id: str, when: float, func: Callable[[], Any]) -> None:
+        self.scheduled.append((job_id, when, self.now()))
+        self.jobs[job_id] = (when, func)
+
+    def every(self, job_id: str, seconds: float, func: Callable[[], Any], jitter: float = 0.0) -> None:
+        self.intervals[job_id] = seconds
+
+    def cancel(self, job_id: str) -> None:
+        self.jobs.pop(job_id, None)
+
+    def next_run(self, job_id: str) -> float | None:
+        job = self.jobs.get(job_id)
+        return job[0] if job is not None else None
+
+    def next_due(self) -> float | None:
+        return min((when for when, _ in self.jobs.values()), default=None)
+
+    def due(self) -> int:
+        """Run every one-shot job due at now(); returns how many ran."""
+        now = self.now()
+        ready = sorted((when, job_id) for job_id, (when, _) in self.jobs.items() if when <= now)
+        for _, job_id in ready:
+            _, func = self.jobs.pop(job_id)
+            self.fired.append((job_id, now))
+            func()
+        return len(ready)
+
+
+class LoopDaemon:
+    """A real Daemon on a private event loop, driven step by step: a fake clock, a ManualScheduler, no signals.
+
+    For synchronous property tests (Hypothesis): `start()`, then `on_loop(func)` for what signal handlers and
+    scheduler jobs would do, `fire_due()` to run what is due now, `settle()` to let cycles finish, `stop()`.
+    """
+
+    def __init__(self, loop: Any, clock: Any) -> None:
+        self.loop, self.clock = loop, clock
+        self.scheduler = ManualScheduler(clock.time)
+        self.daemon: Any = None
+        self.task: Any = None
+
+    def run(self, coroutine: Any) -> Any:
+        return self.loop.run_until_complete(coroutine)
+
+    def start(self, config: Any, **kwargs: Any) -> Any:
+        import asyncio
+
+        from edge_token.daemon import Daemon
+
+        self.daemon = Daemon(
+            config, clock=self.clock, environ={}, tick_seconds=3600, handle_signals=False,
+            scheduler=self.scheduler, **kwargs,
+        )  # fmt: skip
+        self.task = self.loop.create_task(self.daemon.run())
+        self.run(asyncio.sleep(0.01))
+        self.settle()
+        return self.daemon
+
+    def on_loop(self, func: Callable[[], Any]) -> Any:
+        async def call() -> Any:
+            return func()  # signal handlers and scheduler jobs run on the event loop
+
+        return self.run(call())
+
+    def settle(self) -> None:
+        """Let every cycle (and any rerun it starts) finish."""
+        import asyncio
+
+        async def quiet() -> None:
+            for _ in range(100):
+                await self.daemon.supervisor.idle()
+                await asyncio.sleep(0)
+                if all(slot.task is None for slot in self.daemon.supervisor.slots.values()):
+                    return
+            raise AssertionError("cycles keep starting on their own")
+
+        self.run(quiet())
+
+    def fire_due(self, max_fires: int = 20) -> dict[str, int]:
+        """Fire every due job at the current instant, as often as they come due at it (bounded); job -> fires."""
+        fires: dict[str, int] = {}
+        for _ in range(max_fires):
+            before = len(self.scheduler.fired)
+            if not self.on_loop(self.scheduler.due):
+                break
+            for job, _ in self.scheduler.fired[before:]:
+                fires[job] = fires.get(job, 0) + 1
+            self.settle()
+        return fires
+
+    def stop(self) -> int:
+        import asyncio
+
+        if self.daemon is None:
+            return 0
+        self.daemon.stop()
+        return int(self.run(asyncio.wait_for(self.task, 15)))
