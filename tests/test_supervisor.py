@@ -60,7 +60,10 @@ class DaemonMachine(RuleBasedStateMachine):
         self.harness = LoopDaemon(self.loop, self.clock)
         self.scheduler = self.harness.scheduler
         self.daemon: Daemon | None = None
-        self.checked = 0  # scheduler.scheduled entries already checked
+        self.checked = 0
+        self.seen: dict[
+            Path, int
+        ] = {}  # sink path -> issue order of the newest token it ever held  # scheduler.scheduled entries already checked
 
     def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         return self.loop.run_until_complete(coroutine)
@@ -202,6 +205,15 @@ class DaemonMachine(RuleBasedStateMachine):
                 holds = renewer.current is not None and on_disk == renewer.current.jwt
                 # never a false "ok" (an error may linger until the sink's retry writes it again)
                 assert statuses[name].sinks[sink] is not None or holds, f"/status says {sink} ok, the disk disagrees"
+
+    @precondition(lambda self: self.daemon is not None)
+    @invariant()
+    def no_sink_ever_goes_back_to_an_older_token(self) -> None:
+        order = {jwt: index for index, jwt in enumerate(self.auth.issued)}
+        for path in self.dir.glob("[ab]/*.jwt"):
+            index = order.get(path.read_text(), -1)
+            assert index >= self.seen.get(path, -1), f"{path.name} went back to an older token"
+            self.seen[path] = index
 
     def teardown(self) -> None:
         try:

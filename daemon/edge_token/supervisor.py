@@ -49,6 +49,7 @@ class Slot:
     task: asyncio.Task[None] | None = None
     rerun: bool | None = None  # force flag of a trigger that arrived during a cycle; None: no rerun
     announced: str | None = None  # fingerprint of the last token announced to the rotation callback
+    inherit: Renewer | None = None  # reload changed only sinks: the renewer whose token the new one takes over
 
 
 def job_id(name: str) -> str:
@@ -85,16 +86,14 @@ class Supervisor:
         self.trigger(name)
 
     def replace(self, name: str, renewer: Renewer, inherit: bool) -> None:
-        """A changed profile: the new renewer takes the slot; with `inherit` it keeps holding the old token (only
-        the sinks changed: no request, each new sink written once). Its first cycle runs now or right after the
-        one in flight."""
+        """A changed profile: the new renewer takes the slot; its first cycle runs now or right after the one in
+        flight. With `inherit` (only the sinks changed) it takes over the token the old renewer holds *when that
+        first cycle starts* (a renewal in flight may still bring a newer one): no request, each new sink written once."""
         slot = self.slots[name]
-        old = slot.renewer
-        if inherit and old.current is not None:
-            renewer.take(old.current)
-            renewer.last_success_at = old.last_success_at
-        else:
-            slot.announced = None
+        if not inherit:
+            slot.inherit, slot.announced = None, None
+        elif slot.renewer.current is not None or slot.inherit is None:
+            slot.inherit = slot.renewer  # else the old renewer never ran: keep inheriting from the one before it
         slot.renewer = renewer
         self.trigger(name)
 
@@ -124,9 +123,12 @@ class Supervisor:
             await asyncio.wait(running)
 
     async def _cycle(self, slot: Slot, force: bool) -> None:
-        renewer = slot.renewer
+        renewer, source, slot.inherit = slot.renewer, slot.inherit, None
         outcomes: list[RenewalOutcome] = []
         started, mono = self.clock.time(), self.clock.monotonic()
+        if source is not None and source.current is not None and renewer.current is None:
+            renewer.take(source.current)
+            renewer.last_success_at = source.last_success_at
         try:
             await self._step(renewer, force, outcomes)
         except Exception as exc:  # the step's own parts never raise; anything else is a bug, classified
