@@ -81,6 +81,8 @@ class Daemon:
         self.scheduler: Any = scheduler or Scheduler()
         self.last_tick = self.clock.monotonic()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._unready: set[str] = set()  # profiles without a valid token in every sink (READY=1 waits for none)
+        self._jwks_jobs: set[str] = set()  # JWKS URLs with a refresh job
         self._stop = asyncio.Event()
         self._parts: Parts | None = None
         self._semaphore = asyncio.Semaphore(config.daemon.max_concurrent_renewals)
@@ -225,17 +227,21 @@ class Daemon:
             await asyncio.sleep(self.tick_seconds)
 
     def _report_to_systemd(self, throttle: bool = True) -> None:
-        """READY=1 once every profile is ready; STATUS= kept current (at most once a second after cycles)."""
+        """READY=1 as soon as every profile is ready; STATUS= kept current, at most once a second after cycles.
+
+        Called after every cycle: readiness comes from `_unready`, kept per profile in O(1), so a fill of N
+        profiles costs O(N) here, not O(N^2) (every profile's status after every profile's cycle)."""
         if not self.notifier.enabled:
             return
         now = self.clock.monotonic()
-        if throttle and self.notifier.ready_sent and now - self._status_sent_at < 1.0:
+        becomes_ready = not self.notifier.ready_sent and not self._unready and bool(self.supervisor.slots)
+        if throttle and not becomes_ready and now - self._status_sent_at < 1.0:
             return
         self._status_sent_at = now
         statuses = self.statuses()
         jobs = [self.scheduler.next_run(job_id(name)) for name in self.supervisor.slots]
         text = health.summary(statuses, min((j for j in jobs if j is not None), default=None))
-        if not self.notifier.ready_sent and readiness(statuses)[0]:
+        if becomes_ready:
             self.notifier.ready(text)
         else:
             self.notifier.status(text)
@@ -253,15 +259,21 @@ class Daemon:
             raise RuntimeError("profiles are added only while the daemon runs")
         profile = self.config.profiles[name]
         cache = self._parts.jwks_for(profile)
-        interval = self.config.daemon.jwks_refresh_seconds
-        self.scheduler.every(f"jwks:{cache.url}", interval, lambda: self.spawn(cache.refresh()), jitter=0.05 * interval)
+        if cache.url not in self._jwks_jobs:  # one refresh job per JWKS URL, however many profiles share it
+            self._jwks_jobs.add(cache.url)
+            interval = self.config.daemon.jwks_refresh_seconds
+            self.scheduler.every(
+                f"jwks:{cache.url}", interval, lambda: self.spawn(cache.refresh()), jitter=0.05 * interval
+            )
         return self._parts.renewer(profile, on_written=self._on_written)
 
     def _add(self, name: str) -> None:
+        self._unready.add(name)
         self.supervisor.add(name, self._renewer(name))
 
     def _remove(self, name: str) -> None:
         self.supervisor.remove(name)
+        self._unready.discard(name)
         self.metrics.forget(name)
 
     def trigger(self, name: str, force: bool = False) -> None:
@@ -291,6 +303,11 @@ class Daemon:
                 outcomes.append(await renewer.retry_sinks())
 
     def _observe(self, renewer: Renewer, outcomes: list[RenewalOutcome], when: float | None) -> None:
+        name = renewer.profile.name
+        if renewer.ready() or name not in self.supervisor.slots:
+            self._unready.discard(name)
+        else:
+            self._unready.add(name)
         state = state_name(renewer.state(), renewer.last_error)
         for outcome in outcomes:
             self.metrics.observe(outcome, state, when)

@@ -104,6 +104,10 @@ class Renewer:
             return self._clock.time()
         return self.due_at
 
+    def ready(self) -> bool:
+        """An unexpired verified token held in every sink (what /readyz and READY=1 wait for)."""
+        return self.current is not None and not self.pending_sinks and self.state() is not TokenState.EXPIRED
+
     def take(self, token: Token) -> None:
         """Hold `token` (new, adopted, received or inherited): fix its jittered renewal point once, mark every sink
         as not holding it yet."""

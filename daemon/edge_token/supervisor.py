@@ -88,7 +88,7 @@ class Supervisor:
     def replace(self, name: str, renewer: Renewer, inherit: bool) -> None:
         """A changed profile: the new renewer takes the slot; its first cycle runs now or right after the one in
         flight. With `inherit` (only the sinks changed) it takes over the token the old renewer holds *when that
-        first cycle starts* (a renewal in flight may still bring a newer one): no request, each new sink written once."""
+        first cycle starts* (a renewal in flight may bring a newer one): no request, each new sink written once."""
         slot = self.slots[name]
         if not inherit:
             slot.inherit, slot.announced = None, None
