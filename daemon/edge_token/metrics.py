@@ -61,6 +61,7 @@ class ProfileSeries:
     fleet_role: str | None = None
     fleet_events: dict[str, float] = field(default_factory=dict)  # published / received / rejected
     leadership_changes: float = 0.0
+    lines: dict[str, str] | None = None  # rendered sample lines per family; None after any change
 
 
 class Metrics:
@@ -92,6 +93,7 @@ class Metrics:
     def observe(self, outcome: RenewalOutcome, state: str, next_attempt: float | None) -> None:
         """Record one renewal outcome (called by the daemon after every cycle)."""
         series = self._profile(outcome.profile)
+        series.lines = None
         label = outcome.label
         series.refresh[label] = series.refresh.get(label, 0.0) + 1
         self.duration.observe(outcome.duration)
@@ -121,12 +123,14 @@ class Metrics:
 
     def fleet_role(self, profile: str, role: str) -> None:
         series = self._profile(profile)
+        series.lines = None
         if series.fleet_role is not None and "leader" in (series.fleet_role, role) and role != series.fleet_role:
             series.leadership_changes += 1
         series.fleet_role = role
 
     def fleet_event(self, profile: str, event: str) -> None:
         series = self._profile(profile)
+        series.lines = None
         series.fleet_events[event] = series.fleet_events.get(event, 0.0) + 1
 
     def jwks_fetched(self, url: str, result: str, keys: int) -> None:
@@ -139,45 +143,22 @@ class Metrics:
 
     # ---- exposition ------------------------------------------------------------------------------------
     def render_profiles(self, openmetrics: bool) -> str:
-        """The per-profile families in text 0.0.4 or OpenMetrics format."""
+        """The per-profile families in text 0.0.4 or OpenMetrics format.
+
+        Each profile's sample lines are rendered once per change (`ProfileSeries.lines`, cleared by every update)
+        and reused by every scrape: a scrape of N unchanged profiles is N string joins per family.
+        """
         profiles = list(self.profiles.values())
-        sinks = [sink for p in profiles for sink in p.sinks.values()]
-        families: list[tuple[str, str, str, list[tuple[str, float]]]] = [
-            *((name, "gauge", doc, [(p.labels, p.gauges[key]) for p in profiles if key in p.gauges])
-              for name, doc, key in GAUGES),
-            ("edge_token_token_state", "gauge", "1 for the profile's current state, 0 for the others.",
-             [(f'{p.labels},state="{s}"', float(s == p.state)) for p in profiles if p.state for s in STATES]),
-            ("edge_token_refresh_total", "counter", "Renewal attempts by result (success, adopted, received, "
-             "transient, rejected, invalid_token, protocol, jwks, config, sink, internal).",
-             [(f'{p.labels},result="{r}"', n) for p in profiles for r, n in p.refresh.items()]),
-            ("edge_token_token_requests_total", "counter", "Token requests sent to the provider (quota use).",
-             [(p.labels, p.requests) for p in profiles]),
-            ("edge_token_verification_failures_total", "counter", "Tokens refused by verification, by rule.",
-             [(f'{p.labels},reason="{r}"', n) for p in profiles for r, n in p.verification_failures.items()]),
-            ("edge_token_sink_writes_total", "counter", "Sink writes by result.",
-             [(f'{s.labels},result="{r}"', n) for s in sinks for r, n in s.writes.items()]),
-            ("edge_token_sink_last_success_timestamp_seconds", "gauge",
-             "Last time the sink was confirmed to hold the current token.",
-             [(s.labels, s.last_success) for s in sinks if s.last_success is not None]),
-            ("edge_token_sink_healthy", "gauge", "1 if the sink holds the profile's current token.",
-             [(s.labels, s.healthy) for s in sinks if s.healthy is not None]),
-            ("edge_token_fleet_role", "gauge", "Fleet mode: 1 for this daemon's role for the profile.",
-             [(f'{p.labels},role="{r}"', float(r == p.fleet_role)) for p in profiles if p.fleet_role
-              for r in ("leader", "follower", "standalone")]),
-            ("edge_token_fleet_leadership_changes_total", "counter",
-             "Fleet mode: times this daemon became or stopped being the profile's leader.",
-             [(p.labels, p.leadership_changes) for p in profiles if p.fleet_role]),
-            ("edge_token_fleet_tokens_total", "counter",
-             "Fleet mode: tokens published to, received from and rejected from etcd.",
-             [(f'{p.labels},event="{e}"', n) for p in profiles for e, n in p.fleet_events.items()]),
-        ]  # fmt: skip
+        for series in profiles:
+            if series.lines is None:
+                series.lines = _profile_lines(series)
         out: list[str] = []
-        for name, kind, doc, samples in families:
+        for name, kind, doc in FAMILIES:
+            samples = "".join(series.lines.get(name, "") for series in profiles if series.lines is not None)
             if not samples:
                 continue
             shown = name.removesuffix("_total") if openmetrics and kind == "counter" else name
-            out.append(f"# HELP {shown} {doc}\n# TYPE {shown} {kind}\n")
-            out.extend(f"{name}{{{labels}}} {value!r}\n" for labels, value in samples)
+            out.append(f"# HELP {shown} {doc}\n# TYPE {shown} {kind}\n{samples}")
         return "".join(out)
 
     def exposition(self, accept: str, accept_encoding: str) -> tuple[bytes, dict[str, str]]:
@@ -194,3 +175,50 @@ class Metrics:
             body = gzip.compress(body, compresslevel=1)
             headers["Content-Encoding"] = "gzip"
         return body, headers
+
+
+FAMILIES = (
+    *((name, "gauge", doc) for name, doc, _key in GAUGES),
+    ("edge_token_token_state", "gauge", "1 for the profile's current state, 0 for the others."),
+    ("edge_token_refresh_total", "counter", "Renewal attempts by result (success, adopted, received, "
+     "transient, rejected, invalid_token, protocol, jwks, config, sink, internal)."),
+    ("edge_token_token_requests_total", "counter", "Token requests sent to the provider (quota use)."),
+    ("edge_token_verification_failures_total", "counter", "Tokens refused by verification, by rule."),
+    ("edge_token_sink_writes_total", "counter", "Sink writes by result."),
+    ("edge_token_sink_last_success_timestamp_seconds", "gauge",
+     "Last time the sink was confirmed to hold the current token."),
+    ("edge_token_sink_healthy", "gauge", "1 if the sink holds the profile's current token."),
+    ("edge_token_fleet_role", "gauge", "Fleet mode: 1 for this daemon's role for the profile."),
+    ("edge_token_fleet_leadership_changes_total", "counter",
+     "Fleet mode: times this daemon became or stopped being the profile's leader."),
+    ("edge_token_fleet_tokens_total", "counter",
+     "Fleet mode: tokens published to, received from and rejected from etcd."),
+)  # fmt: skip
+
+
+def _profile_lines(p: ProfileSeries) -> dict[str, str]:
+    """One profile's sample lines, per family (the same for text 0.0.4 and OpenMetrics)."""
+    sinks = list(p.sinks.values())
+    roles = ("leader", "follower", "standalone")
+    samples: dict[str, list[tuple[str, float]]] = {
+        **{name: [(p.labels, p.gauges[key])] for name, _doc, key in GAUGES if key in p.gauges},
+        "edge_token_token_state": [(f'{p.labels},state="{s}"', float(s == p.state)) for s in STATES] if p.state else [],
+        "edge_token_refresh_total": [(f'{p.labels},result="{r}"', n) for r, n in p.refresh.items()],
+        "edge_token_token_requests_total": [(p.labels, p.requests)],
+        "edge_token_verification_failures_total": [
+            (f'{p.labels},reason="{r}"', n) for r, n in p.verification_failures.items()
+        ],
+        "edge_token_sink_writes_total": [(f'{s.labels},result="{r}"', n) for s in sinks for r, n in s.writes.items()],
+        "edge_token_sink_last_success_timestamp_seconds": [
+            (s.labels, s.last_success) for s in sinks if s.last_success is not None
+        ],
+        "edge_token_sink_healthy": [(s.labels, s.healthy) for s in sinks if s.healthy is not None],
+        "edge_token_fleet_role": [(f'{p.labels},role="{r}"', float(r == p.fleet_role)) for r in roles]
+        if p.fleet_role
+        else [],
+        "edge_token_fleet_leadership_changes_total": [(p.labels, p.leadership_changes)] if p.fleet_role else [],
+        "edge_token_fleet_tokens_total": [(f'{p.labels},event="{e}"', n) for e, n in p.fleet_events.items()],
+    }
+    return {
+        name: "".join(f"{name}{{{labels}}} {value!r}\n" for labels, value in rows) for name, rows in samples.items()
+    }
