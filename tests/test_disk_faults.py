@@ -23,7 +23,7 @@ import pytest
 from conftest import FIGURES, profile_toml
 from daemonproc import DaemonProcess, reference_check
 from edge_token.localauth import LocalAuthServer
-from test_observability import sample
+from promsample import sample
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("live_auth")]
 AUTH_TTL = 3600  # conftest.live_auth

@@ -16,13 +16,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import CLIENT_SECRET, profile_toml
 from daemonproc import DaemonProcess
 from edge_token import __version__
 from edge_token.localauth import Fault, LocalAuthServer
 from edge_token.verify import decode_unverified
+from promsample import sample
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("live_auth")]
 RULES = Path(__file__).resolve().parent.parent / "config" / "prometheus"
@@ -67,15 +67,6 @@ async def start(config: Path, daemons: list[DaemonProcess]) -> tuple[DaemonProce
 async def get(http: aiohttp.ClientSession, url: str, **headers: str) -> tuple[int, str, str]:
     async with http.get(url, headers=headers) as response:
         return response.status, response.headers.get("Content-Type", ""), await response.text()
-
-
-def sample(text: str, name: str, **labels: str) -> float | None:
-    """The value of one sample in a Prometheus text exposition, parsed with prometheus-client's own parser."""
-    for family in text_string_to_metric_families(text):
-        for item in family.samples:
-            if item.name == name and item.labels == labels:
-                return float(item.value)
-    return None
 
 
 def claims_of(token: str) -> dict[str, Any]:
