@@ -81,6 +81,7 @@ class Daemon:
         self.scheduler: Any = scheduler or Scheduler()
         self.last_tick = self.clock.monotonic()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.last_reload: dict[str, Any] | None = None  # when, whether it applied, why not (for /status)
         self._unready: set[str] = set()  # profiles without a valid token in every sink (READY=1 waits for none)
         self._jwks_jobs: set[str] = set()  # JWKS URLs with a refresh job
         self._stop = asyncio.Event()
@@ -146,7 +147,7 @@ class Daemon:
         listen = self.config.daemon.listen
         if not listen:
             return None
-        source = HealthSource(self.statuses, self.alive, self.redactor.scrub)
+        source = HealthSource(self.statuses, self.alive, self.redactor.scrub, self.daemon_status)
         runner, self.http_address = await start_http(listen, self.metrics, source)
         self.log.info("http.listening", address=self.http_address)
         return runner
@@ -386,6 +387,7 @@ class Daemon:
         except ConfigError as exc:
             self.log.error("config.reload_failed", message=str(exc), action="keeping the running configuration")
             self.notifier.reloaded("reload failed, running the previous configuration: " + str(exc))
+            self._reloaded(exc)
             return
         daemon_changed = new.daemon != self.config.daemon
         old = {p.name: p for p in self._selected(self.config)}
@@ -405,7 +407,21 @@ class Daemon:
         if daemon_changed:
             self.log.warning("config.daemon_changed", message="[daemon] changes take effect at the next restart")
         self.log.info("config.reloaded", added=added, removed=removed, changed=changed)
+        self._reloaded(None)
         self.notifier.reloaded(f"reloaded: {len(added)} added, {len(removed)} removed, {len(changed)} changed")
+
+    def _reloaded(self, error: ConfigError | None) -> None:
+        """Make the reload visible beyond the log line: metrics (alertable) and /status."""
+        self.last_reload = {
+            "at": self.clock.time(),
+            "ok": error is None,
+            "error": None if error is None else str(error),
+        }
+        self.metrics.reloaded(error is None, self.clock.time())
+
+    def daemon_status(self) -> dict[str, Any]:
+        """The daemon-wide part of /status."""
+        return {"config": str(self.config.path), "last_reload": self.last_reload}
 
 
 async def run_daemon(

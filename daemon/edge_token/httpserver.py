@@ -26,8 +26,9 @@ class HealthSource:
         statuses: Callable[[], list[ProfileStatus]],
         alive: Callable[[], bool],
         scrub: Callable[[Any], Any],
+        daemon: Callable[[], dict[str, Any]] = dict,
     ) -> None:
-        self.statuses, self.alive, self.scrub = statuses, alive, scrub
+        self.statuses, self.alive, self.scrub, self.daemon = statuses, alive, scrub, daemon
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -55,6 +56,7 @@ def build_app(metrics: Metrics, source: HealthSource) -> web.Application:
 
     async def status(request: web.Request) -> web.Response:
         body = {"profiles": {s.profile: s.to_json() for s in source.statuses()}, "alive": source.alive()}
+        body["daemon"] = source.daemon()
         return _json(source.scrub(body))
 
     app.router.add_get("/metrics", metrics_handler)

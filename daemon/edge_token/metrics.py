@@ -82,6 +82,18 @@ class Metrics:
             "edge_token_jwks_fetches", "JWKS fetches by result.", ("url", "result"), registry=registry
         )
         self.jwks_keys = Gauge("edge_token_jwks_keys", "Keys loaded from the JWKS.", ("url",), registry=registry)
+        self.reloads = Counter(
+            "edge_token_config_reload", "SIGHUP reloads by result (success, failure).", ("result",), registry=registry
+        )
+        self.reload_ok = Gauge(
+            "edge_token_config_last_reload_successful",
+            "1 if the last reload applied (or none was tried), 0 if the file was refused and the old config runs.",
+            registry=registry,
+        )
+        self.reload_ok.set(1)
+        self.reload_at = Gauge(
+            "edge_token_config_last_reload_timestamp_seconds", "When the last reload was tried.", registry=registry
+        )
         self.profiles: dict[str, ProfileSeries] = {}
 
     def _profile(self, name: str) -> ProfileSeries:
@@ -136,6 +148,11 @@ class Metrics:
     def jwks_fetched(self, url: str, result: str, keys: int) -> None:
         self.jwks_fetches.labels(url, result).inc()
         self.jwks_keys.labels(url).set(keys)
+
+    def reloaded(self, ok: bool, at: float) -> None:
+        self.reloads.labels("success" if ok else "failure").inc()
+        self.reload_ok.set(1 if ok else 0)
+        self.reload_at.set(at)
 
     def forget(self, profile: str) -> None:
         """Drop a removed profile's series so dashboards do not show ghosts."""
