@@ -24,6 +24,7 @@ MIN_DELAY = 1.0
 MIN_BACKOFF = 0.05  # the shortest retry gap, even for tokens that live only seconds
 MIN_RUN_GAP = 0.05  # no job is ever scheduled sooner than this: nothing can spin
 MAX_RETRY_AFTER_CHARS = 64
+MAX_PARSED_DELAY = 10**9  # seconds; the policy caps a wait at MAX_RETRY_AFTER anyway
 
 
 class TokenState(enum.Enum):
@@ -123,7 +124,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         return None
     seconds = ascii_uint(value, 10)
     if seconds is not None:
-        return float(seconds)
+        return float(min(seconds, MAX_PARSED_DELAY))
     from email.utils import parsedate_to_datetime  # rare path: keep the email package out of start-up
 
     try:
@@ -131,7 +132,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         delay = when.timestamp() - now if when.tzinfo is not None else None  # an HTTP-date is always GMT
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return max(0.0, delay) if delay is not None and math.isfinite(delay) else None
+    return min(max(0.0, delay), MAX_PARSED_DELAY) if delay is not None and math.isfinite(delay) else None
 
 
 def next_run_at(now: float, attempt_at: float, sink_retry_in: float | None, poll_in: float | None) -> float:
