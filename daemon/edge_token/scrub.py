@@ -50,7 +50,7 @@ _URLSAFE = str.maketrans("+/", "-_")
 _TO_STANDARD = str.maketrans("-_", "+/")
 _WORD = re.compile(r"[^\s\"'<>(){}\[\],;|`]+")
 _B64_RUN = re.compile(r"[A-Za-z0-9+/_-]{6,}=*")
-_HEX_RUN = re.compile(r"(?:[0-9A-Fa-f]{2}){3,}")
+_HEX_RUN = re.compile(r"[0-9A-Fa-f]{6,}")
 _BACKSLASH = re.compile(r"\\(?:u([0-9A-Fa-f]{4})|x([0-9A-Fa-f]{2})|(.))", re.S)
 _PERCENT = re.compile(r"%[0-9A-F]{2}")
 
@@ -61,7 +61,8 @@ def text_forms(secret: str) -> set[str]:
     for encoded in (quote(secret, safe=""), quote(secret), quote_plus(secret), quote_plus(secret, safe="/")):
         forms |= {encoded, _PERCENT.sub(lambda m: m.group().lower(), encoded)}
     for escaped in (json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]):
-        forms |= {escaped, escaped.replace("/", "\\/")}
+        twice = json.dumps(escaped)[1:-1]  # a JSON body quoted inside another JSON string
+        forms |= {escaped, escaped.replace("/", "\\/"), twice, twice.replace("/", "\\/")}
     return {form for form in forms if len(form) >= MIN_SECRET}
 
 
@@ -196,7 +197,7 @@ class Scrubber:
 
         spans = [m.span() for m in _WORD.finditer(text) if any(betrays(view) for view in _views(m.group()))]
         text = _cut(text, spans)
-        if raw and any(any(secret in view for secret in raw) for view in _views(text, depth=1)):
+        if raw and any(any(secret in view for secret in raw) for view in _views(text)):
             return REDACTED_TEXT
         return text
 

@@ -1,0 +1,315 @@
+"""Secrets stay secret: every encoding scrubbed everywhere, trusted config files, a non-dumpable daemon, local-auth.
+
+The echo tests use the bundled auth server (a queued `Fault(echo=...)` answers with whatever the callback makes
+of the real request) and the fake stores; the leak search (`leakscan.leaks`) decodes what it reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import string
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from edge_token import config as config_module
+from edge_token import logs, oauth
+from edge_token.errors import ConfigError
+from edge_token.scrub import JWT, MAX_SECRETS, Scrubber
+from leakscan import ENCODINGS, leaks
+
+SECRET_CHARS = string.ascii_letters + string.digits + "-._~:/+%= \"\\&<>?#@!$'()*,;"
+ID_CHARS = string.ascii_letters + string.digits + "-._:@"
+secrets_st = st.text(SECRET_CHARS, min_size=8, max_size=48).filter(lambda s: s.strip() == s)
+ids_st = st.text(ID_CHARS, min_size=1, max_size=30)
+context_st = st.text(string.printable, max_size=40)
+
+
+def through_log_redactor(secret: str, text: str) -> str:
+    redactor = logs.Redactor()
+    redactor.add_secret(secret)
+    return str(redactor(None, "info", {"event": "token.renewal_failed", "message": text})["message"])
+
+
+def through_sanitize(secret: str, text: str) -> str:
+    return oauth.sanitize(text, (secret,), limit=100_000)
+
+
+def through_scrubber(secret: str, text: str) -> str:
+    scrubber = Scrubber()
+    scrubber.register(secret)
+    return scrubber.scrub_text(text)
+
+
+CONSUMERS = {"log redactor": through_log_redactor, "oauth.sanitize": through_sanitize, "Scrubber": through_scrubber}
+
+
+# ---- the scrubber, as a property ----------------------------------------------------------------------------
+@pytest.mark.parametrize("consumer", CONSUMERS.values(), ids=CONSUMERS.keys())
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    secret=secrets_st,
+    client_id=ids_st,
+    encoding=st.sampled_from(sorted(ENCODINGS)),
+    before=context_st,
+    after=context_st,
+    cut=st.integers(0, 5),
+)
+def test_every_encoding_of_a_secret_is_cut(
+    consumer: object, secret: str, client_id: str, encoding: str, before: str, after: str, cut: int
+) -> None:
+    """Whatever encoding a server echoes our secret in, and whatever surrounds it (text, or more of a base64
+    blob starting at any of the three byte alignments), no decoding of the scrubbed text shows the secret."""
+    assert callable(consumer)
+    echoed = ENCODINGS[encoding](client_id, secret)
+    text = f"{before}invalid_client: {echoed}{after}"
+    out = consumer(secret, text)
+    assert leaks(out, [secret]) == [], (encoding, text, out)
+    # the secret inside a larger base64 blob, `cut` bytes into it: every alignment
+    blob = __import__("base64").b64encode((before[:cut] + echoed + after).encode()).decode()
+    assert leaks(consumer(secret, f"said {blob} ok"), [secret]) == [], (encoding, blob)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(string.printable, max_size=300), seed=st.integers(0, 2**32))
+def test_text_without_secrets_is_left_alone(text: str, seed: int) -> None:
+    """Precision: with unrelated secrets registered, ordinary text (no JWT shape) passes unchanged."""
+    assume(JWT.search(text) is None)
+    rng = random.Random(seed)
+    scrubber = Scrubber()
+    for _ in range(5):
+        scrubber.register("".join(rng.choice(string.ascii_letters + string.digits) for _ in range(24)))
+    assert scrubber.scrub_text(text) == text
+
+
+def test_realistic_messages_are_left_alone() -> None:
+    """The daemon's own messages, with the test secret registered, are not mangled."""
+    scrubber = Scrubber()
+    scrubber.register("s3cret-a-7f9c2e1d")
+    for message in (
+        "credentials rejected by 127.0.0.1:8400 (401 access_denied: Unauthorized); check client_id, the client "
+        "secret and audience",
+        "vault_kv:secret/edge-token/production: cannot write: permission denied: the Vault policy needs create",
+        "file:/run/edge-token/production.jwt: cannot write: [Errno 28] No space left on device",
+        "token endpoint auth.sitecorecloud.io did not answer within 10s",
+    ):
+        assert scrubber.scrub_text(message) == message
+
+
+def test_registry_is_bounded_and_keeps_the_recent_secrets() -> None:
+    """Rotating credentials (Vault client tokens) cannot grow the registry forever; a re-used one stays."""
+    scrubber = Scrubber()
+    scrubber.register("client-secret-kept")
+    for index in range(MAX_SECRETS + 10):
+        scrubber.register(f"hvs.rotating-token-{index:04d}")
+        scrubber.register("client-secret-kept")  # re-read on every attempt
+    assert "client-secret-kept" in scrubber and f"hvs.rotating-token-{MAX_SECRETS + 9:04d}" in scrubber
+    assert "hvs.rotating-token-0000" not in scrubber
+
+
+def test_structures_are_scrubbed_by_value_not_by_key() -> None:
+    """/status bodies: a sink named kubernetes_secret:… is a name, kept; a secret anywhere in a value is cut."""
+    redactor = logs.Redactor(Scrubber())
+    redactor.add_secret("hvs.vault-token-xyz")
+    body = {"profiles": {"p": {"sinks": {"kubernetes_secret:apps/app#token": {"ok": True, "error": None}}}},
+            "x": ["said aHZzLnZhdWx0LXRva2VuLXh5eg=="]}  # fmt: skip
+    scrubbed = redactor.scrub(body)
+    assert scrubbed["profiles"]["p"]["sinks"] == {"kubernetes_secret:apps/app#token": {"ok": True, "error": None}}
+    assert leaks(json.dumps(scrubbed), ["hvs.vault-token-xyz"]) == []
+
+
+# ---- trusted config files -----------------------------------------------------------------------------------
+NOBODY = 65534
+MINIMAL = """
+[profiles.production]
+client_id = "abc"
+client_secret_file = "/etc/edge-token/production.secret"
+[[profiles.production.sinks]]
+path = "/run/edge-token/production.jwt"
+"""
+
+
+@pytest.fixture
+def confdir(tmp_path: Path) -> Path:
+    """A root-owned 0755 directory for config files (tmp_path itself is root's 0700)."""
+    directory = tmp_path / "etc"
+    directory.mkdir(mode=0o755)
+    return directory
+
+
+def write_config(directory: Path, mode: int = 0o600, text: str = MINIMAL) -> Path:
+    path = directory / "config.toml"
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edge_token", *args], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o620, 0o602, 0o660])
+def test_a_config_file_others_can_write_is_refused(confdir: Path, mode: int) -> None:
+    """A group/other-writable config file is refused with exit 78, naming the file and the chmod that fixes it
+    (anyone able to edit it could add an on_update command that runs as the daemon)."""
+    path = write_config(confdir, mode)
+    with pytest.raises(ConfigError) as caught:
+        config_module.load_config(path, environ={})
+    message = str(caught.value)
+    assert str(path) in message and "writable by group or others" in message and f"chmod go-w {path}" in message
+    done = cli("check", "-c", str(path))
+    assert done.returncode == 78 and "writable by group or others" in done.stderr
+
+
+def test_a_config_file_owned_by_another_user_is_refused(confdir: Path) -> None:
+    """A config file owned by another (non-root) user is refused: they could chmod it and edit it."""
+    path = write_config(confdir, 0o644)
+    os.chown(path, NOBODY, NOBODY)
+    with pytest.raises(ConfigError, match=rf"{path}: refusing the config file: it is owned by uid {NOBODY}"):
+        config_module.load_config(path, environ={})
+    os.chown(path, 0, NOBODY)  # root-owned, group nogroup, not group-writable: fine
+    assert config_module.load_config(path, environ={}).profiles
+
+
+@pytest.mark.parametrize(
+    ("mode", "owner", "refused"),
+    [(0o777, 0, True), (0o775, 0, True), (0o1777, 0, False), (0o755, NOBODY, True), (0o755, 0, False)],
+)
+def test_a_directory_above_the_config_others_control_is_refused(
+    confdir: Path, mode: int, owner: int, refused: bool
+) -> None:
+    """A writable directory (without the sticky bit) or one owned by another user lets them swap the file."""
+    inner = confdir / "edge-token"
+    inner.mkdir()
+    path = write_config(inner)
+    os.chown(inner, owner, 0)
+    inner.chmod(mode)
+    if not refused:
+        assert config_module.load_config(path, environ={}).profiles
+        return
+    with pytest.raises(ConfigError, match=rf"{path}: refusing the config file: its directory {inner} ") as caught:
+        config_module.load_config(path, environ={})
+    assert f"chmod go-w {inner}" in str(caught.value)
+
+
+def test_a_symlink_into_an_untrusted_directory_is_refused(confdir: Path, tmp_path: Path) -> None:
+    """The path after symlinks is checked too: a trusted link to a file in a writable directory is refused."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    target = write_config(shared)
+    shared.chmod(0o777)
+    link = confdir / "config.toml"
+    link.symlink_to(target)
+    with pytest.raises(ConfigError, match=f"its directory {shared} is writable by group or others"):
+        config_module.load_config(link, environ={})
+
+
+@pytest.mark.parametrize(
+    ("file_mode", "dir_mode", "refused"),
+    [(0o644, 0o755, True), (0o604, 0o711, True), (0o644, 0o700, False), (0o640, 0o755, False), (0o600, 0o755, False)],
+)
+def test_a_secret_file_every_user_can_read_is_refused(
+    unprivileged_dir: Path, file_mode: int, dir_mode: int, refused: bool
+) -> None:
+    """Refused only when every local user can really read it (o+r, and o+x on every directory above): a 0644
+    file in a 0700 directory (a credentials directory) or a 0640 group-shared file is fine."""
+    secrets_dir = unprivileged_dir / "secrets"
+    secrets_dir.mkdir()
+    secret = secrets_dir / "client.secret"
+    secret.write_text("a-real-secret-value\n")
+    secret.chmod(file_mode)
+    secrets_dir.chmod(dir_mode)
+    source = config_module.SecretSource("file", str(secret))
+    if not refused:
+        assert source.read({}) == "a-real-secret-value"
+        return
+    with pytest.raises(ConfigError, match=rf"client secret: {secret} is readable by every local user") as caught:
+        source.read({})
+    assert f"chmod o-r {secret}" in str(caught.value)
+
+
+# ---- listen ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("listen", "exposed"),
+    [("127.0.0.1:9464", False), ("[::1]:9464", False), ("localhost:9464", False), ("", False),
+     ("0.0.0.0:9464", True), ("[::]:9464", True), ("10.1.2.3:9464", True), ("monitor.example:9464", True)],
+)  # fmt: skip
+def test_a_non_loopback_listen_is_named_as_an_exposure(listen: str, exposed: bool) -> None:
+    """Loopback is quiet; anything else gets a warning naming /status and what it reveals."""
+    warning = config_module.listen_exposure(listen)
+    if not exposed:
+        assert warning is None
+        return
+    assert warning is not None and "/status" in warning and repr(listen) in warning and "127.0.0.1" in warning
+
+
+# ---- local-auth -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("content", ["", "   \n\t\n"])
+def test_local_auth_refuses_an_empty_secret_file(tmp_path: Path, content: str) -> None:
+    """An empty or whitespace-only secret file stops local-auth with exit 78 and says why, instead of serving
+    tokens to any client that sends no secret."""
+    path = tmp_path / "client.secret"
+    path.write_text(content)
+    try:
+        done = cli("local-auth", "--port", "0", "--client-secret-file", str(path), timeout=15)
+    except subprocess.TimeoutExpired:  # subprocess.run killed it: it was serving
+        pytest.fail("local-auth started serving with an empty client secret")
+    assert done.returncode == 78, done
+    assert f"the client secret file {path} is empty" in done.stderr and "issuer" not in done.stdout
+
+
+def test_local_auth_server_refuses_empty_secrets() -> None:
+    """The Python API refuses an empty or blank client secret as well."""
+    from edge_token.localauth import LocalAuthServer
+
+    for blank in ("", "  "):
+        with pytest.raises(ValueError, match="empty secret"):
+            LocalAuthServer({"client": blank})
+
+
+def test_local_auth_generates_a_missing_secret_file(tmp_path: Path) -> None:
+    """A missing file is still created with a random secret, mode 0600 (as before)."""
+    from edge_token.localauth import load_client_secret
+
+    path = tmp_path / "new.secret"
+    secret = load_client_secret(path)
+    assert len(secret) >= 32 and path.stat().st_mode & 0o777 == 0o600 and path.read_text() == secret
+
+
+@pytest.fixture
+def unprivileged_dir() -> Iterator[Path]:
+    """A directory under /tmp the nobody user can reach (pytest's tmp_path is root's 0700)."""
+    import shutil
+    import tempfile
+
+    directory = Path(tempfile.mkdtemp(prefix="edge-token-sec-", dir="/tmp"))
+    directory.chmod(0o755)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def run_as_nobody(*argv: str) -> list[str]:
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv]
+
+
+async def read_environ_as_nobody(pid: int) -> tuple[int, bytes, bytes]:
+    reader = await asyncio.create_subprocess_exec(
+        *run_as_nobody(sys.executable, "-c", f"import sys; sys.stdout.buffer.write(open('/proc/{pid}/environ', 'rb').read())"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(reader.communicate(), 20)
+    assert reader.returncode is not None
+    return reader.returncode, out, err
