@@ -12,8 +12,8 @@ import binascii
 import html
 import json
 import re
-from collections.abc import Callable, Iterable
-from urllib.parse import quote, quote_plus, unquote, unquote_plus
+from collections.abc import Callable, Iterable, Mapping
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, unquote_plus
 
 
 def _basic(client_id: str, secret: str) -> str:
@@ -118,3 +118,40 @@ def leaks(haystack: str, secrets: Iterable[str]) -> list[str]:
             for view in views(piece):
                 found.update(s for s in wanted if s in view)
     return sorted(found)
+
+
+class Echoes:
+    """A hostile server's echo: each call renders the credential in the next encoding of ENCODINGS (cycling),
+    so N calls cover N encodings. `used` records which ones were served."""
+
+    def __init__(self) -> None:
+        self.names = sorted(ENCODINGS)
+        self.used: list[str] = []
+
+    def __call__(self, client_id: str, secret: str) -> str:
+        name = self.names[len(self.used) % len(self.names)]
+        self.used.append(name)
+        return ENCODINGS[name](client_id, secret)
+
+
+def request_credentials(raw: bytes, headers: Mapping[str, str]) -> tuple[str, str]:
+    """(client id, secret) of a token request, however it was sent (Basic header, JSON or form body)."""
+    auth = headers.get("Authorization", "")
+    if auth.startswith("Basic "):
+        user, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+        return unquote(user), unquote(password)
+    if raw.lstrip().startswith(b"{"):
+        body = json.loads(raw)
+        return str(body.get("client_id", "")), str(body.get("client_secret", ""))
+    form = dict(parse_qsl(raw.decode()))
+    return form.get("client_id", ""), form.get("client_secret", "")
+
+
+def echoing_provider(echoes: Echoes) -> Callable[[bytes, Mapping[str, str]], dict[str, str]]:
+    """The body of an OAuth error that quotes the client's own secret back, in the next encoding."""
+
+    def answer(raw: bytes, headers: Mapping[str, str]) -> dict[str, str]:
+        client_id, secret = request_credentials(raw, headers)
+        return {"error": "invalid_client", "error_description": echoes(client_id, secret) + " is not valid"}
+
+    return answer
