@@ -576,3 +576,18 @@ async def test_exec_child_environment_and_command_line_hold_no_secret(
         await vault.stop()
     assert code == 0, err[-2000:]
     assert leaks("\n".join([out, err, record.read_text()]), [CLIENT_SECRET, vault_token]) == []
+
+
+@settings(max_examples=100, deadline=None)
+@given(secret=secrets_st, encoding=st.sampled_from(sorted(ENCODINGS)), position=st.integers(100, 300))
+def test_a_long_message_is_cut_without_leaving_part_of_a_secret(secret: str, encoding: str, position: int) -> None:
+    """sanitize bounds its work on a 64 KiB error body and its output to `limit`, yet an encoded secret that
+    straddles the limit leaves no prefix behind (scrubbed before the final cut)."""
+    echoed = ENCODINGS[encoding]("client", secret)
+    text = "x" * position + " " + echoed + " " + "y " * 32_000
+    out = oauth.sanitize(text, (secret,), limit=200)
+    assert len(out) <= 203 and leaks(out, [secret]) == []
+    tail = out.removesuffix("...")
+    forms = {ENCODINGS[name]("client", secret) for name in ("raw", "quote", "quote_plus", "json escaped", "base64")}
+    partial = [tail[-k:] for k in range(4, 40) if any(form.startswith(tail[-k:]) for form in forms)]
+    assert not partial, (encoding, out)

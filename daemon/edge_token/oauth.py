@@ -64,11 +64,12 @@ async def read_limited(response: aiohttp.ClientResponse, limit: int, what: str) 
 
 def sanitize(text: object, secrets: tuple[str, ...] = (), limit: int = 200) -> str:
     """Make server-supplied text safe to show: every known secret in any encoding and every JWT scrubbed (see
-    scrub.py; `secrets` are registered there too), then printable ASCII, bounded. Scrub first: a cut made
-    after truncation could leave a secret's prefix behind."""
+    scrub.py; `secrets` are registered there too), then printable ASCII, bounded. Scrub before the final cut
+    (a cut first could leave a secret's prefix behind), but only as far as anything we keep could reach: a
+    64 KiB error body is not worth scrubbing whole."""
     for secret in secrets:
         scrub.register(secret)
-    value = _UNPRINTABLE.sub("?", scrub.scrub_text(str(text)))
+    value = _UNPRINTABLE.sub("?", scrub.scrub_text(str(text)[: limit + scrub.reach()]))
     return value if len(value) <= limit else value[:limit] + "..."
 
 

@@ -195,7 +195,11 @@ class Scrubber:
         def betrays(view: str) -> bool:
             return any(secret in view for secret in raw) or JWT.search(view) is not None
 
-        spans = [m.span() for m in _WORD.finditer(text) if any(betrays(view) for view in _views(m.group()))]
+        spans = [
+            m.span()
+            for m in _WORD.finditer(text)
+            if len(m.group()) >= MIN_SECRET and any(betrays(view) for view in _views(m.group()))
+        ]
         text = _cut(text, spans)
         if raw and any(any(secret in view for secret in raw) for view in _views(text)):
             return REDACTED_TEXT
@@ -211,6 +215,12 @@ class Scrubber:
             return [self.scrub(item) for item in value]
         return value
 
+    def reach(self) -> int:
+        """How far past a cut point a registered secret's longest encoding can extend (an astral character is 12
+        characters as JSON `\\uXXXX\\uXXXX`, 16 inside base64): text cut at `limit + reach()` before scrubbing, and at
+        `limit` after, loses no cut a full scrub would make before `limit`."""
+        return 16 * max((len(secret) for secret in self._raw), default=0) + 64
+
     def __contains__(self, secret: str) -> bool:
         return secret.strip() in self._secrets
 
@@ -220,3 +230,4 @@ SECRETS = Scrubber()
 register = SECRETS.register
 scrub_text = SECRETS.scrub_text
 scrub = SECRETS.scrub
+reach = SECRETS.reach
