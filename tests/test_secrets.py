@@ -591,3 +591,47 @@ def test_a_long_message_is_cut_without_leaving_part_of_a_secret(secret: str, enc
     forms = {ENCODINGS[name]("client", secret) for name in ("raw", "quote", "quote_plus", "json escaped", "base64")}
     partial = [tail[-k:] for k in range(4, 40) if any(form.startswith(tail[-k:]) for form in forms)]
     assert not partial, (encoding, out)
+
+
+def test_an_on_update_program_others_can_change_is_refused(confdir: Path, tmp_path: Path) -> None:
+    """An absolute on_update program owned by another user (or in a directory they can write) would run as the
+    daemon: refused like a writable config file. A root-owned program in a root-owned directory is fine."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(mode=0o755)
+    program = bin_dir / "reload-app"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    text = MINIMAL + f'on_update = ["{program}", "now"]\n'
+    assert config_module.load_config(write_config(confdir, text=text), environ={}).profiles
+    os.chown(program, NOBODY, NOBODY)
+    with pytest.raises(ConfigError, match=rf"profiles.production.sinks\[0\].on_update: {program}: refusing") as caught:
+        config_module.load_config(write_config(confdir, text=text), environ={})
+    assert f"uid {NOBODY}" in str(caught.value)
+    os.chown(program, 0, 0)
+    bin_dir.chmod(0o777)
+    with pytest.raises(ConfigError, match=f"its directory {bin_dir} is writable by group or others"):
+        config_module.load_config(write_config(confdir, text=text), environ={})
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("live_auth")
+@pytest.mark.xfail(
+    strict=True,
+    reason="the warning is config.listen_exposure(); daemon.py (lead's file) must log it after http.listening. "
+    "Remove this marker with that one-line change.",
+)
+async def test_a_daemon_listening_on_every_interface_warns(
+    auth: LocalAuthServer, tmp_path: Path, secret_file: Path, daemons: list[DaemonProcess]
+) -> None:
+    """listen = 0.0.0.0 starts, and logs one http.exposed warning naming the address and /status."""
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[daemon]\nlog_format = "json"\nlisten = "0.0.0.0:0"\n'
+        + profile_toml("main", auth, secret_file, [{"path": str(tmp_path / "t.jwt")}])
+    )
+    daemon = await DaemonProcess(config).start()
+    daemons.append(daemon)
+    await daemon.wait_for("token.renewed")
+    warning = await daemon.wait_for("http.exposed", timeout=2)
+    assert "0.0.0.0" in warning["message"] and "/status" in warning["message"]
+    assert await daemon.stop() == 0

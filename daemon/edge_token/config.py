@@ -376,9 +376,12 @@ def _sink(table: _Table) -> SinkConfig:
     pid_file = table.text("pid_file", None)
     if (signal is None) != (pid_file is None):
         raise ConfigError(f"{table.file}: {table.where}: set both signal and pid_file, or neither")
+    on_update = _string_list(table, "on_update", ())
+    if on_update:
+        _check_program(table, Path(on_update[0]))
     common: dict[str, Any] = {
         "type": kind,
-        "on_update": _string_list(table, "on_update", ()),
+        "on_update": on_update,
         "on_update_timeout": table.number("on_update_timeout", 30.0, 0.1, 3600.0),
         "signal": signal,
         "pid_file": Path(pid_file) if pid_file else None,
@@ -661,6 +664,21 @@ def check_trusted_file(file: Path, info: os.stat_result, what: str) -> None:
                 f"replace the file; fix the directory (chown root {directory}; chmod go-w {directory}, or "
                 f"chmod +t {directory} for a shared directory)"
             )
+
+
+def _check_program(table: _Table, program: Path) -> None:
+    """An on_update program (absolute path) anyone else can change is refused like a writable config file:
+    it runs as this daemon. Bare names are looked up in PATH at run time and are not judged here."""
+    if not program.is_absolute():
+        return
+    try:
+        info = program.stat()  # not opened: an execute-only (0711) program is fine
+    except OSError:
+        return  # missing or unreadable: the hook fails when it runs, with its own message
+    try:
+        check_trusted_file(program, info, f"on_update program of {table.where}")
+    except ConfigError as exc:
+        raise ConfigError(f"{table.file}: {table.path('on_update')}: {exc}") from None
 
 
 def world_readable_secret(path: Path, info: os.stat_result) -> bool:
