@@ -635,3 +635,23 @@ async def test_a_daemon_listening_on_every_interface_warns(
     warning = await daemon.wait_for("http.exposed", timeout=2)
     assert "0.0.0.0" in warning["message"] and "/status" in warning["message"]
     assert await daemon.stop() == 0
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_exception_text_is_scrubbed_in_both_log_formats(log_format: str) -> None:
+    """A traceback whose message carries an echoed secret (base64 here) is scrubbed in JSON and console logs:
+    the console renderer must get the traceback as text the redactor has already seen."""
+    import base64
+    import io
+
+    import structlog
+
+    stream = io.StringIO()
+    redactor = logs.configure(log_format, "info", stream)
+    secret = "console/secret+value:1"
+    redactor.add_secret(secret)
+    try:
+        raise RuntimeError("server said Basic " + base64.b64encode(f"id:{secret}".encode()).decode())
+    except RuntimeError:
+        structlog.get_logger("t").exception("job.failed")
+    assert "RuntimeError" in stream.getvalue() and leaks(stream.getvalue(), [secret]) == [], stream.getvalue()

@@ -75,7 +75,9 @@ def configure(
         if as_json
         else structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
     )
-    tail = [exceptions, redactor, renderer] if as_json else [redactor, renderer]
+    # tracebacks become data before the redactor in both formats: an exception message can quote a server's
+    # answer, and a renderer that formats exc_info itself would print it unredacted
+    tail = [exceptions, redactor, renderer] if as_json else [structlog.processors.format_exc_info, redactor, renderer]
     handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
