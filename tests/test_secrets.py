@@ -386,7 +386,8 @@ async def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float 
 @pytest.mark.usefixtures("live_auth")
 async def test_once_and_check_never_print_a_secret_the_provider_echoes(auth: LocalAuthServer, tmp_path: Path) -> None:
     """A provider quoting the client secret back in its error, in every encoding (one profile per encoding, all
-    four auth method x body format combinations): `once` and `check --online` print and log none of them.
+    four auth method x body format combinations): `once`, `check --online` and `exec` (which cannot start its
+    command) print and log none of them.
     Before the scrubber, the base64 (Basic) and percent-encoded forms reached stderr."""
     secrets: list[str] = []
     text = '[daemon]\nlog_format = "json"\n'
@@ -403,10 +404,10 @@ async def test_once_and_check_never_print_a_secret_the_provider_echoes(auth: Loc
         text = text.replace('client_id = "client-a"', f'client_id = "{client}"')
     config = tmp_path / "config.toml"
     config.write_text(text)
-    for command in (["once", "--timeout", "5"], ["check", "--online"]):
+    for command in (["once", "--timeout", "5"], ["check", "--online"], ["exec", "--", "true"]):
         echoes = Echoes()
         auth.token_faults.extend(Fault(401, echo=echoing_provider(echoes)) for _ in secrets)
-        code, out, err = await run_cli(*command, "-c", str(config))
+        code, out, err = await run_cli(command[0], "-c", str(config), *command[1:])
         assert code == 77, (command, err[-2000:])
         assert sorted(echoes.used) == sorted(ENCODINGS)  # every encoding was served once
         assert "credentials rejected" in err and err.count("p1") >= 1
@@ -655,3 +656,24 @@ def test_exception_text_is_scrubbed_in_both_log_formats(log_format: str) -> None
     except RuntimeError:
         structlog.get_logger("t").exception("job.failed")
     assert "RuntimeError" in stream.getvalue() and leaks(stream.getvalue(), [secret]) == [], stream.getvalue()
+
+
+@settings(max_examples=100, deadline=None)
+@given(secret=secrets_st, encoding=st.sampled_from(sorted(ENCODINGS)), cuts=st.lists(st.integers(0, 200), max_size=4))
+def test_printed_lines_are_scrubbed_however_they_are_written(secret: str, encoding: str, cuts: list[int]) -> None:
+    """The CLI's stdout/stderr wrapper: a line written in pieces (print writes text and newline apart) is
+    scrubbed whole; a partial line is scrubbed on flush."""
+    import io
+
+    from edge_token.scrub import ScrubbingStream
+
+    scrubber = Scrubber()
+    scrubber.register(secret)
+    target = io.StringIO()
+    stream = ScrubbingStream(target, scrubber)
+    line = f"edge-token: profile p: said {ENCODINGS[encoding]('client', secret)} to us\nand a tail {secret}"
+    points = sorted({min(cut, len(line)) for cut in cuts})
+    for start, end in zip([0, *points], [*points, len(line)], strict=True):
+        stream.write(line[start:end])
+    stream.flush()
+    assert target.getvalue().count("\n") == 1 and leaks(target.getvalue(), [secret]) == []

@@ -79,8 +79,19 @@ def say(text: str, *, err: bool = False) -> None:
     print(scrub_text(text), file=sys.stderr if err else sys.stdout, flush=True)
 
 
+def _scrub_std_streams() -> None:
+    """Every line anyone in this process prints (the exec wrapper, a library, a future command) is scrubbed
+    too, not only the lines `say` prints; children keep the raw file descriptors."""
+    from edge_token.scrub import ScrubbingStream
+
+    if not isinstance(sys.stdout, ScrubbingStream):
+        sys.stdout = ScrubbingStream(sys.stdout)
+        sys.stderr = ScrubbingStream(sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _scrub_std_streams()
     if args.command in HOLDS_SECRETS:
         from edge_token.hardening import make_non_dumpable
 

@@ -34,7 +34,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 REDACTED = "[REDACTED]"
@@ -223,6 +223,38 @@ class Scrubber:
 
     def __contains__(self, secret: str) -> bool:
         return secret.strip() in self._secrets
+
+
+class ScrubbingStream:
+    """A text stream wrapper that scrubs each complete line before it reaches the real stream.
+
+    Installed over sys.stdout and sys.stderr by the CLI, so every line the process prints is scrubbed, whoever
+    prints it (a command, the exec wrapper, a library): `print` writes the text and the newline separately, so
+    lines are buffered until complete (or flushed) and scrubbed whole.
+    """
+
+    def __init__(self, stream: TextIO, scrubber: Scrubber | None = None) -> None:
+        self._stream, self._scrubber = stream, scrubber or SECRETS
+        self._pending = ""
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            lines = (self._pending + text).split("\n")
+            self._pending = lines.pop()
+            if lines:
+                self._stream.write("".join(self._scrubber.scrub_text(line) + "\n" for line in lines))
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._pending:
+                self._stream.write(self._scrubber.scrub_text(self._pending))
+                self._pending = ""
+            self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding...: the real stream's
+        return getattr(self._stream, name)
 
 
 #: The process's registry (see the module docstring for why it is process-wide).
