@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -58,6 +59,7 @@ class FakeKubernetes(Server):
         self.forbidden = False
         self.failures: list[int] = []  # statuses to answer next, whatever the request
         self.interfere: list[dict[str, str]] = []  # before the next PUT lands, another writer stores these data
+        self.echo: Callable[[str, str], str] | None = None  # set: a refused token is quoted back (leak tests)
         self.app.router.add_route("*", "/api/v1/namespaces/{ns}/secrets", self.collection)
         self.app.router.add_route("*", "/api/v1/namespaces/{ns}/secrets/{name}", self.item)
 
@@ -65,7 +67,10 @@ class FakeKubernetes(Server):
         self.record(request)
         if self.failures:
             return status(self.failures.pop(0), "InternalError", "injected")
-        if request.headers.get("Authorization", "").removeprefix("Bearer ") not in self.tokens:
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if token not in self.tokens:
+            if self.echo is not None:  # a hostile or buggy API server quoting the credential back
+                return status(500, "InternalError", f"token {self.echo('system:serviceaccount', token)} is invalid")
             return status(401, "Unauthorized", "Unauthorized")
         if self.forbidden:
             return status(403, "Forbidden", 'secrets is forbidden: User "system:serviceaccount:apps:x" cannot')
@@ -119,6 +124,23 @@ class FakeKubernetes(Server):
         return web.json_response(self._store(key[0], secret))
 
 
+class FakeEtcdEcho(Server):
+    """An etcd v3 JSON gateway that refuses everything (401) and quotes the credentials it was sent back."""
+
+    def __init__(self, echo: Callable[[str, str], str]) -> None:
+        super().__init__()
+        self.echo = echo
+        self.app.router.add_post("/v3/{path:.*}", self.refuse)
+
+    async def refuse(self, request: web.Request) -> web.Response:
+        self.record(request)
+        body = await request.json()
+        said = self.echo(
+            str(body.get("name", "")), str(body.get("password") or request.headers.get("Authorization", ""))
+        )
+        return web.json_response({"error": f"authentication failed: {said}", "code": 16}, status=401)
+
+
 class FakeVault(Server):
     """KV v2 at /v1/{mount}/data/{path} (GET, POST with cas), AppRole login, token renew-self."""
 
@@ -132,6 +154,7 @@ class FakeVault(Server):
         self.logins = 0
         self.renewals = 0
         self.interfere: list[dict[str, Any]] = []  # another writer stores this just before our next write
+        self.echo: Callable[[str, str], str] | None = None  # set: refused credentials are quoted back (leak tests)
         self.app.router.add_post("/v1/auth/approle/login", self.login)
         self.app.router.add_post("/v1/auth/token/renew-self", self.renew)
         self.app.router.add_route("*", "/v1/{mount}/data/{path:.*}", self.data)
@@ -148,6 +171,10 @@ class FakeVault(Server):
         self.record(request)
         body = await request.json()
         if self.approles.get(body.get("role_id")) != body.get("secret_id"):
+            if self.echo is not None:
+                return self.errors(
+                    400, f"invalid secret ID {self.echo(str(body.get('role_id')), str(body.get('secret_id')))}"
+                )
             return self.errors(400, "invalid role or secret ID")
         self.logins += 1
         token = "hvs." + secrets.token_hex(12)
@@ -166,6 +193,8 @@ class FakeVault(Server):
         self.record(request)
         mount, path = request.match_info["mount"], request.match_info["path"]
         if request.headers.get("X-Vault-Token") not in self.tokens:
+            if self.echo is not None:  # Vault's own wording is "invalid token"; a proxy may quote the header
+                return self.errors(400, f"invalid token {self.echo('vault', request.headers.get('X-Vault-Token', ''))}")
             return self.errors(403, "permission denied")
         if mount not in self.mounts:
             return self.errors(404, f'no handler for route "{mount}/data/{path}". route entry not found.')

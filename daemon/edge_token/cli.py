@@ -68,8 +68,34 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+HOLDS_SECRETS = frozenset({"run", "once", "exec", "check"})
+
+
+def say(text: str, *, err: bool = False) -> None:
+    """Print one line through the process scrubber: a server that echoed a secret (in any encoding) or a token
+    in an error message must not get it onto a terminal or into a CI log."""
+    from edge_token.scrub import scrub_text
+
+    print(scrub_text(text), file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def _scrub_std_streams() -> None:
+    """Every line anyone in this process prints (the exec wrapper, a library, a future command) is scrubbed
+    too, not only the lines `say` prints; children keep the raw file descriptors."""
+    from edge_token.scrub import ScrubbingStream
+
+    if not isinstance(sys.stdout, ScrubbingStream):
+        sys.stdout = ScrubbingStream(sys.stdout)
+        sys.stderr = ScrubbingStream(sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _scrub_std_streams()
+    if args.command in HOLDS_SECRETS:
+        from edge_token.hardening import make_non_dumpable
+
+        make_non_dumpable()  # first: same-uid processes must not read our environ/memory (hardening.py)
     try:
         if args.command == "once":
             return _once(args)
@@ -89,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return demo_main(args.dir, args.ttl, args.duration)
     except EdgeTokenError as exc:
-        print(f"edge-token: {exc}", file=sys.stderr)
+        say(f"edge-token: {exc}", err=True)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
@@ -135,7 +161,7 @@ def _once(args: argparse.Namespace) -> int:
     )
     for result in results:
         if result.error is not None:
-            print(f"edge-token: profile {result.profile}: {result.error}", file=sys.stderr)
+            say(f"edge-token: profile {result.profile}: {result.error}", err=True)
     return exit_code(results)
 
 
@@ -151,14 +177,14 @@ def _exec(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     config = _load(args)
-    print(f"{config.path}: OK, {len(config.profiles)} profile(s)")
+    say(f"{config.path}: OK, {len(config.profiles)} profile(s)")
     for profile in config.profiles.values():
-        print(f"  {profile.name}: client_id {profile.client_id}, secret from {profile.secret.describe()}")
-        print(f"    token_url {profile.token_url} ({profile.request_format}, {profile.auth_method})")
-        print(f"    issuer {profile.issuer}  audience {profile.audience}")
-        print(f"    jwks_url {profile.jwks_url}  algorithms {','.join(profile.algorithms)}")
+        say(f"  {profile.name}: client_id {profile.client_id}, secret from {profile.secret.describe()}")
+        say(f"    token_url {profile.token_url} ({profile.request_format}, {profile.auth_method})")
+        say(f"    issuer {profile.issuer}  audience {profile.audience}")
+        say(f"    jwks_url {profile.jwks_url}  algorithms {','.join(profile.algorithms)}")
         for sink in profile.sinks:
-            print(f"    sink {sink.name} format={sink.format} mode={sink.mode:04o}")
+            say(f"    sink {sink.name} format={sink.format} mode={sink.mode:04o}")
     if not args.online:
         return 0
     return asyncio.run(_check_online(config))
@@ -177,9 +203,9 @@ async def _check_online(config: Any) -> int:
             renewer = parts.renewer(profile, sinks=[])
             outcome = await renewer.renew()
             if outcome.error is None:
-                print(f"  {profile.name}: online OK, token verified ({outcome.token!r}; not written)")
+                say(f"  {profile.name}: online OK, token verified ({outcome.token!r}; not written)")
             else:
-                print(f"  {profile.name}: online FAILED: {outcome.error}", file=sys.stderr)
+                say(f"  {profile.name}: online FAILED: {outcome.error}", err=True)
                 worst = worst or outcome.error.exit_code
     return worst
 
@@ -205,7 +231,7 @@ def _inspect(args: argparse.Namespace) -> int:
     try:
         token = _read_token_arg(args.token)
     except OSError as exc:
-        print(f"edge-token: cannot read {args.token}: {exc.strerror}", file=sys.stderr)
+        say(f"edge-token: cannot read {args.token}: {exc.strerror}", err=True)
         return EX_DATAERR
     header, claims = decode_unverified(token)
     now = time.time()
@@ -214,7 +240,7 @@ def _inspect(args: argparse.Namespace) -> int:
         report["seconds_left"] = round(claims["exp"] - now, 1)
     if args.verify:
         report["verified"] = asyncio.run(_verify_one(args, token))
-    print(json.dumps(report, indent=2, sort_keys=True, default=str))
+    say(json.dumps(report, indent=2, sort_keys=True, default=str))
     return 0
 
 
@@ -240,20 +266,14 @@ async def _verify_one(args: argparse.Namespace, token: str) -> bool:
 
 
 def _local_auth(args: argparse.Namespace) -> int:
-    import secrets
-
     from edge_token.config import is_loopback_host
-    from edge_token.localauth import LocalAuthServer
+    from edge_token.localauth import LocalAuthServer, load_client_secret
 
     if not is_loopback_host(args.host):
         print("edge-token: local-auth serves plain HTTP and only binds loopback addresses", file=sys.stderr)
         return EX_CONFIG
     path: Path = args.client_secret_file
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(32))
-    server = LocalAuthServer({args.client_id: path.read_text().strip()}, ttl=args.ttl)
+    server = LocalAuthServer({args.client_id: load_client_secret(path)}, ttl=args.ttl)
 
     async def serve() -> None:
         url = await server.start(args.host, args.port)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from edge_token import scrub
 from edge_token.errors import ConfigError
 
 SITECORE_TOKEN_URL = "https://auth.sitecorecloud.io/oauth/token"
@@ -33,6 +34,7 @@ ALLOWED_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
 SIGNALS = ("HUP", "USR1", "USR2", "TERM", "INT")
+MAX_SECRET_BYTES = 64 * 1024  # a secret file larger than this is the wrong file (a key bundle, a log)
 T = TypeVar("T")
 
 
@@ -68,13 +70,23 @@ class SecretSource:
                     )
                 path = Path(directory) / self.ref
             try:
-                value = path.read_text(encoding="utf-8")
+                with path.open("rb") as handle:
+                    info = os.fstat(handle.fileno())
+                    value = handle.read(MAX_SECRET_BYTES + 1).decode("utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
                 raise ConfigError(f"{what}: cannot read {path}: {reason}") from None
+            if len(value) > MAX_SECRET_BYTES:
+                raise ConfigError(f"{what}: {path} is larger than {MAX_SECRET_BYTES} bytes; is it the right file?")
+            if world_readable_secret(path, info):
+                raise ConfigError(
+                    f"{what}: {path} is readable by every local user (mode {stat.S_IMODE(info.st_mode):04o}, "
+                    f"and every directory above it is searchable); chmod o-r {path} (or use a systemd credential)"
+                )
         value = value.strip()
         if not value:
             raise ConfigError(f"{what} from {self.describe()} is empty")
+        scrub.register(value)  # before anyone can send it: an echo in any encoding is cut everywhere (scrub.py)
         return value
 
 
@@ -364,9 +376,12 @@ def _sink(table: _Table) -> SinkConfig:
     pid_file = table.text("pid_file", None)
     if (signal is None) != (pid_file is None):
         raise ConfigError(f"{table.file}: {table.where}: set both signal and pid_file, or neither")
+    on_update = _string_list(table, "on_update", ())
+    if on_update:
+        _check_program(table, Path(on_update[0]))
     common: dict[str, Any] = {
         "type": kind,
-        "on_update": _string_list(table, "on_update", ()),
+        "on_update": on_update,
         "on_update_timeout": table.number("on_update_timeout", 30.0, 0.1, 3600.0),
         "signal": signal,
         "pid_file": Path(pid_file) if pid_file else None,
@@ -601,13 +616,116 @@ def parse_listen(value: str, where: str) -> tuple[str, int]:
     return match.group(1) or match.group(3), port
 
 
+def _owner_name(uid: int) -> str:
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _untrusted(info: os.stat_result, is_dir: bool) -> str | None:
+    """Why someone other than root or us could change this file or directory, or None if nobody can.
+
+    A directory writable by others lets them rename another file over ours, unless the sticky bit restricts
+    renames to the owners (as on /tmp); a file or directory owned by another user can be chmod'ed by them.
+    """
+    mode = stat.S_IMODE(info.st_mode)
+    if info.st_uid not in (0, os.geteuid()):
+        return f"is owned by {_owner_name(info.st_uid)}, neither root nor this daemon's user"
+    if mode & 0o022 and not (is_dir and mode & stat.S_ISVTX):
+        kind = "without the sticky bit " if is_dir else ""
+        return f"is writable by group or others {kind}(mode {mode:04o})"
+    return None
+
+
+def check_trusted_file(file: Path, info: os.stat_result, what: str) -> None:
+    """Refuse `file` (already open; `info` from fstat) if anyone but root or us can change it or its directories.
+
+    A config file is code: its `on_update` commands run as the daemon's user. If another local user can edit
+    it (or swap it, through a writable directory above it), they can run commands as us on the next reload.
+    Both the path as given and the path after symlinks are checked: either chain could be swapped.
+    """
+    problem = _untrusted(info, is_dir=False)
+    if problem:
+        raise ConfigError(
+            f"{file}: refusing the {what}: it {problem}, so another local user could change what this daemon "
+            f"runs; make it owned by root or this user and not group/other-writable (chown root {file}; "
+            f"chmod go-w {file})"
+        )
+    absolute = Path(os.path.abspath(file))
+    for directory in dict.fromkeys([*absolute.parents, *absolute.resolve().parents]):
+        try:
+            problem = _untrusted(directory.stat(), is_dir=True)
+        except OSError:
+            continue  # we opened the file through it; an unstat-able ancestor cannot be judged, only skipped
+        if problem:
+            raise ConfigError(
+                f"{file}: refusing the {what}: its directory {directory} {problem}, so another local user could "
+                f"replace the file; fix the directory (chown root {directory}; chmod go-w {directory}, or "
+                f"chmod +t {directory} for a shared directory)"
+            )
+
+
+def _check_program(table: _Table, program: Path) -> None:
+    """An on_update program (absolute path) anyone else can change is refused like a writable config file:
+    it runs as this daemon. Bare names are looked up in PATH at run time and are not judged here."""
+    if not program.is_absolute():
+        return
+    try:
+        info = program.stat()  # not opened: an execute-only (0711) program is fine
+    except OSError:
+        return  # missing or unreadable: the hook fails when it runs, with its own message
+    try:
+        check_trusted_file(program, info, f"on_update program of {table.where}")
+    except ConfigError as exc:
+        raise ConfigError(f"{table.file}: {table.path('on_update')}: {exc}") from None
+
+
+def world_readable_secret(path: Path, info: os.stat_result) -> bool:
+    """True if any local user can read this secret file: o+r on it and o+x on every directory above it.
+
+    A 0644 file in a 0700 directory (systemd's credentials directory, a private /etc subdirectory) is not
+    exposed, so the file mode alone is not the question. Group-readable is allowed: handing a root-owned
+    secret to the daemon's group (root:edge-token 0640) is the usual way to share it.
+    """
+    if not info.st_mode & stat.S_IROTH:
+        return False
+    for directory in Path(os.path.abspath(path)).resolve().parents:
+        try:
+            if not directory.stat().st_mode & stat.S_IXOTH:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def listen_exposure(listen: str) -> str | None:
+    """A warning when `[daemon] listen` is reachable from other hosts, None on loopback (or when disabled).
+
+    /metrics holds no secret, but /status and /readyz tell anyone who can connect which profiles exist, when
+    their tokens expire and why renewals fail: worth a line in the log whenever it is not loopback-only.
+    """
+    if not listen:
+        return None
+    host, _ = parse_listen(listen, "[daemon] listen")
+    if is_loopback_host(host):
+        return None
+    where = "every interface" if host in ("0.0.0.0", "::", "") else f"{host}, not a loopback address"
+    return (
+        f"[daemon] listen = {listen!r} serves /status, /readyz and /metrics on {where}: anyone who can reach it "
+        "learns the profile names, token expiry times and renewal errors; bind 127.0.0.1 (or ::1) or firewall it"
+    )
+
+
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
     """Read and validate a config file. Raises ConfigError with the file and key path on any problem."""
     file = Path(path)
     environ = os.environ if environ is None else environ
     try:
         with file.open("rb") as handle:
-            file_private = not os.fstat(handle.fileno()).st_mode & 0o044
+            info = os.fstat(handle.fileno())
+            check_trusted_file(file, info, "config file")
+            file_private = not info.st_mode & 0o044
             data = tomllib.load(handle)
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read the config file: {exc.strerror}") from None

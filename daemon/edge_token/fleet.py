@@ -27,6 +27,7 @@ from typing import Any
 
 import aiohttp
 
+from edge_token import scrub
 from edge_token.config import FleetConfig
 from edge_token.errors import EdgeTokenError
 from edge_token.oauth import read_limited, sanitize
@@ -92,7 +93,8 @@ class Etcd:
                 await self._authenticate(endpoint)
                 return await self._post(endpoint, path, body)
             if response.status != 200:
-                raise EtcdUnavailable(f"etcd answered {response.status}: {sanitize(raw[:200])}")
+                # scrub the whole answer, then truncate: cutting first could leave half an echoed password behind
+                raise EtcdUnavailable(f"etcd answered {response.status}: {sanitize(raw.decode('utf-8', 'replace'))}")
         data = json.loads(raw)
         if not isinstance(data, dict):
             raise ValueError("etcd answer is not an object")
@@ -105,6 +107,7 @@ class Etcd:
             endpoint, "/v3/auth/authenticate", {"name": self.config.username, "password": password}
         )
         self._auth_token = str(answer.get("token", ""))
+        scrub.register(self._auth_token)  # a credential like the password: an echo of it is cut everywhere
 
     async def grant(self, ttl: float) -> str:
         answer = await self.call("/v3/lease/grant", {"TTL": str(max(1, round(ttl)))})

@@ -45,14 +45,26 @@ class ProfileStatus:
             "expires_at": self.expires_at,
             "last_success_at": self.last_success_at,
             "next_attempt_at": self.next_attempt_at,
-            "last_error": None
-            if self.last_error is None
-            else {"class": self.last_error.kind, "message": str(self.last_error)},
-            "sinks": {name: {"ok": error is None, "error": error} for name, error in self.sinks.items()},
+            "last_error": None if self.last_error is None else error_summary(self.last_error),
+            "sinks": {
+                name: {"ok": error is None, "error": None if error is None else SEE_LOG}
+                for name, error in self.sinks.items()
+            },
             "kid": self.kid,
             "fingerprint": self.fingerprint,
             "fleet_role": self.fleet_role,
         }
+
+
+SEE_LOG = "failing; the reason is in the daemon log"
+
+
+def error_summary(error: EdgeTokenError) -> dict[str, Any]:
+    """How /status shows an error: its class and bounded reason, never its message. Messages quote what the
+    provider or a store said, and a server that echoes our request can say anything; the log keeps a
+    scrubbed copy for the operator, /status (reachable by anyone who can connect) keeps none."""
+    reason = getattr(error, "reason", None)
+    return {"class": error.kind, "reason": reason if isinstance(reason, str) else None}
 
 
 def state_name(token_state: TokenState, last_error: EdgeTokenError | None) -> str:

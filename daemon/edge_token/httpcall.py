@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 
+from edge_token import scrub
 from edge_token.errors import EdgeTokenError, ProtocolError
 from edge_token.oauth import read_limited, sanitize
 
@@ -30,7 +31,12 @@ async def exchange(
     tls: ssl.SSLContext | bool = True,
     secrets: tuple[str, ...] = (),
 ) -> tuple[int, bytes]:
-    """(status, body) of one request without redirects; `error` on network trouble, timeout or oversize."""
+    """(status, body) of one request without redirects; `error` on network trouble, timeout or oversize.
+
+    `secrets` are the credentials this request carries: they are registered with the process scrubber before
+    anything is sent, so an echo of them (in any encoding) is cut from every message and log line."""
+    for secret in secrets:
+        scrub.register(secret)
     try:
         async with session.request(
             method, url, headers=headers, json=body, ssl=tls, allow_redirects=False,

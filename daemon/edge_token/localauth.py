@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -40,6 +42,30 @@ class Fault:
     reset: bool = False  # drop the connection without answering
     trickle: float = 0.0  # seconds between body bytes (a slowloris answer)
     chunks: int = 0  # send `body` this many times as chunked transfer encoding (an endless body)
+    #: (raw request body, request headers) -> the JSON error body: a provider that echoes what it was sent
+    echo: Callable[[bytes, Mapping[str, str]], Any] | None = None
+
+
+def load_client_secret(path: Path) -> str:
+    """The `local-auth` client secret: created (random, mode 0600) when the file is missing; refused (exit 78)
+    when empty or whitespace only, since the server would then issue tokens to clients that send no secret."""
+    from edge_token.errors import ConfigError
+
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32))
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ConfigError(f"local-auth: cannot read the client secret file {path}: {reason}") from None
+    if not secret:
+        raise ConfigError(
+            f"local-auth: the client secret file {path} is empty (or only whitespace): refusing to start, since "
+            f"any client sending no secret would get tokens; put a secret in it, or delete it to have one generated"
+        )
+    return secret
 
 
 class LocalAuthServer:
@@ -54,6 +80,9 @@ class LocalAuthServer:
         scope: str = "edge.tokens:manage",
         now: Callable[[], float] = time.time,
     ) -> None:
+        for client_id, secret in (clients or {}).items():
+            if not secret.strip():
+                raise ValueError(f"client {client_id!r} has an empty secret: it would be issued tokens for nothing")
         self.clients = dict(clients or {})
         self.ttl, self.audiences, self.scope, self.now = ttl, audiences, scope, now
         self.keys: list[RSAKey] = [self._new_key()]
@@ -156,6 +185,9 @@ class LocalAuthServer:
             return web.Response(status=500)  # never sent: the connection is gone
         if fault.access_token is not None:
             return None
+        if fault.echo is not None:
+            body = fault.echo(await request.read(), request.headers)
+            return web.json_response(body, status=fault.status, headers=fault.headers)
         if fault.chunks:
             stream = web.StreamResponse(status=fault.status, headers=fault.headers)
             stream.enable_chunked_encoding()
@@ -209,7 +241,7 @@ class LocalAuthServer:
             return self._error(403, "unauthorized_client", "Grant type not allowed for the client.")
         client_id, secret = params.get("client_id", ""), params.get("client_secret", "")
         expected = self.clients.get(client_id)
-        if expected is None or not secrets.compare_digest(expected.encode(), secret.encode()):
+        if expected is None or not secret or not secrets.compare_digest(expected.encode(), secret.encode()):
             return self._error(401, "access_denied", "Unauthorized")
         audience = params.get("audience", "")
         if audience not in self.audiences:

@@ -1,8 +1,9 @@
 """structlog setup: JSON lines off a TTY, console on one, and the one redaction processor.
 
-Every line passes `Redactor`, which removes (a) values under secret-looking keys at any depth, (b) any string
-that looks like a JWT, and (c) any occurrence of a secret the daemon has read (registered at read time), so
-a provider echoing our secret in an error message cannot leak it either. Tracebacks are rendered without
+Every line passes `Redactor`, which removes (a) values under secret-looking keys at any depth, and passes every
+other string through the process's scrubber (`scrub.py`): JWT-shaped strings and every secret the daemon has
+read or sent, in any encoding (raw, percent-encoded, base64, JSON-escaped...), so a provider or store echoing
+our request in an error message cannot leak it either. Tracebacks are rendered without
 frame locals (structlog's default dict tracebacks would print a local `secret`; REFERENCE.md).
 """
 
@@ -16,38 +17,42 @@ from typing import Any, TextIO
 
 import structlog
 
-REDACTED = "[REDACTED]"
+from edge_token import scrub as scrubbing
+
+REDACTED = scrubbing.REDACTED
 SECRET_KEY = re.compile(r"(secret|password|passwd|authorization|access_token|^token$|^jwt$|credential_value)", re.I)
-JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.?[A-Za-z0-9_-]*")
+JWT_SHAPE = scrubbing.JWT
 
 
 class Redactor:
     """The structlog processor that keeps secrets and tokens out of every log line."""
 
-    def __init__(self) -> None:
-        self._secrets: set[str] = set()
+    def __init__(self, scrubber: scrubbing.Scrubber | None = None) -> None:
+        self._scrubber = scrubber or scrubbing.SECRETS
 
     def add_secret(self, value: str) -> None:
-        """Scrub this exact value from every future line (client secrets as they are read)."""
-        if len(value) >= 4:
-            self._secrets.add(value)
+        """Scrub this value, in every encoding, from every future line and message (process-wide)."""
+        self._scrubber.register(value)
 
-    def scrub(self, value: Any, key: str = "") -> Any:
+    def redact(self, value: Any, key: str = "") -> Any:
+        """A log field: the whole value if its key names a secret, else every string in it scrubbed."""
         if key and SECRET_KEY.search(key):
             return REDACTED
         if isinstance(value, str):
-            for secret in self._secrets:
-                if secret in value:
-                    value = value.replace(secret, REDACTED)
-            return JWT_SHAPE.sub(REDACTED, value)
+            return self._scrubber.scrub_text(value)
         if isinstance(value, dict):
-            return {k: self.scrub(v, str(k)) for k, v in value.items()}
+            return {k: self.redact(v, str(k)) for k, v in value.items()}
         if isinstance(value, list | tuple):
-            return [self.scrub(v) for v in value]
+            return [self.redact(v) for v in value]
         return value
 
+    def scrub(self, value: Any) -> Any:
+        """A response body (/status, /readyz): every string scrubbed by value. No key-name rule here: a profile
+        or sink named `kubernetes_secret:...` is a name, and would otherwise vanish from /status."""
+        return self._scrubber.scrub(value)
+
     def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        return {key: self.scrub(value, key if key != "event" else "") for key, value in event_dict.items()}
+        return {key: self.redact(value, key if key != "event" else "") for key, value in event_dict.items()}
 
 
 def configure(
@@ -70,7 +75,9 @@ def configure(
         if as_json
         else structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
     )
-    tail = [exceptions, redactor, renderer] if as_json else [redactor, renderer]
+    # tracebacks become data before the redactor in both formats: an exception message can quote a server's
+    # answer, and a renderer that formats exc_info itself would print it unredacted
+    tail = [exceptions, redactor, renderer] if as_json else [structlog.processors.format_exc_info, redactor, renderer]
     handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(

@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 import aiohttp
 
-from edge_token import strictjson
+from edge_token import scrub, strictjson
 from edge_token.clock import Clock
 from edge_token.config import ProfileConfig
 from edge_token.errors import CredentialsRejected, ProtocolError, TransientError
@@ -63,13 +63,13 @@ async def read_limited(response: aiohttp.ClientResponse, limit: int, what: str) 
 
 
 def sanitize(text: object, secrets: tuple[str, ...] = (), limit: int = 200) -> str:
-    """Make provider-supplied text safe to log: printable ASCII, bounded, our secrets and JWTs scrubbed."""
-    value = str(text)
+    """Make server-supplied text safe to show: every known secret in any encoding and every JWT scrubbed (see
+    scrub.py; `secrets` are registered there too), then printable ASCII, bounded. Scrub before the final cut
+    (a cut first could leave a secret's prefix behind), but only as far as anything we keep could reach: a
+    64 KiB error body is not worth scrubbing whole."""
     for secret in secrets:
-        if secret:
-            value = value.replace(secret, "[REDACTED]")
-    value = re.sub(r"eyJ[\w-]*\.[\w-]*\.?[\w-]*", "[REDACTED-JWT]", value)
-    value = _UNPRINTABLE.sub("?", value)
+        scrub.register(secret)
+    value = _UNPRINTABLE.sub("?", scrub.scrub_text(str(text)[: limit + scrub.reach()]))
     return value if len(value) <= limit else value[:limit] + "..."
 
 

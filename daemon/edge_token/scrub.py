@@ -1,0 +1,265 @@
+"""One scrubber for every form a secret travels in: the log redactor, error messages, /status and the CLI use it.
+
+A secret we send reaches a server raw (JSON body), percent-encoded (form body, `quote` or `quote_plus`, either
+hex case), inside base64 (HTTP Basic `quote(id):quote(secret)`, or any larger blob) or JSON-escaped; a server
+that echoes our request may hand any of those back in an error, and we must not print it. Three layers:
+
+1. **Known forms, cut surgically.** At registration each secret is expanded into its text forms (raw, `quote`
+   with and without `/` safe, `quote_plus`, upper and lower hex, JSON-escaped with and without `\\/`, HTML) and,
+   for each text form, the base64 characters that depend on the secret alone at each of the three byte
+   alignments a secret can have inside a larger base64 blob (standard and URL-safe alphabets). A found base64
+   core takes its whole base64 run with it, so no padding or neighbouring bits of the secret stay behind.
+2. **One JWT pattern** (`JWT`), also used by the logs: any compact JWS/JWE-shaped string.
+3. **Fail closed on what decodes to a secret.** Every suspicious word is decoded (percent, HTML, backslash
+   escapes, base64 at all four offsets, hex; two levels deep, so base64 of a percent-encoded body counts); a
+   word whose decoding holds a secret or a JWT is cut whole, and a text that still decodes to a secret as a
+   whole is replaced entirely. This catches encodings nobody listed (mixed-case hex, `\\u0073`, double
+   encodings) at the price of over-redacting a hostile server's message, which is the right trade.
+
+Secrets are registered **process-wide** (`register`): `SecretSource.read` registers every configured secret as
+it is read (client secrets, Vault tokens, AppRole secret_ids, etcd passwords), and `httpcall.exchange`
+registers every credential it sends (Kubernetes service-account tokens, Vault client tokens obtained at login).
+A registry passed around would have to reach every place text is produced (aiohttp exception strings, the
+CLI's last-resort error print); one missed path would be a leak. The registry only grows, bounded to the
+`MAX_SECRETS` most recently used, so rotating Vault client tokens cannot grow it forever.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import html
+import json
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any, TextIO
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
+
+REDACTED = "[REDACTED]"
+REDACTED_TEXT = "[REDACTED: this text held an encoded secret]"
+#: compact JWS/JWE: a base64url JSON header (`{"`, `{ "`, `{\n` encode as eyJ / eyA / ew…), then payload parts
+JWT = re.compile(r"e[wy][A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{2,}\.?[A-Za-z0-9_-]*")
+MIN_SECRET = 4  # shorter values would cut ordinary words out of every line; refuse such secrets instead
+MIN_CORE = 6  # a base64 core shorter than this matches ordinary text too often to be worth cutting
+MAX_SECRETS = 64
+
+_B64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_")
+_URLSAFE = str.maketrans("+/", "-_")
+_TO_STANDARD = str.maketrans("-_", "+/")
+_WORD = re.compile(r"[^\s\"'<>(){}\[\],;|`]+")
+_B64_RUN = re.compile(r"[A-Za-z0-9+/_-]{6,}=*")
+_HEX_RUN = re.compile(r"[0-9A-Fa-f]{6,}")
+_BACKSLASH = re.compile(r"\\(?:u([0-9A-Fa-f]{4})|x([0-9A-Fa-f]{2})|(.))", re.S)
+_PERCENT = re.compile(r"%[0-9A-F]{2}")
+
+
+def text_forms(secret: str) -> set[str]:
+    """Every textual form the secret can take in a request we send (or a server's echo of it)."""
+    forms = {secret, html.escape(secret), html.escape(secret, quote=False)}
+    for encoded in (quote(secret, safe=""), quote(secret), quote_plus(secret), quote_plus(secret, safe="/")):
+        forms |= {encoded, _PERCENT.sub(lambda m: m.group().lower(), encoded)}
+    for escaped in (json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]):
+        twice = json.dumps(escaped)[1:-1]  # a JSON body quoted inside another JSON string
+        forms |= {escaped, escaped.replace("/", "\\/"), twice, twice.replace("/", "\\/")}
+    return {form for form in forms if len(form) >= MIN_SECRET}
+
+
+def base64_cores(form: str) -> set[str]:
+    """The base64 characters fixed by `form` alone, wherever it starts in a larger encoded blob.
+
+    Base64 packs 3 bytes into 4 characters, so text starting at byte offset k of a blob is encoded three
+    different ways (k mod 3). For each, the characters whose 6 bits all come from `form` are the same whatever
+    surrounds it: those are what to look for.
+    """
+    data = form.encode()
+    cores: set[str] = set()
+    for lead in range(3):
+        encoded = base64.b64encode(b"\0" * lead + data).decode()
+        first, last = -(-8 * lead // 6), 8 * (lead + len(data)) // 6  # chars wholly inside the form's bits
+        core = encoded[first:last]
+        if len(core) >= MIN_CORE:
+            cores |= {core, core.translate(_URLSAFE)}
+    return cores
+
+
+def _widen(text: str, start: int, end: int) -> tuple[int, int]:
+    """Grow a base64 core to its whole run (and padding), so no bits of the secret's edges stay behind."""
+    while start > 0 and text[start - 1] in _B64_CHARS:
+        start -= 1
+    while end < len(text) and (text[end] in _B64_CHARS or text[end] == "="):
+        end += 1
+    return start, end
+
+
+def _cut(text: str, spans: list[tuple[int, int]], label: str = REDACTED) -> str:
+    if not spans:
+        return text
+    out, position = [], 0
+    for start, end in sorted(spans):
+        if end <= position:
+            continue
+        out.append(text[position : max(start, position)])
+        if start >= position:
+            out.append(label)
+        position = end
+    out.append(text[position:])
+    return "".join(out)
+
+
+def _unescape_backslashes(text: str) -> str:
+    def one(match: re.Match[str]) -> str:
+        code = match.group(1) or match.group(2)
+        return chr(int(code, 16)) if code else match.group(3)
+
+    return _BACKSLASH.sub(one, text)
+
+
+def _b64_views(run: str) -> Iterable[str]:
+    """A base64 run decoded from each of its four possible character offsets (both alphabets)."""
+    standard = run.translate(_TO_STANDARD)
+    for offset in range(4):
+        piece = standard[offset:].rstrip("=")
+        piece = piece[: len(piece) - 1] if len(piece) % 4 == 1 else piece  # a lone 6 bits: not a byte
+        piece += "=" * (-len(piece) % 4)  # padding stripped or never sent: restore it
+        if len(piece) >= 4:
+            try:
+                yield base64.b64decode(piece, validate=True).decode("utf-8", "replace")
+            except (binascii.Error, ValueError):
+                continue
+
+
+def _views(text: str, depth: int = 2) -> Iterable[str]:
+    """What `text` could mean once decoded: each decoding that changes it, and the decodings of those."""
+    found: list[str] = []
+    if "%" in text or "+" in text:
+        found += [unquote(text), unquote_plus(text)]
+    if "&" in text:
+        found.append(html.unescape(text))
+    if "\\" in text:
+        found.append(_unescape_backslashes(text))
+    for match in _B64_RUN.finditer(text):
+        found += _b64_views(match.group())
+    for match in _HEX_RUN.finditer(text):
+        run = match.group()
+        found += [bytes.fromhex(run[i : len(run) - (len(run) - i) % 2]).decode("utf-8", "replace") for i in (0, 1)]
+    for view in found:
+        if view != text:
+            yield view
+            if depth > 1:
+                yield from _views(view, depth - 1)
+
+
+class Scrubber:
+    """A registry of secrets and the functions that cut them (in any form) and JWTs out of text."""
+
+    def __init__(self, max_secrets: int = MAX_SECRETS) -> None:
+        self._max = max_secrets
+        self._lock = threading.Lock()
+        self._secrets: OrderedDict[str, tuple[tuple[str, bool], ...]] = OrderedDict()
+        self._patterns: tuple[tuple[str, bool], ...] = ()  # (form, is a base64 core), rebuilt on change
+        self._raw: tuple[str, ...] = ()
+
+    def register(self, secret: str) -> None:
+        """Cut this value (and every encoding of it) from all text scrubbed from now on."""
+        secret = secret.strip()
+        if len(secret) < MIN_SECRET:
+            return
+        with self._lock:
+            if secret in self._secrets:
+                self._secrets.move_to_end(secret)
+                return
+            forms = text_forms(secret)
+            cores = {core for form in forms for core in base64_cores(form)}
+            self._secrets[secret] = tuple((form, False) for form in forms) + tuple((core, True) for core in cores)
+            while len(self._secrets) > self._max:
+                self._secrets.popitem(last=False)
+            self._patterns = tuple(p for patterns in self._secrets.values() for p in patterns)
+            self._raw = tuple(self._secrets)
+
+    def scrub_text(self, text: str) -> str:
+        """`text` with every registered secret (in every form) and every JWT replaced by [REDACTED]."""
+        patterns, raw = self._patterns, self._raw  # one consistent snapshot (register swaps whole tuples)
+        spans: list[tuple[int, int]] = []
+        for form, is_core in patterns:
+            start = text.find(form)
+            while start != -1:
+                span = _widen(text, start, start + len(form)) if is_core else (start, start + len(form))
+                spans.append(span)
+                start = text.find(form, span[1])
+        text = JWT.sub(REDACTED, _cut(text, spans))
+        return self._fail_closed(text, raw)
+
+    def _fail_closed(self, text: str, raw: tuple[str, ...]) -> str:
+        def betrays(view: str) -> bool:
+            return any(secret in view for secret in raw) or JWT.search(view) is not None
+
+        spans = [
+            m.span()
+            for m in _WORD.finditer(text)
+            if len(m.group()) >= MIN_SECRET and any(betrays(view) for view in _views(m.group()))
+        ]
+        text = _cut(text, spans)
+        if raw and any(any(secret in view for secret in raw) for view in _views(text)):
+            return REDACTED_TEXT
+        return text
+
+    def scrub(self, value: Any) -> Any:
+        """Scrub every string in a JSON-like structure (dict keys included); other values pass unchanged."""
+        if isinstance(value, str):
+            return self.scrub_text(value)
+        if isinstance(value, dict):
+            return {self.scrub(key): self.scrub(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.scrub(item) for item in value]
+        return value
+
+    def reach(self) -> int:
+        """How far past a cut point a registered secret's longest encoding can extend (an astral character is 12
+        characters as JSON `\\uXXXX\\uXXXX`, 16 inside base64): text cut at `limit + reach()` before scrubbing, and at
+        `limit` after, loses no cut a full scrub would make before `limit`."""
+        return 16 * max((len(secret) for secret in self._raw), default=0) + 64
+
+    def __contains__(self, secret: str) -> bool:
+        return secret.strip() in self._secrets
+
+
+class ScrubbingStream:
+    """A text stream wrapper that scrubs each complete line before it reaches the real stream.
+
+    Installed over sys.stdout and sys.stderr by the CLI, so every line the process prints is scrubbed, whoever
+    prints it (a command, the exec wrapper, a library): `print` writes the text and the newline separately, so
+    lines are buffered until complete (or flushed) and scrubbed whole.
+    """
+
+    def __init__(self, stream: TextIO, scrubber: Scrubber | None = None) -> None:
+        self._stream, self._scrubber = stream, scrubber or SECRETS
+        self._pending = ""
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            lines = (self._pending + text).split("\n")
+            self._pending = lines.pop()
+            if lines:
+                self._stream.write("".join(self._scrubber.scrub_text(line) + "\n" for line in lines))
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._pending:
+                self._stream.write(self._scrubber.scrub_text(self._pending))
+                self._pending = ""
+            self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding...: the real stream's
+        return getattr(self._stream, name)
+
+
+#: The process's registry (see the module docstring for why it is process-wide).
+SECRETS = Scrubber()
+register = SECRETS.register
+scrub_text = SECRETS.scrub_text
+scrub = SECRETS.scrub
+reach = SECRETS.reach
