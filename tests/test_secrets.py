@@ -30,6 +30,7 @@ from edge_token.localauth import Fault, LocalAuthServer
 from edge_token.scrub import JWT, MAX_SECRETS, Scrubber
 from fakestores import FakeEtcdEcho, FakeKubernetes, FakeVault
 from leakscan import ENCODINGS, Echoes, echoing_provider, leaks
+from unprivileged import as_user
 
 SECRET_CHARS = string.ascii_letters + string.digits + "-._~:/+%= \"\\&<>?#@!$'()*,;"
 ID_CHARS = string.ascii_letters + string.digits + "-._:@"
@@ -341,7 +342,7 @@ async def test_same_uid_processes_cannot_read_the_daemons_environment(
     daemon = DaemonProcess(config)
     daemons.append(daemon)
     daemon.process = await asyncio.create_subprocess_exec(
-        *run_as_nobody(sys.executable, "-m", "edge_token", "run", "-c", str(config)),
+        *as_user(NOBODY, NOBODY, sys.executable, "-m", "edge_token", "run", "-c", str(config)),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
     )  # fmt: skip
     daemon._reader = asyncio.create_task(daemon._read())
@@ -616,11 +617,6 @@ def test_an_on_update_program_others_can_change_is_refused(confdir: Path, tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("live_auth")
-@pytest.mark.xfail(
-    strict=True,
-    reason="the warning is config.listen_exposure(); daemon.py (lead's file) must log it after http.listening. "
-    "Remove this marker with that one-line change.",
-)
 async def test_a_daemon_listening_on_every_interface_warns(
     auth: LocalAuthServer, tmp_path: Path, secret_file: Path, daemons: list[DaemonProcess]
 ) -> None:

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 from edge_token import health, logs
 from edge_token.app import Parts, make_session
 from edge_token.clock import Clock, SystemClock
-from edge_token.config import Config, ProfileConfig, load_config
+from edge_token.config import Config, ProfileConfig, listen_exposure, load_config
 from edge_token.errors import ConfigError
 from edge_token.health import ProfileStatus, readiness, state_name
 from edge_token.httpserver import HealthSource, start_http
@@ -150,6 +150,8 @@ class Daemon:
         source = HealthSource(self.statuses, self.alive, self.redactor.scrub, self.daemon_status)
         runner, self.http_address = await start_http(listen, self.metrics, source)
         self.log.info("http.listening", address=self.http_address)
+        if exposure := listen_exposure(listen):
+            self.log.warning("http.exposed", address=self.http_address, message=exposure)
         return runner
 
     def statuses(self) -> list[ProfileStatus]:

@@ -1,0 +1,52 @@
+"""Running this interpreter, with its site-packages and our package, as an unprivileged user.
+
+On CI the interpreter lives under /root (mode 0700): `nobody` cannot even read its standard library. Giving the
+child a capability to read it would change what is being tested (the kernel then shields a more privileged
+process from less privileged ones anyway). Instead the child runs in a private mount namespace where the
+interpreter's prefix and our package directory are bind-mounted under /tmp, readable by everyone — the same
+files, reached by a path without /root in it.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+import edge_token
+
+
+def _blocked(path: Path) -> bool:
+    """True if some directory above `path` is not searchable by others."""
+    return any(not os.stat(parent).st_mode & 0o001 for parent in [path, *path.parents] if parent.is_dir())
+
+
+def as_user(uid: int, gid: int, *argv: str) -> list[str]:
+    """argv that runs `sys.executable ARGV...` (argv[0] must be sys.executable) as uid/gid from a view any user
+    can read; the rest of argv is passed through."""
+    if argv[0] != sys.executable:
+        raise ValueError("as_user runs this interpreter only")
+    prefix, package = Path(sys.base_prefix), Path(edge_token.__file__).parent.parent
+    setpriv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+    if not (_blocked(prefix) or _blocked(package)):
+        return [*setpriv, *argv]
+    view = Path(tempfile.mkdtemp(prefix="edge-token-view-"))
+    view.chmod(0o755)
+    (view / "prefix").mkdir()
+    (view / "package").mkdir()
+    python = (
+        view / "prefix" / Path(sys.executable).relative_to(prefix)
+        if Path(sys.executable).is_relative_to(prefix)
+        else None
+    )
+    if python is None:
+        raise RuntimeError(f"{sys.executable} is not under {prefix}")
+    script = (
+        f"mount --bind {shlex.quote(str(prefix))} {view / 'prefix'} && "
+        f"mount --bind {shlex.quote(str(package))} {view / 'package'} && "
+        f"PYTHONPATH={view / 'package'} LD_LIBRARY_PATH={view / 'prefix' / 'lib'} "
+        f"exec {shlex.join([*setpriv, str(python), *argv[1:]])}"
+    )
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script]
