@@ -21,6 +21,7 @@ from edge_token.jwks import JwksCache
 from edge_token.outcome import RenewalOutcome
 from edge_token.policy import TokenState
 from edge_token.renewer import Renewer
+from edge_token.secretfiles import SecretCache
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -54,6 +55,7 @@ class Parts:
         self.environ, self.rng, self.on_secret = environ, rng or random.Random(), on_secret
         self._jwks_on_fetch = jwks_on_fetch
         self.jwks: dict[str, JwksCache] = {}
+        self.secrets = SecretCache(environ)
 
     def jwks_for(self, profile: ProfileConfig) -> JwksCache:
         cache = self.jwks.get(profile.jwks_url)
@@ -81,6 +83,7 @@ class Parts:
             environ=self.environ,
             rng=self.rng,
             on_secret=self.on_secret,
+            secrets=self.secrets,
             **kwargs,
         )
 

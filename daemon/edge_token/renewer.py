@@ -17,17 +17,19 @@ import aiohttp
 
 from edge_token.clock import Clock
 from edge_token.config import ProfileConfig
-from edge_token.errors import EdgeTokenError, InternalError, SinkError, VerificationError
+from edge_token.errors import CredentialsRejected, EdgeTokenError, InternalError, SinkError, VerificationError
 from edge_token.jwks import JwksCache
 from edge_token.oauth import request_token
 from edge_token.outcome import RenewalOutcome, Result
 from edge_token.policy import RefreshSettings, TokenState, next_attempt_at, refresh_due_at, token_state
+from edge_token.secretfiles import SecretCache
 from edge_token.sinks import Sink, build_sink
 from edge_token.token import Token
 from edge_token.verify import Rules, verify_token
 
 if TYPE_CHECKING:
     from edge_token.health import ProfileStatus
+
 
 __all__ = ["RenewalOutcome", "Renewer", "Result"]
 
@@ -52,8 +54,10 @@ class Renewer:
         rng: random.Random | None = None,
         on_written: Callable[[str, Sink, Token], None] | None = None,
         on_secret: Callable[[str], None] | None = None,
+        secrets: SecretCache | None = None,
     ) -> None:
         self.profile = profile
+        self._secrets = secrets or SecretCache(environ)
         self.sinks: list[Sink] = (
             list(sinks) if sinks is not None else [build_sink(s, session, on_secret, environ) for s in profile.sinks]
         )
@@ -180,7 +184,13 @@ class Renewer:
         started, mono = self._clock.time(), self._clock.monotonic()
         requested = False
         try:
-            secret = self.profile.secret.read(self._environ)  # re-read every time: a rotated secret heals
+            # re-read when the file changed, and always after a rejection: a rotated secret heals without a restart
+            fresh = isinstance(self.last_error, CredentialsRejected)
+            secret = (
+                self._secrets.read(self.profile.secret, fresh)
+                if self._secrets
+                else self.profile.secret.read(self._environ)
+            )
             if self._on_secret is not None:
                 self._on_secret(secret)  # the log redactor learns it before anything could echo it
             requested = True  # counted even if what follows raises: the provider may have issued a token

@@ -1,0 +1,41 @@
+"""Secret files are read once per change, shared by every profile, and a rotated secret is still picked up."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge_token.config import SecretSource
+from edge_token.secretfiles import SecretCache
+
+
+@dataclass(frozen=True)
+class CountingSource(SecretSource):
+    """A real file source that counts how often the file is actually read."""
+
+    reads: list[int] = field(default_factory=list, compare=False)
+
+    def read(self, environ: object, what: str = "client secret") -> str:  # type: ignore[override]
+        self.reads.append(1)
+        return super().read({}, what)
+
+
+def test_one_read_per_change_for_a_thousand_profiles_and_rotation_heals(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("first-secret-value\n")
+    secret.chmod(0o600)
+    source, cache = CountingSource("file", str(secret)), SecretCache({})
+    assert {cache.read(source) for _ in range(1000)} == {"first-secret-value"}
+    assert len(source.reads) == 1
+    replacement = tmp_path / "secret.new"  # rotated the usual way: a new file renamed over the old one
+    replacement.write_text("second-secret-value\n")
+    replacement.chmod(0o600)
+    os.replace(replacement, secret)
+    assert cache.read(source) == "second-secret-value" and len(source.reads) == 2
+    assert cache.read(source, fresh=True) == "second-secret-value" and len(source.reads) == 3
+
+
+def test_environment_secrets_are_not_cached(tmp_path: Path) -> None:
+    cache = SecretCache({"X_SECRET": "from-env-1"})
+    assert cache.read(SecretSource("env", "X_SECRET")) == "from-env-1"
