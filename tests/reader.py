@@ -34,7 +34,7 @@ def main() -> None:
                     known[key["kid"]] = key
         except (OSError, ValueError, KeyError) as exc:  # the JWKS may be down on purpose: keep what we know
             del exc
-        return KeySet.import_key_set({"keys": list(known.values())})
+        return KeySet.import_key_set({"keys": list(known.values())}) if known else KeySet([])
 
     keys = refresh()
     reads, bad, expired_at = 0, Counter[str](), []

@@ -86,6 +86,7 @@ async def test_cpu_is_renewal_work_only_and_renewals_spread_over_the_jitter_wind
     # renewal work is a few ms per lifetime; spinning for the jitter window costs percents of a core
     assert quiet_share < 0.005, f"one idle profile used {quiet_share:.2%} of a core"
     # uniform on [0.75, 0.80] has a stdev of 0.0144; every renewal at 0.80 has ~0
-    assert max(points) <= 0.80 + 0.02, "a renewal came after the refresh point"
+    # a renewal point is measured at the answer: a loaded machine may add a round trip of up to ~0.2 s (0.05)
+    assert max(points) <= 0.80 + 0.05, "a renewal came well after the refresh point"
     assert min(points) >= 0.75 - 0.01, "a renewal came before the jitter window"
     assert spread > 0.008 and min(points) < 0.765, f"renewals are not spread over the jitter window: {spread:.4f}"

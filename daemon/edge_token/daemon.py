@@ -32,7 +32,7 @@ from edge_token.metrics import Metrics
 from edge_token.notify import run_on_update, signal_pid_file
 from edge_token.outcome import RenewalOutcome
 from edge_token.pid1 import OrphanReaper
-from edge_token.policy import TokenState, backoff_delay, next_run_at
+from edge_token.policy import backoff_delay, next_run_at
 from edge_token.renewer import Renewer
 from edge_token.scheduler import Scheduler
 from edge_token.sinks import Sink
@@ -42,6 +42,7 @@ from edge_token.token import Token
 
 if TYPE_CHECKING:
     from edge_token.fleet import Fleet
+    from edge_token.fleetstep import FleetStep
 
 TICK_SECONDS = 5.0  # scheduler wake-up (suspend / clock jumps) and liveness tick
 SHUTDOWN_GRACE_SECONDS = 10.0
@@ -91,6 +92,7 @@ class Daemon:
         self.metrics = Metrics(self.registry)
         self.http_address: str | None = None
         self.fleet: Fleet | None = None  # only when [fleet] is configured (the module is imported only then)
+        self.fleet_step: FleetStep | None = None
         self.supervisor = Supervisor(
             self.scheduler, self.clock, self.spawn, self._step, log=self.log,
             next_run_at=next_run_at, sink_retry_in=self._sink_retry_in, poll_in=self._poll_in,
@@ -111,8 +113,10 @@ class Daemon:
             )  # fmt: skip
             if self.config.fleet is not None:
                 from edge_token.fleet import Fleet
+                from edge_token.fleetstep import FleetStep
 
                 self.fleet = Fleet(self.config.fleet, session, self.log)
+                self.fleet_step = FleetStep(self.fleet, self.metrics, self.log)
                 keepalive = self.config.fleet.lease_ttl_seconds / 3
                 self.scheduler.every("fleet:keepalive", keepalive, lambda: self.spawn(self._keepalive()))
             self.scheduler.start()
@@ -295,13 +299,14 @@ class Daemon:
             if renewer.last_outcome is None and renewer.current is None:
                 adopted = await renewer.adopt()
                 outcomes += [adopted] if adopted else []
-            role = await self._fleet_step(renewer.profile.name, renewer, outcomes)
+            fleet = self.fleet_step
+            role = await fleet.step(renewer, outcomes) if fleet is not None else None
             if role == "follower":
                 pass  # the leader requests; we only read, verify and write what it publishes
             elif force or renewer.renewal_due(self.clock.time()):
                 outcomes.append(await renewer.renew())
-                if role == "leader" and outcomes[-1].error is None:
-                    await self._publish(renewer.profile.name, renewer)
+                if fleet is not None and role == "leader" and outcomes[-1].error is None:
+                    await fleet.publish(renewer)
             elif renewer.pending_sinks:
                 outcomes.append(await renewer.retry_sinks())
 
@@ -316,48 +321,6 @@ class Daemon:
             self.metrics.observe(outcome, state, when)
         self._report_to_systemd()
 
-    async def _fleet_step(self, name: str, renewer: Renewer, outcomes: list[RenewalOutcome]) -> str | None:
-        """Fleet mode: learn our role, take a newer verified token from etcd, publish ours if it is newer."""
-        if self.fleet is None:
-            return None
-        from edge_token.fleet import LEADER, STANDALONE, EtcdUnavailable
-
-        role = await self.fleet.role(name)
-        self.metrics.fleet_role(name, role)
-        if role == STANDALONE:
-            return role
-        try:
-            stored = await self.fleet.read_token(name)
-        except EtcdUnavailable:
-            return STANDALONE
-        held = renewer.current
-        if stored.value and (held is None or stored.value != held.jwt):
-            outcome = await renewer.accept(stored.value)  # verified like our own; None if not newer
-            if outcome is not None:
-                outcomes.append(outcome)
-                self.metrics.fleet_event(name, "rejected" if outcome.error else "received")
-        held = renewer.current
-        if (
-            role == LEADER
-            and held is not None
-            and held.jwt != stored.value
-            and renewer.state() is not TokenState.EXPIRED
-        ):
-            await self._publish(name, renewer)  # ours outlives what the store holds (or the store held garbage)
-        return role
-
-    async def _publish(self, name: str, renewer: Renewer) -> None:
-        from edge_token.fleet import EtcdUnavailable
-
-        if self.fleet is None or renewer.current is None:
-            return
-        try:
-            if await self.fleet.publish(name, renewer.current.jwt):
-                self.metrics.fleet_event(name, "published")
-                self.log.info("fleet.published", profile=name, fingerprint=renewer.current.fingerprint)
-        except EtcdUnavailable as exc:
-            self.log.warning("fleet.publish_failed", profile=name, message=str(exc))
-
     def _sink_retry_in(self, renewer: Renewer) -> float | None:
         """Failed sinks are retried on their own short backoff, without a token request."""
         if not renewer.pending_sinks or renewer.current is None:
@@ -365,13 +328,7 @@ class Daemon:
         return backoff_delay(max(1, renewer.sink_failures), self.rng, cap=SINK_RETRY_MAX_SECONDS)
 
     def _poll_in(self, name: str) -> float | None:
-        """Fleet mode: followers and leaders watch the shared key; a standalone daemon retries etcd to rejoin."""
-        if self.fleet is None:
-            return None
-        poll = self.fleet.config.poll_seconds
-        if self.fleet.roles.get(name) == "standalone":
-            poll = max(poll, self.fleet.config.lease_ttl_seconds)
-        return poll
+        return self.fleet_step.poll_in(name) if self.fleet_step is not None else None
 
     def _on_written(self, profile: str, sink: Sink, token: Token) -> None:
         config = sink.config
