@@ -115,7 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return demo_main(args.dir, args.ttl, args.duration)
     except EdgeTokenError as exc:
-        say(f"edge-token: {exc}", err=True)
+        from edge_token.journal import stream_prefix
+
+        say(f"{stream_prefix('error', sys.stderr)}edge-token: {exc}", err=True)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 import structlog
 
+from edge_token import journal
 from edge_token import scrub as scrubbing
 
 REDACTED = scrubbing.REDACTED
@@ -75,6 +76,8 @@ def configure(
         if as_json
         else structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
     )
+    if journal.is_journal_stream(stream):  # systemd: give journald each line's priority (`journalctl -p err`)
+        renderer = journal.prefixed(renderer)
     # tracebacks become data before the redactor in both formats: an exception message can quote a server's
     # answer, and a renderer that formats exc_info itself would print it unredacted
     tail = [exceptions, redactor, renderer] if as_json else [structlog.processors.format_exc_info, redactor, renderer]

@@ -170,10 +170,7 @@ class Machine:
         cwd: str = "/root",
     ) -> subprocess.CompletedProcess[str]:
         """Run a bash script as root inside the container, with a clean environment (not the host's)."""
-        environment = {"PATH": CONTAINER_PATH, "HOME": "/root", "LANG": "C.UTF-8", "SYSTEMD_PAGER": "", **(env or {})}
-        command = ["nsenter", "-t", str(self.pid1), "-a", "--", "env", "-i"]
-        command += [f"{key}={value}" for key, value in environment.items()]
-        command += ["bash", "-euo", "pipefail", "-c", f'cd "{cwd}"\n{script}']
+        command = self._command(script, env, cwd)
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
         if check and result.returncode != 0:
             raise AssertionError(
@@ -181,6 +178,17 @@ class Machine:
                 f"\n--- stderr\n{result.stderr}"
             )
         return result
+
+    def popen(self, script: str, *, env: dict[str, str] | None = None, cwd: str = "/root") -> subprocess.Popen[str]:
+        """Start a bash script inside the container without waiting (e.g. a blocking `systemctl start`)."""
+        command = self._command(script, env, cwd)
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def _command(self, script: str, env: dict[str, str] | None, cwd: str) -> list[str]:
+        environment = {"PATH": CONTAINER_PATH, "HOME": "/root", "LANG": "C.UTF-8", "SYSTEMD_PAGER": "", **(env or {})}
+        command = ["nsenter", "-t", str(self.pid1), "-a", "--", "env", "-i"]
+        command += [f"{key}={value}" for key, value in environment.items()]
+        return [*command, "bash", "-euo", "pipefail", "-c", f'cd "{cwd}"\n{script}']
 
     def path(self, inside: str) -> Path:
         """The host path of a file inside the (running or stopped) container's root."""
