@@ -17,18 +17,26 @@ Needs root and `tests/system/prepare.sh` (README "systemd"); skipped otherwise, 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
+import structlog
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from edge_token import logs
+from edge_token.journal import PRIORITIES
 from system.nspawn import Machine, unavailable_reason
 
 pytestmark = pytest.mark.slow
@@ -51,7 +59,7 @@ Description=test provider: the bundled local OAuth2 + JWKS server
 Before=edge-token.service edge-token@a.service edge-token@b.service
 [Service]
 ExecStart=/usr/local/bin/edge-token local-auth --port {PORT} --client-secret-file /root/local.secret
-ExecStartPost=/bin/bash -c 'until (: </dev/tcp/127.0.0.1/{PORT}) 2>/dev/null; do sleep 0.1; done'
+ExecStartPost=/bin/bash -c 'until (: </dev/tcp/127.0.0.1/{PORT}) 2>/dev/null; do kill -0 $MAINPID; sleep 0.1; done'
 [Install]
 WantedBy=multi-user.target
 """
@@ -378,3 +386,56 @@ def test_enabled_units_start_at_boot(machine: Machine, running: dict[str, str]) 
         assert show(machine, unit, "ActiveState")["ActiveState"] == "active", unit
     verify(machine)
     assert machine.run("systemctl show -p NRestarts edge-token").stdout.strip() == "NRestarts=0"
+
+
+# ---- journald priorities, on the host (no container needed) --------------------------------------------------
+LEVELS = st.sampled_from(["debug", "info", "warning", "error", "critical"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(level=LEVELS, message=st.text(max_size=40), stdlib=st.booleans(), journal_is_this_file=st.booleans())
+def test_journal_lines_carry_their_level_as_syslog_priority(
+    tmp_path: Path, level: str, message: str, stdlib: bool, journal_is_this_file: bool
+) -> None:
+    """Invariant: when stderr is the journal stream systemd announced, every line (structlog's and stdlib's,
+    e.g. aiohttp's) starts with `<N>` for its level and the rest is the JSON line; otherwise no prefix at all."""
+    with tempfile.NamedTemporaryFile("w+", dir=tmp_path) as stream, tempfile.NamedTemporaryFile(dir=tmp_path) as other:
+        info = os.fstat((stream if journal_is_this_file else other).fileno())
+        root = logging.getLogger()
+        saved = root.handlers[:], root.level
+        try:
+            with patch.dict(os.environ, {"JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}"}):
+                logs.configure("json", "debug", stream=stream)
+            if stdlib:
+                logging.getLogger("aiohttp.client").log(logging.getLevelName(level.upper()), "%s", message)
+            else:
+                getattr(structlog.get_logger("edge_token"), level)("probe", text=message)
+        finally:
+            root.handlers[:], _ = saved
+            root.setLevel(saved[1])
+            structlog.reset_defaults()
+        stream.seek(0)
+        lines = stream.read().splitlines()
+    assert len(lines) == 1
+    prefix = f"<{PRIORITIES[level]}>" if journal_is_this_file else ""
+    assert lines[0].startswith(prefix + "{")
+    record = json.loads(lines[0][len(prefix) :])
+    assert record["level"] == level
+    assert (record["event"] == message) if stdlib else (record["text"] == message)
+
+
+def test_config_error_line_is_err_priority_only_on_the_journal(tmp_path: Path) -> None:
+    """The one plain line `edge-token: <config error>` (exit 78) is `<3>`-prefixed under journald only."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[profiles.p]\nrefresh_at = 7\n")
+    out = tmp_path / "stderr"
+    with out.open("w") as stderr:
+        info = os.fstat(stderr.fileno())
+        for environ in ({}, {"JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}"}):
+            env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"} | environ
+            code = subprocess.run(
+                [sys.executable, "-m", "edge_token", "check", "-c", str(bad)], stderr=stderr, env=env, check=False
+            ).returncode
+            assert code == 78
+    first, second = out.read_text().splitlines()
+    assert first.startswith("edge-token: ") and second.startswith("<3>edge-token: ")

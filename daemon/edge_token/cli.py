@@ -89,6 +89,19 @@ def _scrub_std_streams() -> None:
         sys.stderr = ScrubbingStream(sys.stderr)
 
 
+def _exit_on_sigterm_as_pid1() -> None:
+    """As a container's PID 1 a signal without a handler is ignored by the kernel, so SIGTERM would do nothing
+    until the runtime's SIGKILL: exit 143 as if it had its default action. `run` and `exec` install their own."""
+    if os.getpid() != 1:
+        return
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _scrub_std_streams()
@@ -96,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from edge_token.hardening import make_non_dumpable
 
         make_non_dumpable()  # first: same-uid processes must not read our environ/memory (hardening.py)
+    _exit_on_sigterm_as_pid1()
     try:
         if args.command == "once":
             return _once(args)
