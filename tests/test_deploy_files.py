@@ -121,6 +121,7 @@ PID1_COMMANDS = {
     "once": (["once", "-c", "{dir}/c.toml", "--timeout", "600"], "token.renewal_failed"),
     "exec": (["exec", "-c", "{dir}/c.toml", "--", "sleep", "600"], "token.renewal_failed"),
     "run": (["run", "-c", "{dir}/c.toml"], "token.renewal_failed"),
+    "demo": (["demo", "--dir", "{dir}/demo", "--duration", "0"], "token.renewed"),
 }
 
 
