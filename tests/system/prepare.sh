@@ -30,7 +30,7 @@ fi
 if [ ! -x "$NSPAWN/usr/bin/systemd-nspawn" ]; then
     apt_update
     work=$(mktemp -d "$CACHE/nspawn.XXXXXX")
-    chmod 755 "$work"   # apt-get download fetches as the _apt user
+    chown _apt "$work" 2>/dev/null || true   # apt-get download fetches as the _apt user where it can
     (cd "$work" && apt-get download -qq systemd-container libsystemd-shared >/dev/null)
     mkdir "$work/root"
     for deb in "$work"/*.deb; do dpkg -x "$deb" "$work/root"; done
