@@ -121,7 +121,7 @@ def installed(machine: Machine) -> dict[str, str]:
     # The container is offline: the host builds every wheel the install needs, the build backend included.
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(machine.path(WHEELS)),
-         str(ROOT), "setuptools>=77"],
+         str(source), "setuptools>=77"],
         check=True, timeout=600,
     )  # fmt: skip
     offline = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": WHEELS, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}

@@ -50,10 +50,53 @@ def trees(cache: Path = DEFAULT_CACHE) -> list[Path]:
     return sorted(p for p in cache.glob("tree-*") if (p / ".complete").exists())
 
 
+def sweep_abandoned() -> None:
+    """Clean up after a test session that was killed outright (SIGKILL, a lost terminal) and could not run its
+    own cleanup: its nspawn (own session, so still running), overlay mount, cgroups and files."""
+    for work in Path("/var/tmp").glob("edge-token-systest-*"):
+        try:
+            owner, name = (work / "owner").read_text().split()
+        except (FileNotFoundError, ValueError):
+            continue
+        if Path(f"/proc/{owner}").exists():
+            continue  # a live session (maybe a concurrent run): not ours to touch
+        try:
+            nspawn = int((work / "nspawn.pid").read_text())
+            if "systemd-nspawn" in Path(f"/proc/{nspawn}/cmdline").read_text():
+                os.killpg(nspawn, signal.SIGKILL)
+        except (FileNotFoundError, ValueError, ProcessLookupError):
+            pass
+        remove_cgroups(name)
+        subprocess.run(["umount", "--lazy", str(work / "root")], check=False, capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def remove_cgroups(name: str, timeout: float = 10.0) -> None:
+    """SIGKILL whatever still runs in the machine's cgroups (a container whose nspawn was killed keeps running:
+    killing its PID 1 ends the whole PID namespace), then remove the directories."""
+    deadline = time.monotonic() + timeout
+    while pids := {int(p) for f in (CGROUP_HIERARCHIES[0] / name).rglob("cgroup.procs") for p in f.read_text().split()}:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"processes {sorted(pids)} in cgroup {name} survive SIGKILL")
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+    for hierarchy in CGROUP_HIERARCHIES:
+        top = hierarchy / name
+        if top.exists():  # nspawn leaves payload/ and supervisor/ below: remove depth first
+            for path in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                path.rmdir()
+            top.rmdir()
+
+
 class Machine:
     """One booted container: an overlay over the cached tree, nspawn in its own cgroup, PID 1 = systemd."""
 
     def __init__(self, cache: Path = DEFAULT_CACHE) -> None:
+        sweep_abandoned()
         self.cache = cache
         self.tree = trees(cache)[-1]
         self.name = f"etst-{os.getpid()}"
@@ -87,6 +130,7 @@ class Machine:
             *("-D", str(self.root), "-b", "--register=no", "--keep-unit", "--private-network"),
             *("--console=passive", "-M", self.name),
         ]
+        (self.work / "owner").write_text(f"{os.getpid()} {self.name}")
         with self.log.open("ab") as log:
             self.nspawn = subprocess.Popen(
                 ["sh", "-c", f'{moves}; exec "$@"', "sh", *command],
@@ -97,6 +141,7 @@ class Machine:
                 start_new_session=True,
             )
         self.boots += 1
+        (self.work / "nspawn.pid").write_text(str(self.nspawn.pid))
         deadline = time.monotonic() + timeout
         self.pid1 = 0
         while not self.pid1:
@@ -146,14 +191,9 @@ class Machine:
         try:
             self.poweroff()
         finally:
+            remove_cgroups(self.name)
             if os.path.ismount(self.root):
                 subprocess.run(["umount", "--lazy", str(self.root)], check=False)
-            for hierarchy in CGROUP_HIERARCHIES:
-                top = hierarchy / self.name
-                if top.exists():  # nspawn leaves payload/ and supervisor/ below: remove depth first
-                    for path in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-                        path.rmdir()
-                    top.rmdir()
             propagate = Path("/run/systemd/nspawn/propagate") / self.name
             if propagate.is_dir() and not any(propagate.iterdir()):
                 propagate.rmdir()
