@@ -32,21 +32,20 @@ def as_user(uid: int, gid: int, *argv: str) -> list[str]:
     setpriv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
     if not (_blocked(prefix) or _blocked(package)):
         return [*setpriv, *argv]
+    real = Path(os.path.realpath(sys.executable))  # a venv's python is a link to the base interpreter
+    if not real.is_relative_to(prefix):
+        raise RuntimeError(f"{real} is not under {prefix}")
     view = Path(tempfile.mkdtemp(prefix="edge-token-view-"))
     view.chmod(0o755)
     (view / "prefix").mkdir()
     (view / "package").mkdir()
-    python = (
-        view / "prefix" / Path(sys.executable).relative_to(prefix)
-        if Path(sys.executable).is_relative_to(prefix)
-        else None
-    )
-    if python is None:
-        raise RuntimeError(f"{sys.executable} is not under {prefix}")
+    paths = [str(view / "package")]
+    if Path(sys.prefix) != prefix:  # a venv: its own site-packages, which must be readable where it is
+        paths += [p for p in sys.path if p.startswith(sys.prefix) and p.endswith("site-packages")]
     script = (
         f"mount --bind {shlex.quote(str(prefix))} {view / 'prefix'} && "
         f"mount --bind {shlex.quote(str(package))} {view / 'package'} && "
-        f"PYTHONPATH={view / 'package'} LD_LIBRARY_PATH={view / 'prefix' / 'lib'} "
-        f"exec {shlex.join([*setpriv, str(python), *argv[1:]])}"
+        f"PYTHONPATH={shlex.quote(':'.join(paths))} LD_LIBRARY_PATH={view / 'prefix' / 'lib'} "
+        f"exec {shlex.join([*setpriv, str(view / 'prefix' / real.relative_to(prefix)), *argv[1:]])}"
     )
     return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script]
