@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +92,19 @@ async def renewer_for(
             return Parts(config, session, clock, log, environ={}).renewer(config.profiles["main"])
 
         yield build
+
+
+@pytest.fixture(autouse=True)
+def no_daemon_left_behind() -> Iterator[None]:
+    """Whatever happened in the test, no daemon child it started outlives it (SIGKILL: its loop may be gone)."""
+    yield
+    from daemonproc import DaemonProcess
+
+    for daemon in list(DaemonProcess.LIVE):
+        DaemonProcess.LIVE.discard(daemon)
+        if daemon.process is not None and daemon.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(daemon.process.pid, signal.SIGKILL)
 
 
 @pytest.fixture

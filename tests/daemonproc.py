@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from joserfc import jwt
 from joserfc.jwk import KeySet
@@ -22,7 +22,12 @@ Event = dict[str, Any]
 
 
 class DaemonProcess:
-    """`python -m edge_token run -c CONFIG` with its stderr parsed into a list of log events."""
+    """`python -m edge_token run -c CONFIG` with its stderr parsed into a list of log events.
+
+    Every started instance is in `LIVE` until it has exited: conftest's autouse fixture kills whatever a test
+    left running (a failed assertion must not orphan a daemon that then loads the machine for the next tests)."""
+
+    LIVE: ClassVar[set[DaemonProcess]] = set()
 
     def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.config, self.args, self.env = config, args, env or {}
@@ -39,6 +44,7 @@ class DaemonProcess:
             env={**os.environ, **self.env},
         )  # fmt: skip
         self._reader = asyncio.create_task(self._read())
+        DaemonProcess.LIVE.add(self)
         return self
 
     async def _read(self) -> None:
