@@ -22,7 +22,7 @@ import bench as benchmark  # tests/bench/bench.py
 
 TINY = Plan(
     "tiny", once_runs=1, fill_profiles=2, fill_rounds=1, notify_rounds=1, scrapes=2, scale_sizes=(1,), scale_rounds=1,
-    big=None, ttl=1.0, lifetimes=1, lifetime_profiles=(1, 2), cap=30.0,
+    big=3, ttl=1.0, lifetimes=1, lifetime_profiles=(1, 2), cap=30.0,
 )  # fmt: skip
 
 
@@ -67,12 +67,13 @@ async def test_every_section_yields_its_figures(benches: Callable[[str], Bench])
         "cold `once`", "libraries imported by `once`", "fill 2 profiles", "NOTIFY_SOCKET", "restart with 2 FRESH",
         "/metrics at 2 profiles", "peak RSS of the idle daemon", "CPU over 1 whole lifetimes, 1 profile",
         "CPU over 1 whole lifetimes, 2 profile", "freshness: renewal points (fraction of lifetime), all",
+        "fill 3 vs fill 2 (linear)", "peak RSS at 3 profiles", "/metrics at 3 vs at 2",
     ):  # fmt: skip
         assert part in names, part
     assert filled.body.startswith(b"# HELP") and len(filled.scrape.values) == 1
     restart = next(f for f in fill.report.figures if f.name.startswith("restart"))
     assert "token requests 0" in restart.value  # FRESH tokens in the sinks: the restart asked for none
-    assert "| 1 |" in scale.report.tables[0] and "| 2 |" in scale.report.tables[0]
+    assert all(f"| {n} |" in scale.report.tables[0] for n in (1, 2, 3))
 
 
 def test_renewal_points_from_log_events() -> None:
