@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import compileall
 import contextlib
+import io
 import itertools
 import shutil
 import statistics
@@ -45,6 +46,7 @@ from benchlib import (
     peak_rss_mib,
     ratio_figure,
     sample_interleaved,
+    verify_sinks,
     write_config,
 )
 
@@ -97,19 +99,23 @@ class SizeResult:
     idle_rss: Samples = field(default_factory=Samples)  # VmHWM half a second after ready, before any scrape
     rss: Samples = field(default_factory=Samples)  # VmHWM after the scrapes
     scrape: Samples = field(default_factory=Samples)  # per round: median of plan.scrapes scrapes
+    requests: list[int] = field(default_factory=list)  # token requests per fill (the auth server's count)
     body: bytes = b""
     content_type: str = ""
 
 
 async def fill_round(bench: Bench, server: LocalAuthServer, count: int, result: SizeResult, cap: float) -> Path:
-    """Start a daemon on `count` empty sinks in one directory, time it to /readyz 200, then scrape /metrics."""
-    config = write_config(bench, server, count, bench.fresh_dir(f"fill{count}"))
+    """Start a daemon on `count` empty sinks in one directory, time it to /readyz 200, then scrape /metrics;
+    afterwards check every sink holds a valid token and count the token requests the fill made."""
+    sinks = bench.fresh_dir(f"fill{count}")
+    config, requests = write_config(bench, server, count, sinks), server.token_requests
     async with Daemon(bench, config, count) as daemon:
         took = await daemon.ready(cap)
         result.fill.add(took, cap)
         if took is None:
-            print(f"    fill {count:,}: not ready after {cap:g} s (capped)", flush=True)
+            print(f"    fill {count:,}: not ready after {cap:g} s (capped)")
             return config
+        requests = server.token_requests - requests
         result.cpu.add(daemon.cpu())
         await asyncio.sleep(0.5)
         result.idle_rss.add(daemon.peak_rss())
@@ -118,8 +124,10 @@ async def fill_round(bench: Bench, server: LocalAuthServer, count: int, result: 
         )
         result.scrape.add(times.median)
         result.rss.add(daemon.peak_rss())
+    verify_sinks(server, sinks, count)
+    result.requests.append(requests)
     late = " (seen by the fallback poll only: up to 2 s late)" if daemon.late_ready else ""
-    print(f"    fill {count:,}: {took:.2f} s{late}, /metrics {times.median * 1000:.1f} ms", flush=True)
+    print(f"    fill {count:,}: {took:.2f} s{late}, {requests:,} token requests, /metrics {times.median * 1000:.1f} ms")
     return config
 
 
@@ -134,14 +142,15 @@ async def floor_fill(bench: Bench, server: LocalAuthServer, count: int) -> float
     await bench.stop(process)
     if line.strip() != b"done":
         raise RuntimeError(f"the floor fill failed: {line!r}")
-    print(f"    floor fill {count:,}: {took:.2f} s", flush=True)
+    verify_sinks(server, out, count)
+    print(f"    floor fill {count:,}: {took:.2f} s")
     return took
 
 
 # ---- figures ---------------------------------------------------------------------------------------------
 async def cold_once(bench: Bench) -> None:
     """Cold `edge-token once` (no token on disk: request, verify, write) vs floor.py once, interleaved."""
-    print(f"\ncold `once`: {bench.plan.once_runs} interleaved pairs (plus one warm-up pair)", flush=True)
+    print(f"\ncold `once`: {bench.plan.once_runs} interleaved pairs (plus one warm-up pair)")
     edge, floor = Samples(), Samples()
     async with auth_server() as server:
         sinks = bench.fresh_dir("once")
@@ -204,8 +213,7 @@ async def fill_restart_notify_metrics(bench: Bench) -> SizeResult:
     plan, count = bench.plan, bench.plan.fill_profiles
     print(
         f"\nfill {count:,} profiles: {plan.fill_rounds} rounds (edge-token fill + restart, floor fill, "
-        f"NOTIFY_SOCKET fill in {plan.notify_rounds}, static /metrics)",
-        flush=True,
+        f"NOTIFY_SOCKET fill in {plan.notify_rounds}, static /metrics)"
     )
     edge, floor, restart, notify, static = SizeResult(), Samples(), Samples(), Samples(), Samples()
     requests_at_restart: list[int] = []
@@ -222,7 +230,7 @@ async def fill_restart_notify_metrics(bench: Bench) -> SizeResult:
             async with Daemon(bench, config, count) as daemon:
                 restart.add(await daemon.ready(plan.cap), plan.cap)
             requests_at_restart.append(server.token_requests - before)
-            print(f"    restart: {restart.values[-1]:.2f} s, {requests_at_restart[-1]} token requests", flush=True)
+            print(f"    restart: {restart.values[-1]:.2f} s, {requests_at_restart[-1]} token requests")
             if static_server is None and edge.body:
                 body = bench.work / "metrics-body"
                 body.write_bytes(edge.body)
@@ -239,7 +247,8 @@ async def fill_restart_notify_metrics(bench: Bench) -> SizeResult:
         async def notify_round() -> None:
             if round_no > plan.notify_rounds:
                 return
-            config = write_config(bench, server, count, bench.fresh_dir(f"notify{count}"))
+            sinks = bench.fresh_dir(f"notify{count}")
+            config = write_config(bench, server, count, sinks)
             with NotifySocket(config.with_suffix(".notify")) as sock:
                 # as under the shipped unit: Type=notify, WatchdogSec=30s
                 env = {"NOTIFY_SOCKET": str(sock.path), "WATCHDOG_USEC": "30000000"}
@@ -248,22 +257,18 @@ async def fill_restart_notify_metrics(bench: Bench) -> SizeResult:
                     ready_at = sock.first(b"READY=1")
                     notify_ready.add(None if ready_at is None else ready_at - daemon.started, plan.cap)
                     notify_messages.add(len(sock.messages))
-            print(
-                f"    NOTIFY_SOCKET fill: {notify.values[-1]:.2f} s, {len(sock.messages)} notify messages", flush=True
-            )
+            verify_sinks(server, sinks, count)
+            print(f"    NOTIFY_SOCKET fill: {notify.values[-1]:.2f} s, {len(sock.messages)} notify messages")
 
         await sample_interleaved(plan.fill_rounds, edge_round, floor_round, notify_round)
 
     n = f"{count:,}"
-    bench.report.add(
-        ratio_figure(
-            f"fill {n} profiles, one sink directory → /readyz 200",
-            edge.fill,
-            floor,
-            1.3,
-            floor_name="minimal fill, same libraries",
-        )
-    )
+    fill_figure = ratio_figure(
+        f"fill {n} profiles, one sink directory → /readyz 200", edge.fill, floor, 1.3,
+        floor_name="minimal fill, same libraries",
+    )  # fmt: skip
+    fill_figure.value += f"; token requests per fill {', '.join(f'{r:,}' for r in sorted(set(edge.requests)))}"
+    bench.report.add(fill_figure)
     bench.report.add(
         ratio_figure(
             f"fill {n} with NOTIFY_SOCKET (systemd) vs without", notify, edge.fill, 1.1, floor_name="fill without"
@@ -306,8 +311,7 @@ async def scale_and_memory(bench: Bench, at_fill: SizeResult | None) -> None:
     sizes = plan.scale_sizes if at_fill is not None else (*plan.scale_sizes, plan.fill_profiles)
     print(
         f"\nscale {', '.join(f'{n:,}' for n in sizes)}: {plan.scale_rounds} rounds, interleaved with the "
-        f"idle-memory floor" + (f"; then {plan.big:,} once" if plan.big else ""),
-        flush=True,
+        f"idle-memory floor" + (f"; then {plan.big:,} once" if plan.big else "")
     )
     results: dict[int, SizeResult] = defaultdict(SizeResult)
     idle_floor = Samples()
@@ -415,8 +419,7 @@ async def lifetimes(bench: Bench) -> None:
     print(
         f"\nlifetimes: {small:,} and {large:,} profiles side by side, {plan.ttl:g} s tokens, CPU over "
         f"{plan.lifetimes} lifetimes ({window:g} s) from one lifetime after ready"
-        + (f" and at least {plan.settle:g} s after the start" if plan.settle else ""),
-        flush=True,
+        + (f" and at least {plan.settle:g} s after the start" if plan.settle else "")
     )
     async with contextlib.AsyncExitStack() as stack:
         pairs: list[tuple[Daemon, LocalAuthServer]] = []
@@ -431,7 +434,7 @@ async def lifetimes(bench: Bench) -> None:
         # plan.settle seconds after the start (start-up costs are not the steady state)
         since_start = time.perf_counter() - min(d.started for d, _ in pairs)
         await asyncio.sleep(max(plan.ttl, plan.settle - since_start))
-        print(f"    CPU window opens {time.perf_counter() - pairs[0][0].started:.0f} s after the start", flush=True)
+        print(f"    CPU window opens {time.perf_counter() - pairs[0][0].started:.0f} s after the start")
         before = [(d.cpu(), s.token_requests, time.perf_counter()) for d, s in pairs]
         window_start = time.time()
         await asyncio.sleep(window)
@@ -521,6 +524,8 @@ def main() -> None:
     if only - set(SECTIONS):
         parser.error(f"unknown sections: {', '.join(sorted(only - set(SECTIONS)))}")
     plan = QUICK if args.quick else FULL
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)  # progress lines show as they happen, even into a pipe
     # an installed package has compiled bytecode; an editable checkout under PYTHONDONTWRITEBYTECODE would not,
     # and every start would pay for compiling our modules: compile them once, like `pip install` does
     import edge_token
@@ -529,7 +534,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="edge-token-bench-", dir=args.dir))
     started = time.perf_counter()
     print(f"edge-token benchmark ({plan.name} run), {time.strftime('%Y-%m-%d %H:%M %Z')}\n{machine()}")
-    print(f"sinks and logs on {filesystem(work)}", flush=True)
+    print(f"sinks and logs on {filesystem(work)}")
     bench = Bench(work, plan)
     try:
         asyncio.run(run(bench, only))

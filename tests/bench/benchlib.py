@@ -28,8 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
 
-from edge_token.localauth import LocalAuthServer
+from edge_token.localauth import DEFAULT_AUDIENCE, LocalAuthServer
 
 CLIENT, SECRET = "bench-client", "bench-secret-0123456789"
 FLOOR = Path(__file__).with_name("floor.py")
@@ -104,14 +107,14 @@ class Report:
         self.figures.append(figure)
         parts = [figure.value, f"floor {figure.floor}" if figure.floor else "", figure.ratio, figure.goal]
         shown = " | ".join(p for p in parts if p)
-        print(f"  => {figure.name}: {shown} {figure.verdict}".rstrip(), flush=True)
+        print(f"  => {figure.name}: {shown} {figure.verdict}".rstrip())
 
     def add_table(self, header: list[str], rows: list[list[str]]) -> None:
         """A table of context figures (e.g. the scale), printed now and again after the figures."""
         lines = [f"| {' | '.join(header)} |", f"|{'---|' * len(header)}"]
         lines += [f"| {' | '.join(row)} |" for row in rows]
         self.tables.append("\n".join(lines))
-        print("\n".join(lines), flush=True)
+        print("\n".join(lines))
 
     def table(self) -> str:
         lines = ["| figure | edge-token | floor (same run) | ratio | goal | |", "|---|---|---|---|---|---|"]
@@ -370,6 +373,22 @@ def write_config(bench: Bench, server: LocalAuthServer, count: int, sinks: Path)
     path = sinks.parent / f"{sinks.name}.toml"
     path.write_text("".join(parts))
     return path
+
+
+def verify_sinks(server: LocalAuthServer, sinks: Path, count: int) -> None:
+    """Every sink holds a token from `server` that verifies (signature, iss, aud, exp): a fill that is fast
+    because it did not do the work must not be timed as one. Runs after the timing, outside it."""
+    keys = KeySet.import_key_set(server.jwks())  # type: ignore[arg-type]  # a plain JWKS dict
+    rules = jwt.JWTClaimsRegistry(
+        iss={"essential": True, "value": server.issuer}, aud={"essential": True, "value": DEFAULT_AUDIENCE},
+        exp={"essential": True},
+    )  # fmt: skip
+    for i in range(count):
+        path = sinks / f"p{i}.jwt"
+        try:
+            rules.validate(jwt.decode(path.read_text(), keys, algorithms=["RS256"]).claims)
+        except (OSError, ValueError, JoseError) as exc:
+            raise RuntimeError(f"{path} does not hold a valid token after the fill: {exc!r}") from None
 
 
 def floor_argv(server: LocalAuthServer, bench: Bench, command: str, *rest: str) -> list[str]:
