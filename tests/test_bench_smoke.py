@@ -21,7 +21,7 @@ from benchlib import Bench, Daemon, Plan
 import bench as benchmark  # tests/bench/bench.py
 
 TINY = Plan(
-    "tiny", once_runs=1, fill_profiles=2, fill_rounds=1, notify_rounds=1, scrapes=2, scale_sizes=(1,), scale_rounds=1,
+    "tiny", once_runs=1, fill_profiles=2, fill_rounds=1, scrapes=2, scale_sizes=(1,), scale_rounds=1,
     big=3, ttl=1.0, lifetimes=1, lifetime_profiles=(1, 2), cap=30.0,
 )  # fmt: skip
 

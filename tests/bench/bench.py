@@ -57,7 +57,6 @@ FULL = Plan(
     once_runs=21,
     fill_profiles=1000,
     fill_rounds=5,
-    notify_rounds=5,
     scrapes=50,
     scale_sizes=(1, 100),
     scale_rounds=5,
@@ -73,7 +72,6 @@ QUICK = Plan(
     once_runs=7,
     fill_profiles=1000,
     fill_rounds=2,
-    notify_rounds=1,
     scrapes=20,
     scale_sizes=(1, 100),
     scale_rounds=2,
@@ -113,7 +111,7 @@ async def fill_round(bench: Bench, server: LocalAuthServer, count: int, result: 
         took = await daemon.ready(cap)
         result.fill.add(took, cap)
         if took is None:
-            print(f"    fill {count:,}: not ready after {cap:g} s (capped)")
+            print(f"    fill {count:,}: not ready after {cap:g} s ({len(daemon.holding):,} profiles held a token)")
             return config
         requests = server.token_requests - requests
         result.cpu.add(daemon.cpu())
@@ -213,18 +211,16 @@ async def fill_restart_notify_metrics(bench: Bench) -> SizeResult:
     plan, count = bench.plan, bench.plan.fill_profiles
     print(
         f"\nfill {count:,} profiles: {plan.fill_rounds} rounds (edge-token fill + restart, floor fill, "
-        f"NOTIFY_SOCKET fill in {plan.notify_rounds}, static /metrics)"
+        "NOTIFY_SOCKET fill, static /metrics)"
     )
     edge, floor, restart, notify, static = SizeResult(), Samples(), Samples(), Samples(), Samples()
     requests_at_restart: list[int] = []
     notify_ready, notify_messages = Samples(), Samples()
-    round_no = 0
     async with auth_server() as server, contextlib.AsyncExitStack() as stack:
         static_server: FloorServer | None = None
 
         async def edge_round() -> None:
-            nonlocal static_server, round_no
-            round_no += 1
+            nonlocal static_server
             config = await fill_round(bench, server, count, edge, plan.cap)
             before = server.token_requests
             async with Daemon(bench, config, count) as daemon:
@@ -245,8 +241,6 @@ async def fill_restart_notify_metrics(bench: Bench) -> SizeResult:
                 static.add((await bench.scrape_times(url, plan.scrapes))[0].median)
 
         async def notify_round() -> None:
-            if round_no > plan.notify_rounds:
-                return
             sinks = bench.fresh_dir(f"notify{count}")
             config = write_config(bench, server, count, sinks)
             with NotifySocket(config.with_suffix(".notify")) as sock:

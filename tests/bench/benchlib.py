@@ -236,8 +236,7 @@ class Plan:
     name: str
     once_runs: int  # interleaved pairs of cold `once` and its floor
     fill_profiles: int  # the fill, restart, notify and /metrics figures
-    fill_rounds: int
-    notify_rounds: int  # the fill under NOTIFY_SOCKET (rounds 1..notify_rounds of the fill rounds)
+    fill_rounds: int  # each: edge-token fill + restart, floor fill, fill under NOTIFY_SOCKET
     scrapes: int  # scrapes per round, median taken
     scale_sizes: tuple[int, ...]  # measured here besides fill_profiles
     scale_rounds: int
@@ -414,6 +413,7 @@ class Daemon:
     def __init__(self, bench: Bench, config: Path, profiles: int, env: dict[str, str] | None = None) -> None:
         self.bench, self.config, self.profiles, self.env = bench, config, profiles, env
         self.late_ready = False  # readiness was seen by the slow fallback poll only (up to 2 s late)
+        self.holding: set[str] = set()  # profiles the log shows holding a token (progress of a capped fill)
         self.log_path = config.with_suffix(f".{next(bench._names)}.log")
         self.process: asyncio.subprocess.Process | None = None
         self.started = 0.0
@@ -460,13 +460,12 @@ class Daemon:
     async def ready(self, cap: float) -> float | None:
         """Seconds from spawn until /readyz answers 200; None when `cap` seconds pass first."""
         readyz = await self.url("/readyz", timeout=cap)
-        holding: set[str] = set()
         offset, next_poll = 0, 0.0
         while True:
             self._check_alive()
-            offset = self._tail_holding(holding, offset)
+            offset = self._tail_holding(self.holding, offset)
             now = time.perf_counter()
-            gate = len(holding) >= self.profiles
+            gate = len(self.holding) >= self.profiles
             if gate or now >= next_poll:
                 next_poll = now + READY_FALLBACK_SECONDS
                 with contextlib.suppress(aiohttp.ClientError):
