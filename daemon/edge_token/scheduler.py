@@ -5,28 +5,23 @@ during system suspend). So a renewal due during a 10-hour suspend would fire ~10
 `wakeup()` every few seconds of monotonic time (REFERENCE.md, tested): overdue jobs then run within one tick.
 Job defaults: `misfire_grace_time=None` (a late job still runs; the default of 1 s silently drops it),
 `coalesce=True`, `max_instances=1`; all datetimes are timezone-aware UTC.
+
+Jobs run through APScheduler's DebugExecutor: called directly, on the event loop, when due. Our jobs only start
+tasks, so they are quick; and there is no task per firing for shutdown to cancel (the asyncio executor logged a
+CancelledError traceback at error level for every job queued at the moment of a graceful stop).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from apscheduler.executors.debug import DebugExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 Job = Callable[[], Any]
-
-
-def _on_loop(func: Job) -> Callable[[], Coroutine[Any, Any, None]]:
-    """Wrap a plain callback in a coroutine: AsyncIOScheduler runs plain functions in a worker thread (where
-    there is no event loop), coroutines on the loop itself. Our callbacks only start tasks, so they are quick."""
-
-    async def job() -> None:
-        func()
-
-    return job
 
 
 class Scheduler:
@@ -35,6 +30,7 @@ class Scheduler:
     def __init__(self) -> None:
         self._scheduler = AsyncIOScheduler(
             timezone=UTC,
+            executors={"default": DebugExecutor()},
             job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
         )
 
@@ -52,12 +48,12 @@ class Scheduler:
     def at(self, job_id: str, when: float, func: Job) -> None:
         """Run `func` once at epoch time `when` (now if past), replacing any job with the same id."""
         run_date = datetime.fromtimestamp(when, UTC)
-        self._scheduler.add_job(_on_loop(func), "date", run_date=run_date, id=job_id, replace_existing=True)
+        self._scheduler.add_job(func, "date", run_date=run_date, id=job_id, replace_existing=True)
 
     def every(self, job_id: str, seconds: float, func: Job, jitter: float = 0.0) -> None:
         """Run `func` every `seconds` (APScheduler's jitter only delays; keep it small)."""
         self._scheduler.add_job(
-            _on_loop(func), "interval", seconds=seconds, jitter=jitter or None, id=job_id, replace_existing=True
+            func, "interval", seconds=seconds, jitter=jitter or None, id=job_id, replace_existing=True
         )
 
     def cancel(self, job_id: str) -> None:
