@@ -26,6 +26,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from conftest import SOAK, FakeClock, profile_toml
 from edge_token.config import load_config
 from edge_token.daemon import Daemon
+from edge_token.health import readiness
 from edge_token.localauth import Fault, LocalAuthServer
 from edge_token.policy import MIN_RUN_GAP
 from edge_token.supervisor import job_id
@@ -193,6 +194,8 @@ class DaemonMachine(RuleBasedStateMachine):
         assert self.daemon is not None
         assert all(count == 1 for count in self.rotations.values()), f"a rotation fired twice: {self.rotations}"
         statuses = {status.profile: status for status in self.daemon.statuses()}
+        # the fast /readyz (only suspects looked at) says exactly what the full readiness of every status says
+        assert self.daemon.readiness() == readiness(list(statuses.values()))
         for name, spec in self.profiles.items():
             renewer = self.daemon.renewers[name]
             for directory in spec["sinks"]:

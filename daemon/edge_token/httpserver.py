@@ -27,8 +27,10 @@ class HealthSource:
         alive: Callable[[], bool],
         scrub: Callable[[Any], Any],
         daemon: Callable[[], dict[str, Any]] = dict,
+        ready: Callable[[], tuple[bool, dict[str, Any]]] | None = None,
     ) -> None:
         self.statuses, self.alive, self.scrub, self.daemon = statuses, alive, scrub, daemon
+        self.readiness = ready or (lambda: readiness(self.statuses()))
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -51,7 +53,7 @@ def build_app(metrics: Metrics, source: HealthSource) -> web.Application:
         return _json({"alive": ok}, 200 if ok else 503)
 
     async def readyz(request: web.Request) -> web.Response:
-        ready, details = readiness(source.statuses())
+        ready, details = source.readiness()
         return _json(source.scrub(details), 200 if ready else 503)
 
     async def status(request: web.Request) -> web.Response:

@@ -41,6 +41,8 @@ REDACTED = "[REDACTED]"
 REDACTED_TEXT = "[REDACTED: this text held an encoded secret]"
 #: compact JWS/JWE: a base64url JSON header (`{"`, `{ "`, `{\n` encode as eyJ / eyA / ew…), then payload parts
 JWT = re.compile(r"e[wy][A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{2,}\.?[A-Za-z0-9_-]*")
+MEMO_SIZE = 16384  # remembered texts and words (each memo is dropped whole when full, and on every register)
+MEMO_TEXT = 512  # longer texts (whole lines, bodies) are scrubbed every time
 MIN_SECRET = 4  # shorter values would cut ordinary words out of every line; refuse such secrets instead
 MIN_CORE = 6  # a base64 core shorter than this matches ordinary text too often to be worth cutting
 MAX_SECRETS = 64
@@ -130,8 +132,11 @@ def _b64_views(run: str) -> Iterable[str]:
                 continue
 
 
-def _views(text: str, depth: int = 2) -> Iterable[str]:
-    """What `text` could mean once decoded: each decoding that changes it, and the decodings of those."""
+def _views(text: str, depth: int = 2, runs: bool = True) -> Iterable[str]:
+    """What `text` could mean once decoded: each decoding that changes it, and the decodings of those.
+
+    `runs=False` skips decoding the base64 and hex runs of `text` itself (not of its decodings): for a whole
+    line whose every word was already checked, where those runs cannot span two words."""
     found: list[str] = []
     if "%" in text or "+" in text:
         found += [unquote(text), unquote_plus(text)]
@@ -139,9 +144,9 @@ def _views(text: str, depth: int = 2) -> Iterable[str]:
         found.append(html.unescape(text))
     if "\\" in text:
         found.append(_unescape_backslashes(text))
-    for match in _B64_RUN.finditer(text):
+    for match in _B64_RUN.finditer(text) if runs else ():
         found += _b64_views(match.group())
-    for match in _HEX_RUN.finditer(text):
+    for match in _HEX_RUN.finditer(text) if runs else ():
         run = match.group()
         found += [bytes.fromhex(run[i : len(run) - (len(run) - i) % 2]).decode("utf-8", "replace") for i in (0, 1)]
     for view in found:
@@ -149,6 +154,18 @@ def _views(text: str, depth: int = 2) -> Iterable[str]:
             yield view
             if depth > 1:
                 yield from _views(view, depth - 1)
+
+
+def _betrays(word: str, raw: tuple[str, ...], memo: dict[str, bool]) -> bool:
+    """Does some decoding of `word` hold a secret or a JWT? Memoized per registry state: log lines and /status
+    repeat the same words (keys, event names, profile and sink names) all day."""
+    known = memo.get(word)
+    if known is None:
+        known = any(any(secret in view for secret in raw) or JWT.search(view) is not None for view in _views(word))
+        if len(memo) >= MEMO_SIZE:
+            memo.clear()
+        memo[word] = known
+    return known
 
 
 class Scrubber:
@@ -160,6 +177,8 @@ class Scrubber:
         self._secrets: OrderedDict[str, tuple[tuple[str, bool], ...]] = OrderedDict()
         self._patterns: tuple[tuple[str, bool], ...] = ()  # (form, is a base64 core), rebuilt on change
         self._raw: tuple[str, ...] = ()
+        self._texts: dict[str, str] = {}  # short text -> scrubbed, under the current registry
+        self._words: dict[str, bool] = {}  # word -> some decoding of it betrays a secret or a JWT
 
     def register(self, secret: str) -> None:
         """Cut this value (and every encoding of it) from all text scrubbed from now on."""
@@ -177,9 +196,22 @@ class Scrubber:
                 self._secrets.popitem(last=False)
             self._patterns = tuple(p for patterns in self._secrets.values() for p in patterns)
             self._raw = tuple(self._secrets)
+            self._texts, self._words = {}, {}  # answers given under the old registry may now be wrong
 
     def scrub_text(self, text: str) -> str:
         """`text` with every registered secret (in every form) and every JWT replaced by [REDACTED]."""
+        if len(text) > MEMO_TEXT:
+            return self._scrub_text(text)
+        memo = self._texts  # this registry state's memo: `register` swaps in a new one, never edits it
+        known = memo.get(text)  # field values repeat (names, states, paths): one scrub per registry state
+        if known is None:
+            known = self._scrub_text(text)
+            if len(memo) >= MEMO_SIZE:
+                memo.clear()
+            memo[text] = known
+        return known
+
+    def _scrub_text(self, text: str) -> str:
         patterns, raw = self._patterns, self._raw  # one consistent snapshot (register swaps whole tuples)
         spans: list[tuple[int, int]] = []
         for form, is_core in patterns:
@@ -192,16 +224,12 @@ class Scrubber:
         return self._fail_closed(text, raw)
 
     def _fail_closed(self, text: str, raw: tuple[str, ...]) -> str:
-        def betrays(view: str) -> bool:
-            return any(secret in view for secret in raw) or JWT.search(view) is not None
-
+        memo = self._words
         spans = [
-            m.span()
-            for m in _WORD.finditer(text)
-            if len(m.group()) >= MIN_SECRET and any(betrays(view) for view in _views(m.group()))
+            m.span() for m in _WORD.finditer(text) if len(m.group()) >= MIN_SECRET and _betrays(m.group(), raw, memo)
         ]
         text = _cut(text, spans)
-        if raw and any(any(secret in view for secret in raw) for view in _views(text)):
+        if raw and any(any(secret in view for secret in raw) for view in _views(text, runs=False)):
             return REDACTED_TEXT
         return text
 
