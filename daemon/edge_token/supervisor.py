@@ -90,8 +90,8 @@ class Supervisor:
         flight. With `inherit` (only the sinks changed) it takes over the token the old renewer holds *when that
         first cycle starts* (a renewal in flight may bring a newer one): no request, each new sink written once."""
         slot = self.slots[name]
-        if not inherit:
-            slot.inherit, slot.announced = None, None
+        if not inherit:  # `announced` stays: a token the old renewer announced is never announced again
+            slot.inherit = None
         elif slot.renewer.current is not None or slot.inherit is None:
             slot.inherit = slot.renewer  # else the old renewer never ran: keep inheriting from the one before it
         slot.renewer = renewer
