@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from edge_token import scrub
 from edge_token.errors import ConfigError
+from edge_token.tlsfiles import client_context
 
 SITECORE_TOKEN_URL = "https://auth.sitecorecloud.io/oauth/token"
 SITECORE_AUDIENCE = "https://api.sitecorecloud.io"
@@ -592,6 +593,8 @@ def _fleet(table: _Table) -> FleetConfig | None:
     username, password_file = table.text("username", None), table.text("password_file", None)
     if (username is None) != (password_file is None):
         raise ConfigError(f"{table.file}: fleet: set both username and password_file, or neither")
+    tls_files = [_optional_path(table, key, None) for key in ("ca_file", "cert_file", "key_file")]
+    client_context(f"{table.file}: fleet", *tls_files)  # `check` refuses what `run` could not load (exit 78)
     return FleetConfig(
         etcd_endpoints=tuple(e.rstrip("/") for e in endpoints),
         key_prefix=table.text("key_prefix", "/edge-token") or "/edge-token",
@@ -601,9 +604,9 @@ def _fleet(table: _Table) -> FleetConfig | None:
         node_name=table.text("node_name", None),
         username=username,
         password=SecretSource("file", password_file) if password_file else None,
-        ca_file=_optional_path(table, "ca_file", None),
-        cert_file=_optional_path(table, "cert_file", None),
-        key_file=_optional_path(table, "key_file", None),
+        ca_file=tls_files[0],
+        cert_file=tls_files[1],
+        key_file=tls_files[2],
     )
 
 
