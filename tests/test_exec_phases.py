@@ -149,13 +149,21 @@ async def test_sigterm_during_a_restart_stops_exec_and_starts_no_new_child(
         processes, *exec_args(config, "--on-rotation", "restart", script=RESTARTABLE_CHILD.format(log=str(log)))
     )
     lines = lambda: log.read_text().split("\n") if log.exists() else []  # noqa: E731
-    await wait_until(lambda: any(line.startswith("term") for line in lines()), 30, "the restart's SIGTERM")
-    process.send_signal(signal.SIGTERM)
-    started = time.monotonic()
-    _, err = await asyncio.wait_for(process.communicate(), 20)
-    assert process.returncode == 128 + signal.SIGTERM, err.decode()[-2000:]
-    assert time.monotonic() - started < 5.0
-    assert sum(line.startswith("start") for line in lines()) == 1, lines()
+    try:
+        await wait_until(lambda: any(line.startswith("term") for line in lines()), 30, "the restart's SIGTERM")
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        _, err = await asyncio.wait_for(process.communicate(), 20)
+        assert process.returncode == 128 + signal.SIGTERM, err.decode()[-2000:]
+        assert time.monotonic() - started < 5.0
+        assert sum(line.startswith("start") for line in lines()) == 1, lines()
+    finally:  # the children run in their own sessions: the fixture's killpg does not reach them
+        for line in lines():
+            if line.startswith("start"):
+                try:
+                    os.kill(int(line.split()[1]), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
 
 async def test_a_timed_out_hook_is_killed_with_its_whole_process_group(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ Unknown keys are rejected so that a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import errno
 import grp
 import math
 import os
@@ -21,7 +22,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from edge_token import scrub
-from edge_token.errors import ConfigError
+from edge_token.errors import ConfigError, TransientError
 from edge_token.tlsfiles import client_context
 
 SITECORE_TOKEN_URL = "https://auth.sitecorecloud.io/oauth/token"
@@ -36,6 +37,7 @@ ALLOWED_ALGORITHMS = frozenset(
 )
 SIGNALS = ("HUP", "USR1", "USR2", "TERM", "INT")
 MAX_SECRET_BYTES = 64 * 1024  # a secret file larger than this is the wrong file (a key bundle, a log)
+TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EINTR, errno.EAGAIN})
 T = TypeVar("T")
 
 
@@ -53,7 +55,10 @@ class SecretSource:
         return f"{self.kind} {self.ref}"
 
     def read(self, environ: Mapping[str, str], what: str = "client secret") -> str:
-        """Return the secret (surrounding whitespace stripped) or raise ConfigError saying where it failed."""
+        """Return the secret (surrounding whitespace stripped) or raise ConfigError saying where it failed.
+
+        Running out of descriptors or memory (EMFILE, ENFILE, ENOMEM) is TransientError: retried, not "config".
+        """
         if self.kind == "inline":
             value = self.ref
         elif self.kind == "env":
@@ -74,9 +79,12 @@ class SecretSource:
                 with path.open("rb") as handle:
                     info = os.fstat(handle.fileno())
                     value = handle.read(MAX_SECRET_BYTES + 1).decode("utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-                raise ConfigError(f"{what}: cannot read {path}: {reason}") from None
+            except OSError as exc:
+                if exc.errno in TRANSIENT_ERRNOS:  # the process is short of descriptors/memory, not misconfigured
+                    raise TransientError(f"{what}: cannot read {path} now: {exc.strerror}; will retry") from None
+                raise ConfigError(f"{what}: cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+            except UnicodeDecodeError:
+                raise ConfigError(f"{what}: cannot read {path}: UnicodeDecodeError") from None
             if len(value) > MAX_SECRET_BYTES:
                 raise ConfigError(f"{what}: {path} is larger than {MAX_SECRET_BYTES} bytes; is it the right file?")
             if world_readable_secret(path, info):
