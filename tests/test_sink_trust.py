@@ -302,3 +302,24 @@ async def test_sigterm_ends_the_daemon_within_the_grace_period_with_a_stuck_work
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("live_auth")
+async def test_a_fifo_as_the_client_secret_file_blocks_nothing(
+    tmp_path: Path, auth: LocalAuthServer, daemons: list[DaemonProcess]
+) -> None:
+    """The secret is read on the event loop: a FIFO there (nobody writing) is refused as a config error naming the
+    path, and the daemon still stops on SIGTERM at once (before: the loop blocked in open() for ever)."""
+    fifo = tmp_path / "secret.fifo"
+    os.mkfifo(fifo)
+    config = tmp_path / "config.toml"
+    sinks = [{"path": str(tmp_path / "t.jwt")}]
+    config.write_text('[daemon]\nlog_format = "json"\nlisten = ""\n' + profile_toml("main", auth, fifo, sinks))
+    daemon = await DaemonProcess(config).start()
+    daemons.append(daemon)
+    failed = await daemon.wait_for("token.renewal_failed", timeout=15.0)
+    assert failed["error"] == "config" and "is not a regular file" in failed["message"], failed
+    started = time.monotonic()
+    assert await daemon.stop(timeout=15.0) == 0
+    assert time.monotonic() - started < 5.0

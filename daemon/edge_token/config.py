@@ -76,8 +76,11 @@ class SecretSource:
                     )
                 path = Path(directory) / self.ref
             try:
-                with path.open("rb") as handle:
+                # O_NONBLOCK: a FIFO at the secret path must not block the event loop (it is refused just below)
+                with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as handle:
                     info = os.fstat(handle.fileno())
+                    if not stat.S_ISREG(info.st_mode):
+                        raise ConfigError(f"{what}: {path} is not a regular file; point it at the secret file")
                     value = handle.read(MAX_SECRET_BYTES + 1).decode("utf-8")
             except OSError as exc:
                 if exc.errno in TRANSIENT_ERRNOS:  # the process is short of descriptors/memory, not misconfigured
