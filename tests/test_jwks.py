@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from joserfc.jwk import OctKey, RSAKey
 
 from conftest import FakeClock
@@ -127,3 +130,58 @@ async def test_failed_refetch_is_retried_sooner_than_the_rate_limit(
     clock.advance(1)
     await cache.key_set(new.kid)
     assert new.kid in cache.kids and auth.jwks_requests == fetched + 1
+
+
+def b64url_uint(value: int, zero_octets: int = 0) -> str:
+    octets = value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
+    return base64.urlsafe_b64encode(b"\0" * zero_octets + octets).rstrip(b"=").decode()
+
+
+@pytest.mark.filterwarnings("ignore:Key size should be")
+@pytest.mark.parametrize("bits", [512, 1024])
+def test_a_weak_modulus_padded_with_zero_octets_is_refused(bits: int) -> None:
+    """A 512/1024-bit modulus whose `n` is padded to 2048 bits' worth of characters is still a weak key."""
+    real = public(RSAKey.generate_key(1024, parameters={"kid": "weak"}, private=True))
+    n = int.from_bytes(base64.urlsafe_b64decode(real["n"] + "=="), "big") >> (1024 - bits)
+    weak = {**real, "n": b64url_uint(n | 1)}
+    padded = {**weak, "n": b64url_uint(n | 1, zero_octets=256 - bits // 8)}
+    assert len(padded["n"]) * 6 >= 2048  # what counting characters saw
+    accepted, skipped = usable_keys({"keys": [padded, weak]})
+    assert accepted == []
+    assert "not a minimal" in skipped[0] and f"({bits}-bit modulus)" in skipped[1], skipped
+
+
+ENCODINGS = st.sampled_from(["canonical", "zero_octets", "padding", "stray_bits", "foreign_char", "standard_b64"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    modulus=st.one_of(
+        st.integers(1, 2**4200), st.integers(2**2047, 2**2048 - 1), st.integers(2**16383, 2**16385), st.just(0)
+    ),
+    exponent=st.sampled_from([65537, 3, 1, 2, 0, 2**31 + 1]),
+    encoding=ENCODINGS,
+    zero_octets=st.integers(1, 300),
+)
+def test_rsa_strength_is_judged_on_the_integer_whatever_the_encoding(
+    modulus: int, exponent: int, encoding: str, zero_octets: int
+) -> None:
+    """Property: an RSA key is accepted iff `n` and `e` are canonical Base64urlUInt and the integers make a
+    2048..16384-bit odd modulus with an odd exponent >= 3; any other spelling of the same integers is refused."""
+    n = b64url_uint(modulus)
+    if encoding == "zero_octets":
+        n = b64url_uint(modulus, zero_octets)
+    elif encoding == "padding":
+        n += "=" * (-len(n) % 4 or 4)
+    elif encoding == "stray_bits" and len(n) % 4:
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+        n = n[:-1] + alphabet[alphabet.index(n[-1]) ^ 1]  # the last character's low bit is a leftover bit
+    elif encoding == "foreign_char":
+        n = n[:1] + "+" + n[1:]
+    elif encoding == "standard_b64":
+        n = n.replace("-", "+").replace("_", "/")
+    key = {"kty": "RSA", "kid": "k", "n": n, "e": b64url_uint(exponent)}
+    accepted, _ = usable_keys({"keys": [key]})
+    canonical = n == b64url_uint(modulus)
+    strong = 2048 <= modulus.bit_length() <= 16384 and modulus % 2 == 1 and exponent >= 3 and exponent % 2 == 1
+    assert bool(accepted) == (canonical and strong)

@@ -538,19 +538,7 @@ async def test_nothing_a_running_daemon_emits_holds_a_secret_in_any_encoding(
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("live_auth")
-@pytest.mark.parametrize(
-    "store",
-    [
-        "none",
-        pytest.param(
-            "vault",
-            marks=pytest.mark.xfail(
-                strict=True, reason="exec children still inherit a Vault token_env: issue 14 part 3 (wrapper.py), "
-                "fixed on another branch; remove this marker when it is merged"
-            ),
-        ),
-    ],
-)  # fmt: skip
+@pytest.mark.parametrize("store", ["none", "vault"])
 async def test_exec_child_environment_and_command_line_hold_no_secret(
     auth: LocalAuthServer, tmp_path: Path, store: str
 ) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -150,3 +152,60 @@ def test_missing_socket_is_reported_once(tmp_path: Path) -> None:
     notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")}, Log())
     assert not notifier.send("WATCHDOG=1") and not notifier.send("WATCHDOG=1")
     assert warnings == ["systemd.notify_failed"]
+
+
+def test_a_full_notify_queue_drops_and_counts_instead_of_blocking(tmp_path: Path) -> None:
+    """Invariant: `send` never blocks. Against a real datagram socket nobody drains, every send returns at once;
+    what the kernel queue cannot hold is dropped and counted (sent + dropped = attempts)."""
+    address = str(tmp_path / "undrained.sock")
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(address)
+    warnings: list[str] = []
+
+    class Log:
+        def warning(self, event: str, **fields: Any) -> None:
+            warnings.append(event)
+
+    notifier = Notifier({"NOTIFY_SOCKET": address}, Log())
+    results: list[bool] = []
+    durations: list[float] = []
+
+    def sender() -> None:
+        for _ in range(200):
+            started = time.monotonic()
+            results.append(notifier.send("WATCHDOG=1"))
+            durations.append(time.monotonic() - started)
+
+    thread = threading.Thread(target=sender, daemon=True)
+    thread.start()
+    thread.join(10.0)
+    blocked = thread.is_alive()
+    receiver.close()  # unblocks a stuck sender (ECONNREFUSED) so the test never hangs
+    thread.join(5.0)
+    assert not blocked, f"send blocked after {len(results)} messages on a full queue"
+    sent = results.count(True)
+    assert 0 < sent < 200 and notifier.dropped == 200 - sent
+    assert max(durations) < 0.5
+    assert warnings == ["systemd.notify_dropped"]  # said once, not per dropped message
+
+
+async def test_daemon_keeps_working_when_nobody_drains_the_notify_socket(
+    tmp_path: Path, config: Callable[..., Path]
+) -> None:
+    """A real daemon pinging the watchdog every 50 ms into an undrained socket still renews on SIGUSR1 and stops
+    on SIGTERM within seconds (before: the event loop blocked in sendto once the queue held 10 datagrams)."""
+    address = str(tmp_path / "undrained.sock")
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(address)
+    daemon = await run(config(), {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "100000"})
+    try:
+        await daemon.wait_for("token.renewed")
+        await asyncio.sleep(1.0)  # 20 watchdog ticks: far more than the queue holds
+        daemon.send(signal.SIGUSR1)
+        await daemon.wait_for("token.renewed", count=2, timeout=10.0)
+        started = time.monotonic()
+        assert await daemon.stop(timeout=10.0) == 0
+        assert time.monotonic() - started < 5.0
+    finally:
+        await daemon.kill()
+        receiver.close()

@@ -113,6 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "once":
             return _once(args)
+        if args.command in ("run", "exec"):
+            from edge_token.limits import raise_nofile_limit
+
+            raise_nofile_limit()  # before anything opens descriptors (README "Reliability")
         if args.command == "run":
             from edge_token.daemon import main as daemon_main
 

@@ -7,6 +7,7 @@ Unknown keys are rejected so that a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import errno
 import grp
 import math
 import os
@@ -21,7 +22,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from edge_token import scrub
-from edge_token.errors import ConfigError
+from edge_token.errors import ConfigError, TransientError
+from edge_token.tlsfiles import client_context
 
 SITECORE_TOKEN_URL = "https://auth.sitecorecloud.io/oauth/token"
 SITECORE_AUDIENCE = "https://api.sitecorecloud.io"
@@ -35,6 +37,7 @@ ALLOWED_ALGORITHMS = frozenset(
 )
 SIGNALS = ("HUP", "USR1", "USR2", "TERM", "INT")
 MAX_SECRET_BYTES = 64 * 1024  # a secret file larger than this is the wrong file (a key bundle, a log)
+TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EINTR, errno.EAGAIN})
 T = TypeVar("T")
 
 
@@ -52,7 +55,10 @@ class SecretSource:
         return f"{self.kind} {self.ref}"
 
     def read(self, environ: Mapping[str, str], what: str = "client secret") -> str:
-        """Return the secret (surrounding whitespace stripped) or raise ConfigError saying where it failed."""
+        """Return the secret (surrounding whitespace stripped) or raise ConfigError saying where it failed.
+
+        Running out of descriptors or memory (EMFILE, ENFILE, ENOMEM) is TransientError: retried, not "config".
+        """
         if self.kind == "inline":
             value = self.ref
         elif self.kind == "env":
@@ -70,12 +76,18 @@ class SecretSource:
                     )
                 path = Path(directory) / self.ref
             try:
-                with path.open("rb") as handle:
+                # O_NONBLOCK: a FIFO at the secret path must not block the event loop (it is refused just below)
+                with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as handle:
                     info = os.fstat(handle.fileno())
+                    if not stat.S_ISREG(info.st_mode):
+                        raise ConfigError(f"{what}: {path} is not a regular file; point it at the secret file")
                     value = handle.read(MAX_SECRET_BYTES + 1).decode("utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-                raise ConfigError(f"{what}: cannot read {path}: {reason}") from None
+            except OSError as exc:
+                if exc.errno in TRANSIENT_ERRNOS:  # the process is short of descriptors/memory, not misconfigured
+                    raise TransientError(f"{what}: cannot read {path} now: {exc.strerror}; will retry") from None
+                raise ConfigError(f"{what}: cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+            except UnicodeDecodeError:
+                raise ConfigError(f"{what}: cannot read {path}: UnicodeDecodeError") from None
             if len(value) > MAX_SECRET_BYTES:
                 raise ConfigError(f"{what}: {path} is larger than {MAX_SECRET_BYTES} bytes; is it the right file?")
             if world_readable_secret(path, info):
@@ -592,6 +604,8 @@ def _fleet(table: _Table) -> FleetConfig | None:
     username, password_file = table.text("username", None), table.text("password_file", None)
     if (username is None) != (password_file is None):
         raise ConfigError(f"{table.file}: fleet: set both username and password_file, or neither")
+    tls_files = [_optional_path(table, key, None) for key in ("ca_file", "cert_file", "key_file")]
+    client_context(f"{table.file}: fleet", *tls_files)  # `check` refuses what `run` could not load (exit 78)
     return FleetConfig(
         etcd_endpoints=tuple(e.rstrip("/") for e in endpoints),
         key_prefix=table.text("key_prefix", "/edge-token") or "/edge-token",
@@ -601,9 +615,9 @@ def _fleet(table: _Table) -> FleetConfig | None:
         node_name=table.text("node_name", None),
         username=username,
         password=SecretSource("file", password_file) if password_file else None,
-        ca_file=_optional_path(table, "ca_file", None),
-        cert_file=_optional_path(table, "cert_file", None),
-        key_file=_optional_path(table, "key_file", None),
+        ca_file=tls_files[0],
+        cert_file=tls_files[1],
+        key_file=tls_files[2],
     )
 
 

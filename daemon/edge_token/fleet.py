@@ -13,15 +13,22 @@ rotation instead of one per host.
 - Every daemon, leader or not, reads the token key and **verifies** what it finds (the store is not trusted)
   before writing it to its own sinks. Followers poll it every `poll_seconds`.
 - etcd unreachable: every daemon acts alone (renews its own token) and rejoins when etcd answers again.
+- Bounded whatever etcd answers: a 401 triggers at most one re-authentication and one retry per request (etcd
+  rejecting a fresh auth token is `EtcdAuthRejected`, counted in `Etcd.auth_rejections`), and any answer of an
+  unexpected shape is `EtcdUnavailable`, never a KeyError/TypeError escaping into the renewal cycle.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import os
+import re
 import socket
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +38,10 @@ from edge_token import scrub
 from edge_token.config import FleetConfig
 from edge_token.errors import EdgeTokenError
 from edge_token.oauth import read_limited, sanitize
+from edge_token.tlsfiles import client_context
 
 LEADER, FOLLOWER, STANDALONE = "leader", "follower", "standalone"
+AUTHENTICATE = "/v3/auth/authenticate"
 MAX_ETCD_BYTES = 256 * 1024
 
 
@@ -40,6 +49,33 @@ class EtcdUnavailable(EdgeTokenError):
     """No etcd endpoint answered (or none accepted our request)."""
 
     kind = "etcd"
+
+
+class EtcdAuthRejected(EtcdUnavailable):
+    """etcd refused our user/password, or rejected the auth token it had just issued (401 after re-auth)."""
+
+    kind = "etcd_auth"
+
+
+_REVISION = re.compile(r"[0-9]{1,20}")
+
+
+def _number(value: Any) -> int:
+    """A revision/TTL/lease field: etcd's JSON gateway sends int64 as decimal strings. Strict: ASCII digits only
+    (int() would take "١٢" or 10,000-digit strings), optionally negative (an expired lease's TTL is -1)."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(text, str) or not _REVISION.fullmatch(text.removeprefix("-")):
+        raise ValueError("not an int64")
+    return int(text)
+
+
+@contextmanager
+def _answer_shape(what: str) -> Iterator[None]:
+    """Turn a malformed etcd answer into EtcdUnavailable: the store is not trusted to send what we expect."""
+    try:
+        yield
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
+        raise EtcdUnavailable(f"etcd answered {what} of an unexpected shape ({type(exc).__name__})") from None
 
 
 def b64(value: str | bytes) -> str:
@@ -61,73 +97,94 @@ class Etcd:
         self.config, self._session = config, session
         self._preferred = 0
         self._auth_token: str | None = None
-        self._tls: ssl.SSLContext | bool = True
-        if config.ca_file or config.cert_file:
-            context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
-            if config.cert_file:
-                context.load_cert_chain(str(config.cert_file), str(config.key_file) if config.key_file else None)
-            self._tls = context
+        #: re-authentications attempted, and how many of them etcd answered with a rejection (for metrics)
+        self.authentications = 0
+        self.auth_rejections = 0
+        # a missing or broken TLS file is a configuration error (exit 78) naming the key, never a traceback
+        context = client_context("fleet", config.ca_file, config.cert_file, config.key_file)
+        self._tls: ssl.SSLContext | bool = context if context is not None else True
 
     async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         endpoints = self.config.etcd_endpoints
         last = "no endpoint"
+        rejected = False
         for offset in range(len(endpoints)):
             index = (self._preferred + offset) % len(endpoints)
             try:
-                answer = await self._post(endpoints[index], path, body)
+                answer: dict[str, Any] = await self._post(endpoints[index], path, body)
             except (OSError, aiohttp.ClientError, TimeoutError, EdgeTokenError, ValueError) as exc:
-                last = f"{endpoints[index]}: {sanitize(exc, (), 120)}"
+                rejected = rejected or isinstance(exc, EtcdAuthRejected)
+                last = f"{endpoints[index]}: {sanitize(exc, (), 160)}"
                 continue
             self._preferred = index
             return answer
-        raise EtcdUnavailable(f"etcd unavailable ({last})")
+        raise (EtcdAuthRejected if rejected else EtcdUnavailable)(f"etcd unavailable ({last})")
 
-    async def _post(self, endpoint: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _post(self, endpoint: str, path: str, body: dict[str, Any], *, reauthenticated: bool = False) -> Any:
+        """One request; on a 401 (our auth token expired) re-authenticate once and retry once, never more."""
         headers = {"Authorization": self._auth_token} if self._auth_token else {}
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_seconds)
         async with self._session.post(
             f"{endpoint}{path}", json=body, headers=headers, timeout=timeout, ssl=self._tls, allow_redirects=False
         ) as response:
             raw = await read_limited(response, MAX_ETCD_BYTES, "etcd answer")
-            if response.status == 401 and self.config.username and path != "/v3/auth/authenticate":
-                await self._authenticate(endpoint)
-                return await self._post(endpoint, path, body)
-            if response.status != 200:
-                # scrub the whole answer, then truncate: cutting first could leave half an echoed password behind
-                raise EtcdUnavailable(f"etcd answered {response.status}: {sanitize(raw.decode('utf-8', 'replace'))}")
-        data = json.loads(raw)
-        if not isinstance(data, dict):
-            raise ValueError("etcd answer is not an object")
+            status = response.status
+        if status == 401 and self.config.username and path != AUTHENTICATE:
+            if reauthenticated:
+                self.auth_rejections += 1
+                self._auth_token = None
+                raise EtcdAuthRejected(
+                    "etcd rejected the auth token it had just issued (401 after re-authenticating); check the "
+                    "etcd user's roles and the fleet username/password_file"
+                )
+            await self._authenticate(endpoint)
+            return await self._post(endpoint, path, body, reauthenticated=True)
+        if status != 200:
+            if path == AUTHENTICATE:
+                self.auth_rejections += 1
+                raise EtcdAuthRejected(f"etcd refused the fleet username/password (HTTP {status})")
+            # scrub the whole answer, then truncate: cutting first could leave half an echoed password behind
+            raise EtcdUnavailable(f"etcd answered {status}: {sanitize(raw.decode('utf-8', 'replace'))}")
+        with _answer_shape("an answer"):
+            data = json.loads(raw)
+            if not isinstance(data, dict):
+                raise ValueError("etcd answer is not an object")
         return data
 
     async def _authenticate(self, endpoint: str) -> None:
-        assert self.config.password is not None
+        if self.config.password is None:
+            raise EtcdAuthRejected("etcd asks for authentication but fleet.password_file is not set")
+        self.authentications += 1
         password = self.config.password.read(os.environ, "etcd password")
-        answer = await self._post(
-            endpoint, "/v3/auth/authenticate", {"name": self.config.username, "password": password}
-        )
-        self._auth_token = str(answer.get("token", ""))
-        scrub.register(self._auth_token)  # a credential like the password: an echo of it is cut everywhere
+        answer = await self._post(endpoint, AUTHENTICATE, {"name": self.config.username, "password": password})
+        token = answer.get("token")
+        if not isinstance(token, str) or not token:
+            self.auth_rejections += 1
+            raise EtcdAuthRejected("etcd answered the authentication without a token")
+        self._auth_token = token
+        scrub.register(token)  # a credential like the password: an echo of it is cut everywhere
 
     async def grant(self, ttl: float) -> str:
         answer = await self.call("/v3/lease/grant", {"TTL": str(max(1, round(ttl)))})
-        return str(answer["ID"])
+        with _answer_shape("a lease grant"):
+            return str(_number(answer["ID"]))
 
     async def keepalive(self, lease: str) -> bool:
         """True while the lease lives (etcd answers TTL <= 0 or no TTL for an expired one)."""
         answer = await self.call("/v3/lease/keepalive", {"ID": lease})
-        return int((answer.get("result") or {}).get("TTL", 0)) > 0
+        with _answer_shape("a lease keep-alive"):
+            return _number((answer.get("result") or {}).get("TTL", 0)) > 0
 
     async def revoke(self, lease: str) -> None:
         await self.call("/v3/lease/revoke", {"ID": lease})
 
     async def get(self, key: str) -> Stored:
         answer = await self.call("/v3/kv/range", {"key": b64(key)})
-        kvs = answer.get("kvs") or []
-        if not kvs:
-            return Stored(None, 0)
-        value = base64.b64decode(kvs[0].get("value", "")).decode("utf-8", errors="replace")
-        return Stored(value, int(kvs[0].get("mod_revision", 0)))
+        with _answer_shape("a range"):
+            kvs = answer.get("kvs") or []
+            if not kvs:
+                return Stored(None, 0)
+            return Stored(_value(kvs[0]), _number(kvs[0].get("mod_revision", 0)))
 
     async def create_if_absent(self, key: str, value: str, lease: str) -> Stored:
         """Create `key` bound to `lease` unless it exists; returns what the key holds afterwards."""
@@ -136,12 +193,13 @@ class Etcd:
             "success": [{"request_put": {"key": b64(key), "value": b64(value), "lease": lease}}],
             "failure": [{"request_range": {"key": b64(key)}}],
         })  # fmt: skip
-        if answer.get("succeeded"):
-            return Stored(value, int(answer["header"]["revision"]))
-        kvs = ((answer.get("responses") or [{}])[0].get("response_range") or {}).get("kvs") or []
-        if not kvs:
-            return Stored(None, 0)
-        return Stored(base64.b64decode(kvs[0].get("value", "")).decode(errors="replace"), int(kvs[0]["mod_revision"]))
+        with _answer_shape("a transaction"):
+            if answer.get("succeeded"):
+                return Stored(value, _number(answer["header"]["revision"]))
+            kvs = ((answer.get("responses") or [{}])[0].get("response_range") or {}).get("kvs") or []
+            if not kvs:
+                return Stored(None, 0)
+            return Stored(_value(kvs[0]), _number(kvs[0]["mod_revision"]))
 
     async def put_if_revision(self, key: str, value: str, mod_revision: int) -> int | None:
         """Put only if the key still has `mod_revision` (0: only if absent); the new revision, or None."""
@@ -153,7 +211,12 @@ class Etcd:
         answer = await self.call("/v3/kv/txn", {
             "compare": [compare], "success": [{"request_put": {"key": b64(key), "value": b64(value)}}],
         })  # fmt: skip
-        return int(answer["header"]["revision"]) if answer.get("succeeded") else None
+        with _answer_shape("a transaction"):
+            return _number(answer["header"]["revision"]) if answer.get("succeeded") else None
+
+
+def _value(kv: dict[str, Any]) -> str:
+    return base64.b64decode(kv.get("value", ""), validate=True).decode("utf-8", errors="replace")
 
 
 class Fleet:

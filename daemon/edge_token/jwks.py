@@ -4,13 +4,20 @@ Rules (DESIGN.md "Verification"): refreshed when older than the refresh interval
 triggers one refetch, at most once per `min_refetch_seconds`; a failed fetch keeps the last good key set; a
 malformed set never replaces a good one; only public asymmetric signing keys are accepted (no symmetric keys,
 no private parts, RSA at least 2048 bits).
+
+RSA strength is measured on the modulus *integer*, not on its encoding: `n` and `e` must be Base64urlUInt
+values in their one canonical form (RFC 7518 section 2: unpadded base64url of the minimal big-endian octets).
+Counting characters would let a 512-bit modulus padded with zero octets pass as "2048 bits".
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import random
+import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,6 +34,9 @@ from edge_token.oauth import sanitize
 MAX_JWKS_BYTES = 256 * 1024
 MAX_KEYS = 64
 RETRY_AFTER_FAILURE = 5.0  # an unknown kid may refetch this soon after a *failed* fetch (not min_refetch)
+MIN_RSA_BITS = 2048
+MAX_RSA_BITS = 16384  # larger moduli only cost CPU on every verification; no provider uses them
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 ALLOWED_KTY = frozenset({"RSA", "EC", "OKP"})
 
@@ -52,19 +62,46 @@ def usable_keys(document: Any) -> tuple[list[dict[str, Any]], list[str]]:
             skipped.append(f"{label}: not a signature-verification key")
         elif "kid" in key and not isinstance(key["kid"], str):
             skipped.append(f"{label}: kid is not a string")
-        elif key["kty"] == "RSA" and _rsa_bits(key) < 2048:
-            skipped.append(f"{label}: RSA key shorter than 2048 bits")
+        elif key["kty"] == "RSA" and (problem := rsa_problem(key)):
+            skipped.append(f"{label}: {problem}")
         else:
             accepted.append(key)
     return accepted, skipped
 
 
-def _rsa_bits(key: dict[str, Any]) -> int:
-    modulus = key.get("n")
-    if not isinstance(modulus, str):
-        return 0
-    # base64url without padding: 4 characters carry 3 bytes
-    return len(modulus.rstrip("=")) * 6
+def base64url_uint(value: Any) -> int | None:
+    """The integer a Base64urlUInt encodes, or None unless `value` is its canonical form.
+
+    Canonical: unpadded base64url alphabet only, no leftover bits, and the minimal octet string (no leading zero
+    octet; zero itself is the single octet 0). Any other spelling of the same integer is refused, so no check on
+    the text can be fooled by how the number is written.
+    """
+    if not isinstance(value, str) or not _BASE64URL.fullmatch(value) or len(value) % 4 == 1:
+        return None
+    try:
+        octets = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    if base64.urlsafe_b64encode(octets).rstrip(b"=").decode() != value:
+        return None  # non-zero leftover bits: another string decodes to the same octets
+    if len(octets) > 1 and octets[0] == 0:
+        return None
+    return int.from_bytes(octets, "big")
+
+
+def rsa_problem(key: dict[str, Any]) -> str | None:
+    """Why an RSA JWK is unusable (None if it is fine), judged on the integers `n` and `e`."""
+    modulus, exponent = base64url_uint(key.get("n")), base64url_uint(key.get("e"))
+    if modulus is None or exponent is None:
+        return "RSA n or e is not a minimal unpadded Base64urlUInt"
+    bits = modulus.bit_length()
+    if bits < MIN_RSA_BITS:
+        return f"RSA key shorter than {MIN_RSA_BITS} bits ({bits}-bit modulus)"
+    if bits > MAX_RSA_BITS:
+        return f"RSA key longer than {MAX_RSA_BITS} bits"
+    if modulus % 2 == 0 or exponent < 3 or exponent % 2 == 0 or exponent >= modulus:
+        return "RSA n or e is not a valid public key"
+    return None
 
 
 def build_key_set(keys: list[dict[str, Any]]) -> KeySet:

@@ -1,8 +1,11 @@
 """sd_notify in a few lines of stdlib: READY, STATUS, WATCHDOG, RELOADING, STOPPING over $NOTIFY_SOCKET.
 
 One datagram per message to a path socket, or to an abstract one when the name starts with `@` (leading NUL).
-Failures are logged once and never stop the daemon; without $NOTIFY_SOCKET every call is a no-op. The PyPI
-`sdnotify` package swallows errors and mangles non-latin-1 text (REFERENCE.md), so we do not use it.
+Failures are logged once and never stop the daemon; without $NOTIFY_SOCKET every call is a no-op. Sending never
+blocks: the send is non-blocking, and when the receiver does not drain its queue (a stuck systemd, or anything else
+holding $NOTIFY_SOCKET; Linux queues only net.unix.max_dgram_qlen datagrams) the message is dropped and counted in
+`Notifier.dropped`. A blocking send would freeze the whole event loop (renewals, /healthz) until the queue drains.
+The PyPI `sdnotify` package swallows errors and mangles non-latin-1 text (REFERENCE.md), so we do not use it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ class Notifier:
         self._address = _address(environ.get("NOTIFY_SOCKET", ""))
         self._log = log
         self._warned = False
+        #: messages dropped because the receiver's queue was full (exported as a metric by the daemon)
+        self.dropped = 0
         self.watchdog_interval = watchdog_interval(environ)
         self.ready_sent = False
 
@@ -34,8 +39,16 @@ class Notifier:
             return False
         payload = "\n".join(lines).encode("utf-8")
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
                 sock.sendto(payload, self._address)
+        except BlockingIOError:
+            # EAGAIN: the receiver's queue is full. Drop this message (the next STATUS/WATCHDOG supersedes it)
+            # rather than stall the loop; count it, and say so once.
+            self.dropped += 1
+            if not self._warned:
+                self._log.warning("systemd.notify_dropped", message="notify socket queue full; message dropped")
+                self._warned = True
+            return False
         except OSError as exc:
             if not self._warned:  # once: a vanished socket must not flood the log every watchdog tick
                 self._log.warning("systemd.notify_failed", message=exc.strerror or str(exc))

@@ -2,12 +2,18 @@
 
 1. Obtain every profile's token first, exactly like `once` (fail fast with its sysexits code: the app never
    starts without a token).
-2. Start CMD with the token paths (and, with --token-env, the token itself) in its environment, minus every
-   variable that holds a client secret.
-3. Keep renewing in the background (the daemon, without its own signal handling); after each rotation send the
+2. Start the daemon part (HTTP listener, fleet, scheduler) and wait until it runs: if it cannot start (e.g. the
+   listen address is taken) exit with its code before the child ever starts.
+3. Start CMD with the token paths (and, with --token-env, the token itself) in its environment, minus every
+   variable any secret source of the config names (`notify.secret_variables`).
+4. Keep renewing in the background (the daemon, without its own signal handling); after each rotation send the
    child a signal (--on-rotation signal) or restart it (--on-rotation restart), or nothing (the default).
-4. Forward SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2 to the child; as PID 1, reap orphans.
-5. Exit with the child's status (128 + N if a signal N ended it).
+5. Forward SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2 to the child; as PID 1, reap orphans.
+6. Exit with the child's status (128 + N if a signal N ended it).
+
+SIGTERM/SIGINT are handled from the first instruction on, in every phase: as PID 1 the kernel drops signals
+that have no handler, so without one `docker stop` would wait for its SIGKILL. Before the child runs, a stop
+signal N ends the wrapper with 128 + N; during a restart it prevents the new child from starting.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import re
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import structlog
 
@@ -26,16 +33,28 @@ from edge_token.app import exit_code, run_once
 from edge_token.clock import SystemClock
 from edge_token.config import Config, env_prefix
 from edge_token.daemon import Daemon
+from edge_token.errors import EdgeTokenError
+from edge_token.notify import secret_variables
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 RESTART_GRACE_SECONDS = 10.0
+START_POLL_SECONDS = 0.01  # only while the daemon part starts (well under a second)
+
+
+class Stopped(Exception):
+    """A stop signal arrived before the child ran: exit 128 + signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum, self.exit_code = signum, 128 + signum
 
 
 def child_environment(
     config: Config, environ: Mapping[str, str], token_env: bool, tokens: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """The child's environment: ours without secret sources, plus where each profile's token is."""
-    secret_vars = {p.secret.ref for p in config.profiles.values() if p.secret.kind == "env"}
+    """The child's environment: ours without any variable a secret source names, plus where each token is."""
+    secret_vars = secret_variables(config)
     env = {
         name: value
         for name, value in environ.items()
@@ -65,15 +84,67 @@ class Wrapper:
         self.token_env, self.environ, self.redactor = token_env, environ, redactor
         self.log = structlog.get_logger("edge_token")
         self.rotated = asyncio.Event()
-        self.stopping = False
+        self.stop_signal: int | None = None  # SIGTERM/SIGINT received: no new child may start
+        self._stop_requested = asyncio.Event()
         self.child: asyncio.subprocess.Process | None = None
         self.daemon: Daemon | None = None
         self._initial: dict[str, str] = {}  # the tokens `once` obtained, until the daemon holds its own
 
+    @property
+    def stopping(self) -> bool:
+        return self.stop_signal is not None
+
     async def run(self) -> int:
-        results = await run_once(
-            self.config, SystemClock(), self.log, environ=self.environ, on_secret=self.redactor.add_secret
+        loop = asyncio.get_running_loop()
+        for signum in FORWARDED:
+            loop.add_signal_handler(signum, self._forward, signum)
+        daemon_task: asyncio.Task[int] | None = None
+        try:
+            code = await self._obtain_tokens()
+            if code:
+                return code
+            self.daemon = Daemon(
+                self.config, environ=self.environ, redactor=self.redactor, handle_signals=False,
+                on_rotated=lambda _profile, _token: self.rotated.set(),
+            )  # fmt: skip
+            daemon_task = asyncio.create_task(self.daemon.run())
+            await self._daemon_started(daemon_task)
+            if self.daemon.reaper.active:
+                loop.add_signal_handler(signal.SIGCHLD, self.daemon.reaper.reap)
+            return await self._supervise()
+        except Stopped as stopped:
+            self.log.info("exec.stopped_before_child", signal=signal.Signals(stopped.signum).name)
+            return stopped.exit_code
+        except EdgeTokenError as exc:  # the daemon part could not start: the child never ran
+            print(f"edge-token: {exc}", file=sys.stderr)
+            return exc.exit_code
+        finally:
+            for signum in (*FORWARDED, signal.SIGCHLD):
+                loop.remove_signal_handler(signum)
+            if self.daemon is not None and daemon_task is not None:
+                self.daemon.stop()
+                await asyncio.gather(daemon_task, return_exceptions=True)
+
+    async def _until_stopped(self, work: asyncio.Future[Any]) -> None:
+        """Wait for `work`, unless a stop signal comes first: then cancel it and raise Stopped."""
+        stop = asyncio.ensure_future(self._stop_requested.wait())
+        try:
+            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not work.done():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+        if self.stop_signal is not None:
+            raise Stopped(self.stop_signal)
+
+    async def _obtain_tokens(self) -> int:
+        """Phase 1: every profile's token, like `once`; a stop signal interrupts it."""
+        once = asyncio.ensure_future(
+            run_once(self.config, SystemClock(), self.log, environ=self.environ, on_secret=self.redactor.add_secret)
         )
+        await self._until_stopped(once)
+        results = once.result()
         code = exit_code(results)
         if code:
             for result in results:
@@ -81,24 +152,22 @@ class Wrapper:
                     print(f"edge-token: profile {result.profile}: {result.error}", file=sys.stderr)
             return code
         self._initial = {r.profile: r.outcome.token.jwt for r in results if r.outcome and r.outcome.token}
-        self.daemon = Daemon(
-            self.config, environ=self.environ, redactor=self.redactor, handle_signals=False,
-            on_rotated=lambda _profile, _token: self.rotated.set(),
-        )  # fmt: skip
-        daemon_task = asyncio.create_task(self.daemon.run())
-        loop = asyncio.get_running_loop()
-        for signum in FORWARDED:
-            loop.add_signal_handler(signum, self._forward, signum)
-        if self.daemon.reaper.active:
-            loop.add_signal_handler(signal.SIGCHLD, self.daemon.reaper.reap)
-        try:
-            status = await self._supervise()
-        finally:
-            for signum in (*FORWARDED, signal.SIGCHLD):
-                loop.remove_signal_handler(signum)
-            self.daemon.stop()
-            await daemon_task
-        return status
+        return 0
+
+    async def _daemon_started(self, task: asyncio.Task[int]) -> None:
+        """Phase 2: return once the daemon part runs its main loop; re-raise its start failure (ConfigError for a
+        taken listen address, ...) so we exit with its code before any child exists.
+
+        `Daemon.run` starts its scheduler synchronously just before it enters the main loop, so a running
+        scheduler means startup is over. (Polled for the few milliseconds of startup; a `started` event on the
+        Daemon would make this a plain wait.)
+        """
+        assert self.daemon is not None
+        while not self.daemon.scheduler.running:
+            await self._until_stopped(asyncio.ensure_future(asyncio.wait({task}, timeout=START_POLL_SECONDS)))
+            if task.done():
+                task.result()  # raises the start failure
+                raise EdgeTokenError("the daemon part stopped before it started")
 
     def _tokens(self) -> dict[str, str]:
         assert self.daemon is not None
@@ -114,9 +183,14 @@ class Wrapper:
             print(f"edge-token: cannot start {self.argv[0]}: {exc.strerror}", file=sys.stderr)
             raise SystemExit(127 if isinstance(exc, FileNotFoundError) else 126) from None
         self.log.info("exec.started", command=self.argv[0], pid=child.pid)
+        if self.stop_signal is not None:  # the signal came while the child was being created: it must see it
+            child.send_signal(self.stop_signal)
         return child
 
     async def _supervise(self) -> int:
+        """Phase 3: the child runs; its exit ends us with its status."""
+        if self.stop_signal is not None:
+            raise Stopped(self.stop_signal)
         self.child = await self._start()
         while True:
             exited = asyncio.ensure_future(self.child.wait())
@@ -133,21 +207,25 @@ class Wrapper:
                 self.child.send_signal(self.rotation_signal)
                 self.log.info("exec.signalled", signal=self.rotation_signal.name)
             elif self.on_rotation == "restart" and not self.stopping:
-                await self._stop_child()
+                status = await self._stop_child()
+                if self.stop_signal is not None:  # stopped while the old child was going: start no new one
+                    self.log.info("exec.exited", status=status)
+                    return 128 + self.stop_signal
                 self.child = await self._start()
 
-    async def _stop_child(self) -> None:
+    async def _stop_child(self) -> int:
         assert self.child is not None
         self.child.terminate()
         try:
-            await asyncio.wait_for(self.child.wait(), RESTART_GRACE_SECONDS)
+            return await asyncio.wait_for(self.child.wait(), RESTART_GRACE_SECONDS)
         except TimeoutError:
             self.child.kill()
-            await self.child.wait()
+            return await self.child.wait()
 
     def _forward(self, signum: int) -> None:
-        if signum in (signal.SIGTERM, signal.SIGINT):
-            self.stopping = True
+        if signum in STOP_SIGNALS and self.stop_signal is None:
+            self.stop_signal = signum
+            self._stop_requested.set()
         if self.child is not None and self.child.returncode is None:
             self.child.send_signal(signum)
 

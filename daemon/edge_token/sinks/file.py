@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
 
-from edge_token.atomicfile import remove_stale_temps, write_atomic
+import structlog
+
+from edge_token.atomicfile import BlockingCalls, read_regular, remove_stale_temps, write_atomic
 from edge_token.config import SinkConfig
+from edge_token.errors import SinkError
 from edge_token.token import Token
 
 MAX_READ_BYTES = 64 * 1024
+#: a write or read-back that takes longer is abandoned (hung NFS/FUSE): well below the daemon's cycle budget
+FILE_IO_TIMEOUT_SECONDS = 20.0
 _JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
@@ -47,27 +51,38 @@ def extract(content: str, fmt: str) -> str | None:
 
 
 class FileSink:
-    """Writes the token to `config.path` with the atomic recipe of `atomicfile`."""
+    """Writes the token to `config.path` with the atomic recipe of `atomicfile`; every file call is bounded in time.
 
-    def __init__(self, config: SinkConfig) -> None:
-        assert config.path is not None
+    Read-back (adoption at start) takes only a regular file owned by us or the configured owner; anything else is
+    ignored with a `sink.read_refused` log line and later replaced by a verified token (or refused at write time
+    if it is not a regular file).
+    """
+
+    def __init__(self, config: SinkConfig, timeout: float = FILE_IO_TIMEOUT_SECONDS) -> None:
+        if config.path is None:
+            raise ValueError("a file sink needs a path")
         self.config = config
         self.name = config.name
         self.path: Path = config.path
+        self._calls = BlockingCalls(self.name, timeout)
+        self.log = structlog.get_logger("edge_token")
 
     async def write(self, token: Token) -> bool:
         data = render(token, self.config.format, self.config.env_name)
         cfg = self.config
-        return await asyncio.to_thread(write_atomic, self.path, data, cfg.mode, cfg.uid, cfg.gid)
+        return await self._calls.call(lambda: write_atomic(self.path, data, cfg.mode, cfg.uid, cfg.gid))
 
     async def read(self) -> str | None:
-        return await asyncio.to_thread(self._read)
+        try:
+            return await self._calls.call(self._read)
+        except SinkError as exc:
+            self.log.warning("sink.read_refused", sink=self.name, reason=str(exc))
+            return None
 
     def _read(self) -> str | None:
         remove_stale_temps(self.path)
         try:
-            with self.path.open("r", encoding="utf-8") as handle:
-                content = handle.read(MAX_READ_BYTES)
+            content = read_regular(self.path, MAX_READ_BYTES, self.config.uid).decode("utf-8")
         except (OSError, UnicodeDecodeError):
             return None
         return extract(content, self.config.format)
