@@ -27,7 +27,7 @@ from typing import Any
 
 import aiohttp
 
-from edge_token import scrub
+from edge_token import egress, scrub
 from edge_token.config import FleetConfig
 from edge_token.errors import EdgeTokenError
 from edge_token.oauth import read_limited, sanitize
@@ -85,9 +85,13 @@ class Etcd:
     async def _post(self, endpoint: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         headers = {"Authorization": self._auth_token} if self._auth_token else {}
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_seconds)
+        via = egress.route(self.config.egress, endpoint, os.environ)  # [fleet] proxy (egress.py)
         async with self._session.post(
-            f"{endpoint}{path}", json=body, headers=headers, timeout=timeout, ssl=self._tls, allow_redirects=False
-        ) as response:
+            f"{endpoint}{path}", json=body, headers=headers, timeout=timeout, ssl=self._tls, allow_redirects=False,
+            proxy=via.proxy, proxy_headers=via.proxy_headers,
+        ) as response:  # fmt: skip
+            if response.status == 407 and via.proxy:
+                raise egress.proxy_rejected(via.proxy_host, f"etcd {endpoint}", EtcdUnavailable)
             raw = await read_limited(response, MAX_ETCD_BYTES, "etcd answer")
             if response.status == 401 and self.config.username and path != "/v3/auth/authenticate":
                 await self._authenticate(endpoint)
