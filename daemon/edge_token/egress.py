@@ -203,7 +203,9 @@ def proxy_failure(
     a proxy that is down or refuses the tunnel is the caller's `error` class (transient for the provider)."""
     proxy = where.proxy_host or "the proxy"
     status = getattr(exc, "status", None)
-    if status == 407:
+    # 407 is the standard answer; tinyproxy (and some appliances) answer a CONNECT with wrong credentials with 401.
+    # Either way it is the proxy speaking (aiohttp raises ClientHttpProxyError only for the CONNECT answer).
+    if status in (401, 407):
         return proxy_rejected(proxy, what, rejected or error)
     if isinstance(exc, aiohttp.ClientHttpProxyError):
         return error(f"{what}: proxy {proxy} refused the tunnel (HTTP {status}); check the proxy's access rules")
@@ -213,7 +215,7 @@ def proxy_failure(
 def proxy_rejected(proxy: str, what: str, error: type[EdgeTokenError]) -> EdgeTokenError:
     """407 Proxy Authentication Required, as `error`, naming the proxy and the keys to fix."""
     return error(
-        f"{what}: proxy {proxy} rejected the proxy credentials (407 Proxy Authentication Required); check "
+        f"{what}: proxy {proxy} rejected the proxy credentials (Proxy Authentication Required); check "
         "proxy_auth_file / proxy_auth_credential (one line 'user:password'); the provider was not reached"
     )
 
