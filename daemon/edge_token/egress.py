@@ -7,7 +7,7 @@ the environment the daemon was started with.
 
 - HTTPS through a proxy is a CONNECT tunnel: TLS runs end to end between us and the destination and is verified
   against the destination's name (the proxy sees only the host and port). Plain http:// destinations (loopback
-  only, see config) are forwarded by the proxy as ordinary requests.
+  only, see config) always go direct.
 - Proxy credentials ("user:password") come from a file or a systemd credential, are re-read on every request (so
   a rotation heals without a restart) and registered with the scrubber before they are sent, so neither they nor
   the `Proxy-Authorization` header value can appear in any log line or message.
@@ -82,7 +82,10 @@ def route(egress: Egress, url: str, environ: Mapping[str, str]) -> Route:
     """The proxy and TLS settings for a request to `url`. Raises ConfigError if a proxy credential is unreadable
     or an environment proxy variable is not a usable http:// proxy URL."""
     tls = tls_context(egress.ca_file)
-    proxy = _proxy_for(egress.proxy, url, environ)
+    # http:// is allowed for loopback destinations only (config.py), and a proxy cannot reach our loopback: those
+    # go direct, as Go's ProxyFromEnvironment does for localhost. (Forwarding plain requests is also where proxies
+    # and aiohttp disagree: tinyproxy closes the connection after each answer without saying so.)
+    proxy = None if urlsplit(url).scheme == "http" else _proxy_for(egress.proxy, url, environ)
     if proxy is None:
         return Route(None, None, tls)
     headers: dict[str, str] | None = None

@@ -90,8 +90,6 @@ class Etcd:
             f"{endpoint}{path}", json=body, headers=headers, timeout=timeout, ssl=self._tls, allow_redirects=False,
             proxy=via.proxy, proxy_headers=via.proxy_headers,
         ) as response:  # fmt: skip
-            if response.status == 407 and via.proxy:
-                raise egress.proxy_rejected(via.proxy_host, f"etcd {endpoint}", EtcdUnavailable)
             raw = await read_limited(response, MAX_ETCD_BYTES, "etcd answer")
             if response.status == 401 and self.config.username and path != "/v3/auth/authenticate":
                 await self._authenticate(endpoint)

@@ -45,8 +45,6 @@ async def exchange(
             timeout=aiohttp.ClientTimeout(total=timeout),
             proxy=via.proxy if via else None, proxy_headers=via.proxy_headers if via else None,
         ) as response:  # fmt: skip
-            if response.status == 407 and via is not None and via.proxy:
-                raise egress.proxy_rejected(via.proxy_host, what, error)
             return response.status, await read_limited(response, limit, what)
     except egress.PROXY_ERRORS as exc:
         raise egress.proxy_failure(exc, via or egress.Route(None, None, True), what, error) from None

@@ -124,8 +124,6 @@ async def request_token(
     except (OSError, ValueError, LookupError) as exc:  # a malformed answer aiohttp did not wrap (bad encoding...)
         raise TransientError(f"token endpoint {host} answered unreadably ({type(exc).__name__}); will retry") from None
     limits = ratelimit.parse(response_headers, received_at)
-    if status == 407 and via.proxy:  # a proxy forwarding plain http:// answered for itself
-        raise egress.proxy_rejected(via.proxy_host, f"token endpoint {host}", egress.ProxyRejected)
     if status != 200:
         failure = _classify_failure(status, response_headers, raw, host, secret, clock.time())
         raise ratelimit.attach(failure, limits, status, clock.time())
