@@ -268,7 +268,7 @@ def test_no_proxy_never_raises_and_star_always_bypasses(no_proxy: str, host: str
         ({"proxy": "socks5://proxy:1080"}, "http://host:port"),
         ({"proxy_auth_file": "/etc/proxy.auth"}, 'proxy is "none"'),
         ({"proxy": "env", "proxy_auth_file": "/a", "proxy_auth_credential": "b"}, "not both"),
-        ({"required_claims": {"tenant": 3}}, "required_claims"),
+        ({"required_claims": {"tenant": 3}}, "required string value"),
         ({"proxy_url": "http://proxy:3128"}, "unknown key"),
     ],
 )
