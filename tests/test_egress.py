@@ -270,6 +270,8 @@ def test_no_proxy_never_raises_and_star_always_bypasses(no_proxy: str, host: str
         ({"proxy": "env", "proxy_auth_file": "/a", "proxy_auth_credential": "b"}, "not both"),
         ({"required_claims": {"tenant": 3}}, "required string value"),
         ({"proxy_url": "http://proxy:3128"}, "unknown key"),
+        ({"ca_file": "/nonexistent/ca.pem"}, "ca_file: cannot read CA bundle"),
+        ({"ca_file": "/etc/hostname"}, "ca_file: cannot load CA bundle"),
     ],
 )
 def test_bad_egress_config_is_refused(
@@ -354,3 +356,49 @@ async def test_store_sinks_and_etcd_go_through_their_own_proxy(
     finally:
         for server in (vault, k8s, etcd):
             await server.stop()
+
+
+async def test_once_through_a_proxy_never_shows_the_proxy_password(
+    live_auth: LocalAuthServer, proxies: Callable[..., Any], tmp_path: Path, secret_file: Path, ca: PrivateCA
+) -> None:
+    """`edge-token once` as a real process, through a Basic-auth tinyproxy: with the right password exit 0; with a
+    wrong one exit 77 naming the proxy. Neither password appears in any encoding in stdout or stderr (JSON logs)."""
+    import asyncio
+    import os
+    import sys
+
+    from leakscan import leaks
+
+    await live_auth.stop()
+    await live_auth.start(tls=ca.server_context())
+    proxy = await proxies(auth=(PROXY_USER, PROXY_PASSWORD))
+    wrong = "wr0ng-pa55-7e6f5d4c"
+    outputs = []
+    for password, code in ((PROXY_PASSWORD, 0), (wrong, EX_NOPERM)):
+        sink = {"path": str(tmp_path / f"{code}.jwt")}
+        settings = {"proxy": proxy.url, "proxy_auth_file": str(proxy_auth_file(tmp_path, password)),
+                    "ca_file": str(ca.ca_file)}  # fmt: skip
+        config = tmp_path / "config.toml"
+        config.write_text(
+            '[daemon]\nlog_format = "json"\n' + profile_toml("main", live_auth, secret_file, [sink], **settings)
+        )
+        config.chmod(0o600)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_TOKEN_")}
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edge_token", "once", "--timeout", "5", "-c", str(config), env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            stdout, stderr = await asyncio.wait_for(child.communicate(), 60)
+        finally:
+            if child.returncode is None:
+                child.kill()
+                await child.wait()
+        text = stdout.decode() + stderr.decode()
+        assert child.returncode == code, text
+        outputs.append(text)
+    assert f"proxy 127.0.0.1:{proxy.port} rejected the proxy credentials" in outputs[1]
+    assert (
+        leaks("\n".join(outputs), [PROXY_PASSWORD, wrong, f"{PROXY_USER}:{PROXY_PASSWORD}", f"{PROXY_USER}:{wrong}"])
+        == []
+    )

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from edge_token import scrub
-from edge_token.egress import DIRECT, Egress, check_proxy_url
+from edge_token.egress import DIRECT, Egress, check_proxy_url, tls_context
 from edge_token.errors import ConfigError
 
 SITECORE_TOKEN_URL = "https://auth.sitecorecloud.io/oauth/token"
@@ -486,6 +486,19 @@ def _absolute(table: _Table, path: Path | None) -> Path | None:
     return path if path is None or path.is_absolute() else table.file.parent / path
 
 
+def _ca_bundle(table: _Table) -> Path | None:
+    """A profile's `ca_file`, loaded once now so a typo or a non-PEM file fails `check` and the start (exit 78)."""
+    path = _absolute(table, _optional_path(table, "ca_file", None))
+    if path is not None:
+        try:
+            tls_context(path)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"{table.file}: {table.path('ca_file')}: {exc}; give a PEM bundle of CA certificates"
+            ) from None
+    return path
+
+
 def _egress(table: _Table, ca_file: Path | None) -> Egress:
     """`proxy` ("none" default, "env", or "http://host:port") and its credentials file or systemd credential."""
     setting = table.text("proxy", "none") or "none"
@@ -591,7 +604,7 @@ def _profile(name: str, table: _Table, environ: Mapping[str, str], file_private:
         jitter=table.number("jitter", 0.05, 0.0, 0.25),
         timeout_seconds=table.number("timeout_seconds", 10.0, 0.1, 300.0),
         retry_max_seconds=table.number("retry_max_seconds", 300.0, 1.0, 3600.0),
-        egress=_egress(table, _absolute(table, _optional_path(table, "ca_file", None))),
+        egress=_egress(table, _ca_bundle(table)),
         required_claims=_required_claims(table),
     )
     if profile.refresh_at - profile.jitter < 0.05:
