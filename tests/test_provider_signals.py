@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -147,6 +149,9 @@ async def test_metrics_show_rate_limit_and_quota(auth: LocalAuthServer, renewer_
     )  # type: ignore[union-attr]
     assert 'edge_token_provider_quota_remaining{profile="main",bucket="per_hour"} 99.0' in text
     assert 'edge_token_provider_quota_remaining{profile="main",bucket="per_day"} 999.0' in text
+    if shutil.which("promtool"):  # the naming rules Prometheus lints by (README "Observability")
+        checked = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 # ---- claim pinning and mismatch diagnostics ---------------------------------------------------------------------
