@@ -28,7 +28,7 @@ def test_kubernetes_example_carries_a_valid_config(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_text(config_map["data"]["config.toml"])
     config = load_config(path, environ={})
-    assert config.profiles["production"].sinks[0].path == Path("/var/run/edge-token/token.jwt")
+    assert config.profiles["production"].sinks[0].path == Path("/var/run/edge-token/tokens/token.jwt")
     pod = next(d for d in documents if d["kind"] == "Deployment")["spec"]["template"]["spec"]
     init, sidecar = pod["initContainers"]
     assert init["args"][0] == "once" and sidecar["args"][0] == "run"

@@ -16,6 +16,7 @@ import aiohttp
 from edge_token import __version__
 from edge_token.clock import Clock
 from edge_token.config import Config, ProfileConfig
+from edge_token.egress import Egress
 from edge_token.errors import EdgeTokenError, PermanentError
 from edge_token.jwks import JwksCache
 from edge_token.outcome import RenewalOutcome
@@ -54,11 +55,13 @@ class Parts:
         self.config, self.session, self.clock, self.log = config, session, clock, log
         self.environ, self.rng, self.on_secret = environ, rng or random.Random(), on_secret
         self._jwks_on_fetch = jwks_on_fetch
-        self.jwks: dict[str, JwksCache] = {}
+        self.jwks: dict[tuple[str, Egress], JwksCache] = {}
         self.secrets = SecretCache(environ)
 
     def jwks_for(self, profile: ProfileConfig) -> JwksCache:
-        cache = self.jwks.get(profile.jwks_url)
+        # one cache per URL *and* way out: profiles behind different proxies or CAs must not share a fetch
+        key = (profile.jwks_url, profile.egress)
+        cache = self.jwks.get(key)
         if cache is None:
             cache = JwksCache(
                 profile.jwks_url,
@@ -69,8 +72,10 @@ class Parts:
                 timeout_seconds=profile.timeout_seconds,
                 rng=self.rng,
                 on_fetch=self._jwks_on_fetch,
+                egress_settings=profile.egress,
+                environ=self.environ,
             )
-            self.jwks[profile.jwks_url] = cache
+            self.jwks[key] = cache
         return cache
 
     def renewer(self, profile: ProfileConfig, **kwargs: Any) -> Renewer:

@@ -279,7 +279,7 @@ async def _verify_one(args: argparse.Namespace, token: str) -> bool:
     import structlog
 
     async with make_session() as session:
-        parts = Parts(config, session, SystemClock(), structlog.get_logger("edge_token"), environ={})
+        parts = Parts(config, session, SystemClock(), structlog.get_logger("edge_token"), environ=os.environ)
         renewer = parts.renewer(profile, sinks=[])
         await verify_token(token, parts.jwks_for(profile).key_set, renewer.rules, time.time())
     return True

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from edge_token import scrub
+from edge_token.egress import DIRECT, Egress, check_proxy_url, tls_context
 from edge_token.errors import ConfigError, TransientError
 from edge_token.tlsfiles import client_context
 
@@ -141,6 +142,7 @@ class KubernetesSecretOptions:
     token_file: Path = SA_DIR / "token"
     ca_file: Path | None = SA_DIR / "ca.crt"
     timeout_seconds: float = 10.0
+    egress: Egress = DIRECT  # proxy only; ca_file above decides TLS trust
 
     @property
     def label(self) -> str:
@@ -161,6 +163,7 @@ class VaultKvOptions:
     approle_mount: str = "approle"
     ca_file: Path | None = None
     timeout_seconds: float = 10.0
+    egress: Egress = DIRECT  # proxy only; ca_file above decides TLS trust
 
     @property
     def label(self) -> str:
@@ -188,6 +191,8 @@ class ProfileConfig:
     jitter: float = 0.05
     timeout_seconds: float = 10.0
     retry_max_seconds: float = 300.0
+    egress: Egress = DIRECT  # proxy and CA bundle for the token endpoint and the JWKS (egress.py)
+    required_claims: tuple[tuple[str, str], ...] = ()  # (claim, value) pins, e.g. Sitecore's tenant_id
 
 
 @dataclass(frozen=True)
@@ -218,6 +223,7 @@ class FleetConfig:
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
+    egress: Egress = DIRECT  # proxy only; ca_file above decides TLS trust
 
 
 @dataclass(frozen=True)
@@ -357,16 +363,18 @@ def _string_list(table: _Table, key: str, default: tuple[str, ...]) -> tuple[str
 
 
 COMMON_SINK_KEYS = frozenset({"type", "on_update", "on_update_timeout", "signal", "pid_file"})
+PROXY_KEYS = frozenset({"proxy", "proxy_auth_file", "proxy_auth_credential"})
 SINK_KEYS = {
     "file": COMMON_SINK_KEYS | {"path", "format", "mode", "owner", "group", "env_name"},
     "kubernetes_secret": COMMON_SINK_KEYS | {"secret_name", "namespace", "key", "labels", "annotations", "api_url",
-                                             "token_file", "ca_file", "timeout_seconds"},
+                                             "token_file", "ca_file", "timeout_seconds"} | PROXY_KEYS,
     "vault_kv": COMMON_SINK_KEYS | {"address", "mount", "path", "namespace", "token_file", "token_env", "role_id",
-                                    "secret_id_file", "approle_mount", "ca_file", "timeout_seconds"},
+                                    "secret_id_file", "approle_mount", "ca_file", "timeout_seconds"} | PROXY_KEYS,
 }  # fmt: skip
 PROFILE_KEYS = frozenset(
     {"client_id", "sinks", "token_url", "audience", "issuer", "jwks_url", "request_format", "auth_method", "scope",
-     "algorithms", "leeway_seconds", "refresh_at", "jitter", "timeout_seconds", "retry_max_seconds"}
+     "algorithms", "leeway_seconds", "refresh_at", "jitter", "timeout_seconds", "retry_max_seconds", "ca_file",
+     "required_claims"} | PROXY_KEYS
 )  # fmt: skip
 DAEMON_KEYS = frozenset(
     {
@@ -453,6 +461,7 @@ def _kubernetes(table: _Table) -> KubernetesSecretOptions:
         token_file=_optional_path(table, "token_file", SA_DIR / "token") or SA_DIR / "token",
         ca_file=_optional_path(table, "ca_file", SA_DIR / "ca.crt"),
         timeout_seconds=table.number("timeout_seconds", 10.0, 0.1, 300.0),
+        egress=_egress(table, None),
     )
 
 
@@ -481,7 +490,50 @@ def _vault(table: _Table) -> VaultKvOptions:
         approle_mount=(table.text("approle_mount", "approle") or "approle").strip("/"),
         ca_file=_optional_path(table, "ca_file", None),
         timeout_seconds=table.number("timeout_seconds", 10.0, 0.1, 300.0),
+        egress=_egress(table, None),
     )
+
+
+def _absolute(table: _Table, path: Path | None) -> Path | None:
+    return path if path is None or path.is_absolute() else table.file.parent / path
+
+
+def _ca_bundle(table: _Table) -> Path | None:
+    """A profile's `ca_file`, loaded once now so a typo or a non-PEM file fails `check` and the start (exit 78)."""
+    path = _absolute(table, _optional_path(table, "ca_file", None))
+    if path is not None:
+        try:
+            tls_context(path)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"{table.file}: {table.path('ca_file')}: {exc}; give a PEM bundle of CA certificates"
+            ) from None
+    return path
+
+
+def _egress(table: _Table, ca_file: Path | None) -> Egress:
+    """`proxy` ("none" default, "env", or "http://host:port") and its credentials file or systemd credential."""
+    setting = table.text("proxy", "none") or "none"
+    if setting not in ("none", "env"):
+        setting = check_proxy_url(setting, f"{table.file}: {table.path('proxy')}")
+    auth_file, auth_credential = table.text("proxy_auth_file", None), table.text("proxy_auth_credential", None)
+    if auth_file and auth_credential:
+        raise ConfigError(f"{table.file}: {table.where}: set proxy_auth_file or proxy_auth_credential, not both")
+    auth = None
+    if auth_file or auth_credential:
+        if setting == "none":
+            raise ConfigError(f'{table.file}: {table.where}: proxy credentials are set but proxy is "none"; set proxy')
+        auth = SecretSource("file", str(_absolute(table, Path(auth_file)))) if auth_file else None
+        auth = auth or SecretSource("credential", auth_credential or "")
+    return Egress(proxy=setting, proxy_auth=auth, ca_file=ca_file)
+
+
+def _required_claims(table: _Table) -> tuple[tuple[str, str], ...]:
+    """`required_claims = { "claim" = "value" }`: every pin a non-empty claim name and a non-empty string."""
+    value = table.get("required_claims", dict, {}, "a table of claim name = required string value")
+    if not all(isinstance(k, str) and k and isinstance(v, str) and v for k, v in value.items()):
+        raise table.fail("required_claims", "a table of claim name = required string value (non-empty strings)")
+    return tuple(sorted(value.items()))
 
 
 def env_prefix(profile: str) -> str:
@@ -564,6 +616,8 @@ def _profile(name: str, table: _Table, environ: Mapping[str, str], file_private:
         jitter=table.number("jitter", 0.05, 0.0, 0.25),
         timeout_seconds=table.number("timeout_seconds", 10.0, 0.1, 300.0),
         retry_max_seconds=table.number("retry_max_seconds", 300.0, 1.0, 3600.0),
+        egress=_egress(table, _ca_bundle(table)),
+        required_claims=_required_claims(table),
     )
     if profile.refresh_at - profile.jitter < 0.05:
         raise ConfigError(f"{table.file}: {table.where}: refresh_at minus jitter must leave at least 0.05")
@@ -590,7 +644,7 @@ def _daemon(table: _Table) -> DaemonConfig:
 
 FLEET_KEYS = frozenset(
     {"etcd_endpoints", "key_prefix", "lease_ttl_seconds", "poll_seconds", "timeout_seconds", "node_name", "username",
-     "password_file", "ca_file", "cert_file", "key_file"}
+     "password_file", "ca_file", "cert_file", "key_file"} | PROXY_KEYS
 )  # fmt: skip
 
 
@@ -618,6 +672,7 @@ def _fleet(table: _Table) -> FleetConfig | None:
         ca_file=tls_files[0],
         cert_file=tls_files[1],
         key_file=tls_files[2],
+        egress=_egress(table, None),
     )
 
 

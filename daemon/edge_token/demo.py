@@ -42,12 +42,15 @@ format = "json"
 """
 
 
+DEMO_QUOTAS = {"per_hour": (100, 3600), "per_day": (1000, 86400)}  # shown on /metrics as provider_quota
+
+
 async def _demo(directory: Path, ttl: float, duration: float) -> int:
     from edge_token.localauth import LocalAuthServer
 
     secret = secrets.token_urlsafe(32)
     write_private(directory / "demo.secret", secret + "\n")
-    server = LocalAuthServer({DEMO_CLIENT: secret}, ttl=ttl)
+    server = LocalAuthServer({DEMO_CLIENT: secret}, ttl=ttl, rate_limit=30, quotas=DEMO_QUOTAS)  # Auth0's signals
     await server.start()
     config_path = directory / "config.toml"
     write_private(config_path, demo_config(directory, server.token_url, server.issuer, server.jwks_url))

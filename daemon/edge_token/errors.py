@@ -7,6 +7,11 @@ carry a secret, a token or a raw response body.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edge_token.ratelimit import RateLimit
+
 EX_DATAERR = 65  # a token failed verification
 EX_NOINPUT = 66  # an input file does not exist or cannot be read
 EX_UNAVAILABLE = 69  # provider (token endpoint or JWKS) unavailable
@@ -42,6 +47,8 @@ class TransientError(EdgeTokenError):
         super().__init__(message)
         #: seconds the server asked us to wait (already parsed), or None
         self.retry_after = retry_after
+        #: the provider's rate-limit/quota figures from the failed answer (ratelimit.py), or None
+        self.rate_limit: RateLimit | None = None
 
 
 class PermanentError(EdgeTokenError):

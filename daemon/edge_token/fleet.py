@@ -34,7 +34,7 @@ from typing import Any
 
 import aiohttp
 
-from edge_token import scrub
+from edge_token import egress, scrub
 from edge_token.config import FleetConfig
 from edge_token.errors import EdgeTokenError
 from edge_token.oauth import read_limited, sanitize
@@ -124,9 +124,11 @@ class Etcd:
         """One request; on a 401 (our auth token expired) re-authenticate once and retry once, never more."""
         headers = {"Authorization": self._auth_token} if self._auth_token else {}
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_seconds)
+        via = egress.route(self.config.egress, endpoint, os.environ)  # [fleet] proxy (egress.py)
         async with self._session.post(
-            f"{endpoint}{path}", json=body, headers=headers, timeout=timeout, ssl=self._tls, allow_redirects=False
-        ) as response:
+            f"{endpoint}{path}", json=body, headers=headers, timeout=timeout, ssl=self._tls, allow_redirects=False,
+            proxy=via.proxy, proxy_headers=via.proxy_headers,
+        ) as response:  # fmt: skip
             raw = await read_limited(response, MAX_ETCD_BYTES, "etcd answer")
             status = response.status
         if status == 401 and self.config.username and path != AUTHENTICATE:

@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from edge_token import scrub
+from edge_token import egress, scrub
 from edge_token.errors import EdgeTokenError, ProtocolError
 from edge_token.oauth import read_limited, sanitize
 
@@ -30,19 +30,24 @@ async def exchange(
     body: Any = None,
     tls: ssl.SSLContext | bool = True,
     secrets: tuple[str, ...] = (),
+    via: egress.Route | None = None,
 ) -> tuple[int, bytes]:
     """(status, body) of one request without redirects; `error` on network trouble, timeout or oversize.
 
     `secrets` are the credentials this request carries: they are registered with the process scrubber before
-    anything is sent, so an echo of them (in any encoding) is cut from every message and log line."""
+    anything is sent, so an echo of them (in any encoding) is cut from every message and log line. `via` sends the
+    request through its proxy (egress.py); a proxy failure names the proxy, as `error`."""
     for secret in secrets:
         scrub.register(secret)
     try:
         async with session.request(
             method, url, headers=headers, json=body, ssl=tls, allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=timeout),
+            proxy=via.proxy if via else None, proxy_headers=via.proxy_headers if via else None,
         ) as response:  # fmt: skip
             return response.status, await read_limited(response, limit, what)
+    except egress.PROXY_ERRORS as exc:
+        raise egress.proxy_failure(exc, via or egress.Route(None, None, True), what, error) from None
     except ProtocolError as exc:
         raise error(f"{what}: {exc}") from None
     except TimeoutError:

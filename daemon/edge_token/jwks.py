@@ -18,7 +18,7 @@ import binascii
 import json
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,8 +26,9 @@ import aiohttp
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from edge_token import egress
 from edge_token.clock import Clock
-from edge_token.errors import JwksError
+from edge_token.errors import EdgeTokenError, JwksError
 from edge_token.httpcall import exchange
 from edge_token.oauth import sanitize
 
@@ -131,8 +132,11 @@ class JwksCache:
         timeout_seconds: float = 10.0,
         rng: random.Random | None = None,
         on_fetch: Callable[[str, str, int], None] | None = None,
+        egress_settings: egress.Egress = egress.DIRECT,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.url = url
+        self._egress, self._environ = egress_settings, environ or {}
         self._session, self._clock = session, clock
         self._refresh_seconds, self._min_refetch = refresh_seconds, min_refetch_seconds
         self._timeout = timeout_seconds
@@ -200,9 +204,13 @@ class JwksCache:
 
     async def _fetch(self) -> tuple[KeySet, frozenset[str]]:
         what = f"JWKS {self._host}"
+        try:
+            via = egress.route(self._egress, self.url, self._environ)
+        except EdgeTokenError as exc:
+            raise JwksError(f"{what}: {exc}") from None
         status, raw = await exchange(
             self._session, "GET", self.url, what=what, error=JwksError, limit=MAX_JWKS_BYTES,
-            timeout=self._timeout, headers={"Accept": "application/json"},
+            timeout=self._timeout, headers={"Accept": "application/json"}, tls=via.ssl, via=via,
         )  # fmt: skip
         if status != 200:
             raise JwksError(f"{what} answered HTTP {status}")

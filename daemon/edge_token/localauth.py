@@ -5,7 +5,11 @@ tokens carry Auth0's claims (`iss` with a trailing slash, `sub=<id>@clients`, `a
 JSON and form bodies and HTTP Basic client authentication are accepted; errors use Auth0's shapes.
 
 The Python API has the knobs tests need: token TTL, key rotation, queued faults (any status, body, headers or
-delay) for the token and JWKS endpoints, custom token minting, and request counters.
+delay) for the token and JWKS endpoints, custom token minting, request counters, extra claims (Sitecore's tenant
+claims), HTTPS under a caller's certificate, and Auth0's rate-limit and quota signals: with `rate_limit` set,
+every token answer carries `x-ratelimit-limit/-remaining/-reset` (a fixed window on `now`) and a request over the
+limit gets 429 without Retry-After; with `quotas` set, every answer carries `Auth0-Client-Quota-Limit` and an
+exhausted bucket gets 429 too (as Auth0's fine-grained M2M quotas do).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import base64
 import json
 import os
 import secrets
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -79,6 +84,9 @@ class LocalAuthServer:
         audiences: tuple[str, ...] = (DEFAULT_AUDIENCE,),
         scope: str = "edge.tokens:manage",
         now: Callable[[], float] = time.time,
+        rate_limit: int | None = None,
+        rate_window: float = 60.0,
+        quotas: Mapping[str, tuple[int, int]] | None = None,
     ) -> None:
         for client_id, secret in (clients or {}).items():
             if not secret.strip():
@@ -99,6 +107,12 @@ class LocalAuthServer:
         self.jwks_requests = 0
         self.base_url = ""
         self._runner: web.AppRunner | None = None
+        self.extra_claims: dict[str, Any] = {}  # added to every genuine token (e.g. Sitecore tenant claims)
+        # Auth0's signals: a fixed rate-limit window, and quota buckets {name: (quota, seconds)} counting tokens
+        self.rate_limit, self.rate_window = rate_limit, rate_window
+        self._window: tuple[float, int] = (0.0, 0)  # (window start, requests in it)
+        self.quotas = dict(quotas or {})
+        self._quota_used: dict[str, tuple[float, int]] = {}  # bucket -> (period start, tokens issued in it)
 
     @staticmethod
     def _new_key() -> RSAKey:
@@ -147,6 +161,7 @@ class LocalAuthServer:
             "gty": "client-credentials",
             "azp": client_id,
             "jti": secrets.token_hex(8),
+            **self.extra_claims,
         }
 
     def mint(self, claims: dict[str, Any], header: dict[str, Any] | None = None, key: RSAKey | None = None) -> str:
@@ -156,18 +171,18 @@ class LocalAuthServer:
         return jwt.encode(head, claims, key, algorithms=[head["alg"]])
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+    async def start(self, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None) -> str:
         app = web.Application()
         app.router.add_post("/oauth/token", self._token)
         app.router.add_get("/.well-known/jwks.json", self._jwks)
         app.router.add_get("/.well-known/openid-configuration", self._discovery)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, host, port, ssl_context=tls)
         await site.start()
         bound = self._runner.addresses[0][1]
         shown = f"[{host}]" if ":" in host else host
-        self.base_url = f"http://{shown}:{bound}"
+        self.base_url = f"{'https' if tls else 'http'}://{shown}:{bound}"
         return self.base_url
 
     async def stop(self) -> None:
@@ -223,9 +238,64 @@ class LocalAuthServer:
             params.setdefault("client_secret", unquote(password))
         return params
 
+    # ---- Auth0's rate-limit and quota signals -----------------------------------------------------------------
+    def _limit_headers(self, count: bool) -> tuple[dict[str, str], bool]:
+        """(headers, over the limit) for one token request; `count` it against the window."""
+        if self.rate_limit is None:
+            return {}, False
+        now = self.now()
+        start, used = self._window
+        if now >= start + self.rate_window:
+            start, used = now, 0
+        over = count and used >= self.rate_limit
+        used += 1 if count and not over else 0
+        self._window = (start, used)
+        return {
+            "x-ratelimit-limit": str(self.rate_limit),
+            "x-ratelimit-remaining": str(max(0, self.rate_limit - used)),
+            "x-ratelimit-reset": str(int(start + self.rate_window)),
+        }, over
+
+    def _quota_state(self, issue: bool) -> tuple[dict[str, str], bool]:
+        """(headers, exhausted) of the quota buckets; `issue` counts one token against every bucket."""
+        if not self.quotas:
+            return {}, False
+        now, parts, exhausted = self.now(), [], False
+        for bucket, (quota, period) in self.quotas.items():
+            start, used = self._quota_used.get(bucket, (now, 0))
+            if now >= start + period:
+                start, used = now, 0
+            exhausted |= used >= quota
+            self._quota_used[bucket] = (start, used)
+        for bucket, (quota, period) in self.quotas.items():
+            start, used = self._quota_used[bucket]
+            if issue and not exhausted:
+                used += 1
+                self._quota_used[bucket] = (start, used)
+            reset = max(0, int(start + period - now))
+            parts.append(f"b={bucket};q={quota};r={max(0, quota - used)};t={reset}")
+        return {"Auth0-Client-Quota-Limit": ",".join(parts)}, exhausted
+
     async def _token(self, request: web.Request) -> web.StreamResponse:
         self.token_requests += 1
         self.request_times.append(self.now())
+        limit_headers, over = self._limit_headers(count=True)
+        if over:
+            return web.json_response({"error": "too_many_requests", "error_description": "Too Many Requests"},
+                                     status=429, headers=limit_headers)  # fmt: skip
+        quota_headers, exhausted = self._quota_state(issue=False)
+        if exhausted:
+            return web.json_response(
+                {"error": "too_many_requests", "error_description": "Quota exceeded"},
+                status=429, headers={**limit_headers, **quota_headers},
+            )  # fmt: skip
+        response = await self._issue(request)
+        if not response.prepared:  # a streamed fault has sent its headers already
+            quota_headers, _ = self._quota_state(issue=response.status == 200)
+            response.headers.update({**limit_headers, **quota_headers})
+        return response
+
+    async def _issue(self, request: web.Request) -> web.StreamResponse:
         fault = self.token_faults.popleft() if self.token_faults else self.token_chaos() if self.token_chaos else None
         override = None
         if fault is not None:

@@ -23,6 +23,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 from edge_token import __version__
 from edge_token.errors import VerificationError
 from edge_token.outcome import RenewalOutcome, Result
+from edge_token.ratelimit import RateLimit
 
 STATES = ("fresh", "stale", "expired", "credentials_rejected")
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -61,6 +62,8 @@ class ProfileSeries:
     fleet_role: str | None = None
     fleet_events: dict[str, float] = field(default_factory=dict)  # published / received / rejected
     leadership_changes: float = 0.0
+    ratelimit: dict[str, float] = field(default_factory=dict)  # remaining / reset, as the provider last said
+    quota: dict[str, float] = field(default_factory=dict)  # Auth0 quota bucket -> remaining
     lines: dict[str, str] | None = None  # rendered sample lines per family; None after any change
 
 
@@ -123,6 +126,8 @@ class Metrics:
         if next_attempt is not None:
             gauges["next_refresh"] = next_attempt
         series.state = state
+        if outcome.rate_limit is not None:
+            _rate_limit(series, outcome.rate_limit)
         for name, ok in [(n, True) for n in outcome.sinks_written] + [(n, False) for n in outcome.sink_errors]:
             sink = series.sinks.get(name)
             if sink is None:
@@ -210,7 +215,24 @@ FAMILIES = (
      "Fleet mode: times this daemon became or stopped being the profile's leader."),
     ("edge_token_fleet_tokens_total", "counter",
      "Fleet mode: tokens published to, received from and rejected from etcd."),
+    ("edge_token_provider_ratelimit_remaining", "gauge",
+     "Token requests left in the provider's rate-limit window (x-ratelimit-remaining, last answer)."),
+    ("edge_token_provider_ratelimit_reset_timestamp_seconds", "gauge",
+     "When the provider's rate-limit window resets (x-ratelimit-reset, last answer)."),
+    ("edge_token_provider_quota_remaining", "gauge",
+     "Tokens left in the provider's quota bucket (Auth0-Client-Quota-Limit, last answer)."),
 )  # fmt: skip
+
+
+def _rate_limit(series: ProfileSeries, limits: RateLimit) -> None:
+    """Keep what the provider said last; a figure an answer leaves out keeps its previous value (Auth0 sends the
+    quota header only in fine-grained quota mode, the rate-limit headers on most answers)."""
+    if limits.remaining is not None:
+        series.ratelimit["remaining"] = float(limits.remaining)
+    if limits.reset_at is not None:
+        series.ratelimit["reset"] = limits.reset_at
+    if limits.quotas:
+        series.quota = {quota.bucket: float(quota.remaining) for quota in limits.quotas}
 
 
 def _profile_lines(p: ProfileSeries) -> dict[str, str]:
@@ -235,6 +257,13 @@ def _profile_lines(p: ProfileSeries) -> dict[str, str]:
         else [],
         "edge_token_fleet_leadership_changes_total": [(p.labels, p.leadership_changes)] if p.fleet_role else [],
         "edge_token_fleet_tokens_total": [(f'{p.labels},event="{e}"', n) for e, n in p.fleet_events.items()],
+        "edge_token_provider_ratelimit_remaining": [(p.labels, p.ratelimit["remaining"])]
+        if "remaining" in p.ratelimit
+        else [],
+        "edge_token_provider_ratelimit_reset_timestamp_seconds": [(p.labels, p.ratelimit["reset"])]
+        if "reset" in p.ratelimit
+        else [],
+        "edge_token_provider_quota_remaining": [(f'{p.labels},bucket="{b}"', n) for b, n in p.quota.items()],
     }
     return {
         name: "".join(f"{name}{{{labels}}} {value!r}\n" for labels, value in rows) for name, rows in samples.items()

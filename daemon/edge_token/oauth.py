@@ -11,13 +11,13 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import aiohttp
 
-from edge_token import scrub, strictjson
+from edge_token import egress, ratelimit, scrub, strictjson
 from edge_token.clock import Clock
 from edge_token.config import ProfileConfig
 from edge_token.errors import CredentialsRejected, ProtocolError, TransientError
@@ -43,6 +43,7 @@ class TokenAnswer:
     expires_in: float | None
     token_type: str
     scope: str | None
+    rate_limit: ratelimit.RateLimit | None = None
 
     def __repr__(self) -> str:
         return f"TokenAnswer(expires_in={self.expires_in}, token_type={self.token_type!r})"
@@ -89,22 +90,32 @@ def _request(profile: ProfileConfig, secret: str) -> tuple[dict[str, str], dict[
 
 
 async def request_token(
-    session: aiohttp.ClientSession, profile: ProfileConfig, secret: str, clock: Clock
+    session: aiohttp.ClientSession,
+    profile: ProfileConfig,
+    secret: str,
+    clock: Clock,
+    environ: Mapping[str, str] | None = None,
 ) -> TokenAnswer:
-    """POST the client-credentials grant and return the parsed answer, or raise a classified error."""
+    """POST the client-credentials grant and return the parsed answer, or raise a classified error.
+
+    `environ` resolves `proxy = "env"` and proxy credentials (egress.py); None means no environment."""
     params, headers = _request(profile, secret)
+    via = egress.route(profile.egress, profile.token_url, environ or {})
     body: dict[str, Any] = {"json": params} if profile.request_format == "json" else {"data": params}
     timeout = aiohttp.ClientTimeout(total=profile.timeout_seconds, connect=min(5.0, profile.timeout_seconds))
     host = urlsplit(profile.token_url).netloc
     try:
         async with session.post(
-            profile.token_url, headers=headers, allow_redirects=False, timeout=timeout, **body
-        ) as response:
+            profile.token_url, headers=headers, allow_redirects=False, timeout=timeout, proxy=via.proxy,
+            proxy_headers=via.proxy_headers, ssl=via.ssl, **body,
+        ) as response:  # fmt: skip
             raw = await read_limited(response, MAX_RESPONSE_BYTES, "the token endpoint's answer")
             received_at = clock.time()
             status, response_headers = response.status, response.headers
     except TimeoutError:
         raise TransientError(f"token endpoint {host} did not answer within {profile.timeout_seconds:g}s") from None
+    except egress.PROXY_ERRORS as exc:
+        raise egress.proxy_failure(exc, via, f"token endpoint {host}", TransientError, egress.ProxyRejected) from None
     except aiohttp.ClientSSLError as exc:
         raise TransientError(f"TLS with token endpoint {host} failed: {sanitize(exc, (secret,))}") from None
     except aiohttp.ClientError as exc:
@@ -112,9 +123,12 @@ async def request_token(
         raise TransientError(f"token endpoint {host} unreachable: {type(exc).__name__}: {detail}") from None
     except (OSError, ValueError, LookupError) as exc:  # a malformed answer aiohttp did not wrap (bad encoding...)
         raise TransientError(f"token endpoint {host} answered unreadably ({type(exc).__name__}); will retry") from None
+    limits = ratelimit.parse(response_headers, received_at)
     if status != 200:
-        raise _classify_failure(status, response_headers, raw, host, secret, clock.time())
-    return parse_token_answer(raw, response_headers.get("Content-Type", ""), received_at, secret)
+        failure = _classify_failure(status, response_headers, raw, host, secret, clock.time())
+        raise ratelimit.attach(failure, limits, status, clock.time())
+    answer = parse_token_answer(raw, response_headers.get("Content-Type", ""), received_at, secret)
+    return answer if limits is None else replace(answer, rate_limit=limits)
 
 
 def _oauth_error(raw: bytes) -> tuple[str | None, str | None]:

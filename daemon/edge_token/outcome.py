@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from edge_token.errors import EdgeTokenError, SinkError
+from edge_token.ratelimit import RateLimit
 from edge_token.token import Token
 
 
@@ -39,6 +40,7 @@ class RenewalOutcome:
     sinks_written: tuple[str, ...] = ()
     sink_errors: Mapping[str, SinkError] = field(default_factory=dict)
     next_attempt_at: float | None = None
+    rate_limit: RateLimit | None = None  # what the token endpoint said about our rate limit and quota
 
     @property
     def ok(self) -> bool:

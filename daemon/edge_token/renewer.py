@@ -17,11 +17,19 @@ import aiohttp
 
 from edge_token.clock import Clock
 from edge_token.config import ProfileConfig
-from edge_token.errors import CredentialsRejected, EdgeTokenError, InternalError, SinkError, VerificationError
+from edge_token.errors import (
+    CredentialsRejected,
+    EdgeTokenError,
+    InternalError,
+    SinkError,
+    TransientError,
+    VerificationError,
+)
 from edge_token.jwks import JwksCache
 from edge_token.oauth import request_token
 from edge_token.outcome import RenewalOutcome, Result
 from edge_token.policy import RefreshSettings, TokenState, next_attempt_at, refresh_due_at, token_state
+from edge_token.ratelimit import RateLimit
 from edge_token.secretfiles import SecretCache
 from edge_token.sinks import Sink, build_sink
 from edge_token.token import Token
@@ -70,6 +78,7 @@ class Renewer:
             client_id=profile.client_id,
             algorithms=profile.algorithms,
             leeway=profile.leeway_seconds,
+            required_claims=profile.required_claims,
         )
         self._session, self._jwks, self._clock, self._environ = session, jwks, clock, environ
         self._rng = rng or random.Random()
@@ -194,7 +203,7 @@ class Renewer:
             if self._on_secret is not None:
                 self._on_secret(secret)  # the log redactor learns it before anything could echo it
             requested = True  # counted even if what follows raises: the provider may have issued a token
-            answer = await request_token(self._session, self.profile, secret, self._clock)
+            answer = await request_token(self._session, self.profile, secret, self._clock, self._environ)
             token = await verify_token(
                 answer.access_token,
                 self._jwks.key_set,
@@ -222,7 +231,10 @@ class Renewer:
             expires_at=token.expires_at,
             lifetime=round(token.lifetime, 3),
         )
-        return self._finish(Result.NEW_TOKEN, started, mono, None, requested=True, written=written, sink_errors=errors)
+        return self._finish(
+            Result.NEW_TOKEN, started, mono, None, requested=True, written=written, sink_errors=errors,
+            rate_limit=answer.rate_limit,
+        )  # fmt: skip
 
     def _failed(self, exc: EdgeTokenError, started: float, mono: float, requested: bool) -> RenewalOutcome:
         self.failures += 1
@@ -238,7 +250,8 @@ class Renewer:
         )
         now = self._clock.time()
         self.retry_at = next_attempt_at(now, self.current, exc, self.failures, self.settings, self._rng)
-        return self._finish(Result.FAILED, started, mono, exc, requested=requested)
+        limits = exc.rate_limit if isinstance(exc, TransientError) else None
+        return self._finish(Result.FAILED, started, mono, exc, requested=requested, rate_limit=limits)
 
     def crashed(self, exc: BaseException, started: float, mono: float) -> RenewalOutcome:
         """An exception escaped a step's caller (e.g. the fleet step): classify it and back off like any failure."""
@@ -321,6 +334,7 @@ class Renewer:
         requested: bool = False,
         written: tuple[str, ...] = (),
         sink_errors: dict[str, SinkError] | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> RenewalOutcome:
         outcome = RenewalOutcome(
             profile=self.profile.name,
@@ -333,6 +347,7 @@ class Renewer:
             sinks_written=written,
             sink_errors=sink_errors or {},
             next_attempt_at=self.next_attempt_at(),
+            rate_limit=rate_limit,
         )
         self.last_outcome = outcome
         return outcome

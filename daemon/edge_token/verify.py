@@ -46,6 +46,7 @@ class Rules:
     client_id: str
     algorithms: tuple[str, ...] = ("RS256",)
     leeway: float = 60.0
+    required_claims: tuple[tuple[str, str], ...] = ()  # config `required_claims`: (claim, exact value) pins
 
 
 def fail(reason: str, message: str) -> VerificationError:
@@ -181,12 +182,22 @@ def check_claims(
     if iat is not None and iat > now + rules.leeway:
         raise fail("not_yet_valid", "its iat is in the future")
     if claims.get("iss") != rules.issuer:
-        raise fail("issuer", f"issuer {sanitize_claim(claims.get('iss'))} is not the configured {rules.issuer!r}")
+        raise fail(
+            "issuer",
+            f"the token's issuer (iss) is {sanitize_claim(claims.get('iss'))} but the configured issuer is "
+            f"{rules.issuer!r}; if this provider is the right one, set issuer = {sanitize_claim(claims.get('iss'))} "
+            "in the profile (an older Sitecore tenant or another token_url issues under another name)",
+        )
     audience = claims.get("aud")
     audiences = audience if isinstance(audience, list) else [audience]
     if rules.audience not in audiences:
-        raise fail("audience", f"audience {sanitize_claim(audience)} does not include {rules.audience!r}")
+        raise fail(
+            "audience",
+            f"the token's audience (aud) is {sanitize_claim(audience)} and does not include the configured "
+            f"audience {rules.audience!r}; set audience in the profile to the API this client is granted",
+        )
     check_client_binding(claims, rules.client_id)
+    check_required_claims(claims, rules.required_claims)
     if iat is not None and exp > iat:
         lifetime = exp - iat
     elif expires_in is not None:
@@ -197,6 +208,22 @@ def check_claims(
         # on our clock the token must never outlive its own exp: consumers check exp against clocks like ours
         lifetime = min(lifetime, exp - received_at)
     return max(lifetime, 1.0)
+
+
+def check_required_claims(claims: Mapping[str, Any], required: tuple[tuple[str, str], ...]) -> None:
+    """Pinned claims (`required_claims`): a string claim must equal the value exactly; a list claim must contain
+    it. Anything else (missing, a number, an object) fails. This is what keeps another tenant's token, from a
+    mixed-up client secret, away from this profile's consumers."""
+    for name, expected in required:
+        value = claims.get(name)
+        if value == expected or (isinstance(value, list) and expected in value):
+            continue
+        got = "is missing" if name not in claims else f"is {sanitize_claim(value)}"
+        raise fail(
+            "required_claim",
+            f"required claim {name!r} {got}, not {expected!r} (required_claims); this token belongs to another "
+            "tenant or client: check the client id and secret of this profile",
+        )
 
 
 def check_client_binding(claims: Mapping[str, Any], client_id: str) -> None:

@@ -77,6 +77,7 @@ class KubernetesSecretSink:
         return await call(
             self._session, method, url, what=f"{self.name}: Kubernetes API", headers=headers, body=body,
             timeout=self.options.timeout_seconds, tls=tls_context(self.options.ca_file), secrets=(token,),
+            egress_settings=self.options.egress, environ=self._environ,
         )  # fmt: skip
 
     def _url(self, collection: bool = False) -> str:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from edge_token.errors import SinkError
+from edge_token import egress
+from edge_token.errors import EdgeTokenError, SinkError
 from edge_token.httpcall import exchange
 
 MAX_STORE_BYTES = 1024 * 1024
@@ -43,11 +45,18 @@ async def call(
     tls: ssl.SSLContext | bool = True,
     body: Any = None,
     secrets: tuple[str, ...] = (),
+    egress_settings: egress.Egress = egress.DIRECT,
+    environ: Mapping[str, str] | None = None,
 ) -> Answer:
-    """One JSON request; network trouble, timeouts and oversized answers become SinkError naming `what`."""
+    """One JSON request; network trouble, timeouts and oversized answers become SinkError naming `what`.
+    `egress_settings` may send it through a proxy (its `ca_file` is unused: `tls` decides the store's trust)."""
+    try:
+        via = egress.route(egress_settings, url, environ or {})
+    except EdgeTokenError as exc:
+        raise SinkError(f"{what}: {exc}") from None
     status, raw = await exchange(
         session, method, url, what=what, error=SinkError, limit=MAX_STORE_BYTES, timeout=timeout,
-        headers=headers, body=body, tls=tls, secrets=secrets,
+        headers=headers, body=body, tls=tls, secrets=secrets, via=via,
     )  # fmt: skip
     try:
         parsed = json.loads(raw) if raw else None

@@ -109,7 +109,7 @@ class VaultKvSink:
         return await call(
             self._session, method, url, what=f"{self.name}: Vault", headers=headers, body=body,
             timeout=self.options.timeout_seconds, tls=tls_context(self.options.ca_file),
-            secrets=tuple(t for t in (token,) if t),
+            secrets=tuple(t for t in (token,) if t), egress_settings=self.options.egress, environ=self._environ,
         )  # fmt: skip
 
     @property

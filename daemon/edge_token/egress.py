@@ -1,0 +1,226 @@
+"""How a request leaves the host: which HTTP proxy (if any) and which CAs verify the far end.
+
+Every outgoing request (token endpoint, JWKS, secret stores, etcd) asks `route()` for its `Route` and passes it to
+aiohttp as `proxy=` / `proxy_headers=` / `ssl=`. The session itself keeps `trust_env=False`: proxy variables are
+honoured only where the configuration says `proxy = "env"`, and then resolved here, explicitly and testably, from
+the environment the daemon was started with.
+
+- HTTPS through a proxy is a CONNECT tunnel: TLS runs end to end between us and the destination and is verified
+  against the destination's name (the proxy sees only the host and port). Plain http:// destinations (loopback
+  only, see config) always go direct.
+- Proxy credentials ("user:password") come from a file or a systemd credential, are re-read on every request (so
+  a rotation heals without a restart) and registered with the scrubber before they are sent, so neither they nor
+  the `Proxy-Authorization` header value can appear in any log line or message.
+- `ca_file` REPLACES the system trust for that destination: only the CAs in the bundle are trusted (like the
+  existing `ca_file` of the secret stores). To trust both, concatenate the system bundle and yours.
+- A proxy that is down, or refuses us (407), is named as the proxy, never blamed on the provider.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import ipaddress
+import os
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from edge_token import scrub
+from edge_token.errors import ConfigError, CredentialsRejected, EdgeTokenError
+
+MAX_NO_PROXY_ENTRIES = 256
+
+
+class SecretReader(Protocol):
+    """What a proxy credential source offers (config.SecretSource satisfies it)."""
+
+    def read(self, environ: Mapping[str, str], what: str = ...) -> str: ...
+
+    def describe(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Egress:
+    """One destination's egress settings: `proxy` is "none", "env" or an http:// proxy URL without user info."""
+
+    proxy: str = "none"
+    proxy_auth: SecretReader | None = field(default=None, repr=False)
+    ca_file: Path | None = None
+
+
+DIRECT = Egress()
+
+
+@dataclass(frozen=True, repr=False)
+class Route:
+    """The aiohttp arguments of one request: proxy URL (or None), proxy headers, TLS verification."""
+
+    proxy: str | None
+    proxy_headers: Mapping[str, str] | None
+    ssl: ssl.SSLContext | bool
+
+    @property
+    def proxy_host(self) -> str:
+        """host:port of the proxy, for messages (never credentials: proxy URLs carry none)."""
+        return urlsplit(self.proxy).netloc if self.proxy else ""
+
+    def __repr__(self) -> str:
+        return f"Route(proxy={self.proxy_host or None!r})"
+
+
+class ProxyRejected(CredentialsRejected):
+    """The HTTP proxy refused our proxy credentials (407): the proxy's fault to fix, not the provider's."""
+
+
+def route(egress: Egress, url: str, environ: Mapping[str, str]) -> Route:
+    """The proxy and TLS settings for a request to `url`. Raises ConfigError if a proxy credential is unreadable
+    or an environment proxy variable is not a usable http:// proxy URL."""
+    tls = tls_context(egress.ca_file)
+    # http:// is allowed for loopback destinations only (config.py), and a proxy cannot reach our loopback: those
+    # go direct, as Go's ProxyFromEnvironment does for localhost. (Forwarding plain requests is also where proxies
+    # and aiohttp disagree: tinyproxy closes the connection after each answer without saying so.)
+    proxy = None if urlsplit(url).scheme == "http" else _proxy_for(egress.proxy, url, environ)
+    if proxy is None:
+        return Route(None, None, tls)
+    headers: dict[str, str] | None = None
+    if egress.proxy_auth is not None:
+        credentials = egress.proxy_auth.read(environ, "proxy credentials")
+        if ":" not in credentials:
+            raise ConfigError(f"proxy credentials from {egress.proxy_auth.describe()} must be one line 'user:password'")
+        value = "Basic " + base64.b64encode(credentials.encode()).decode()
+        scrub.register(value)  # the header value as a whole, too, before it is ever sent
+        headers = {"Proxy-Authorization": value}
+    return Route(proxy, headers, tls)
+
+
+def _proxy_for(setting: str, url: str, environ: Mapping[str, str]) -> str | None:
+    if setting == "none":
+        return None
+    if setting != "env":
+        return setting
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    # curl's precedence: the lower-case name first, then the upper-case one (a daemon is no CGI script, so
+    # HTTP_PROXY is read too); then ALL_PROXY
+    value = _env(environ, f"{scheme}_proxy") or _env(environ, "all_proxy")
+    if not value or bypassed(parts.hostname or "", parts.port, _env(environ, "no_proxy") or ""):
+        return None
+    return check_proxy_url(value, f"environment variable {scheme.upper()}_PROXY")
+
+
+def _env(environ: Mapping[str, str], name: str) -> str | None:
+    value = environ.get(name.lower()) or environ.get(name.upper())
+    return value.strip() if value and value.strip() else None
+
+
+def check_proxy_url(value: str, where: str) -> str:
+    """An http:// proxy URL (host and port, nothing else); ConfigError naming `where` otherwise.
+
+    User info is refused: a password in a URL ends up in process listings, logs and shell history; use
+    proxy_auth_file / proxy_auth_credential. https:// proxies are refused too (aiohttp's support is partial):
+    the tunnel inside is TLS to the destination anyway."""
+    parts = urlsplit(value if "://" in value else f"http://{value}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host, port = None, None
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            f"{where}: the proxy URL carries user info; put 'user:password' in a file and set proxy_auth_file "
+            "(or proxy_auth_credential) instead"
+        )
+    if parts.scheme != "http" or not host or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(f'{where}: expected an http://host:port proxy URL, "env" or "none"')
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port or 80}"
+
+
+def bypassed(host: str, port: int | None, no_proxy: str) -> bool:
+    """NO_PROXY as curl and Go read it: comma/space separated; `*` matches everything; a name matches itself and
+    its subdomains (a leading dot is optional); an IP or CIDR matches addresses; `name:port` only that port."""
+    host = host.lower().rstrip(".")
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    for entry in no_proxy.replace(" ", ",").split(",")[:MAX_NO_PROXY_ENTRIES]:
+        entry = entry.strip().lower()
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        name, entry_port = entry, None
+        if entry.count(":") == 1 or (entry.startswith("[") and "]:" in entry):
+            name, _, port_text = entry.rpartition(":")
+            entry_port = int(port_text) if port_text.isascii() and port_text.isdigit() else -1
+        name = name.strip("[]").lstrip(".").rstrip(".")
+        if entry_port is not None and entry_port != port:
+            continue
+        if address is not None:
+            try:
+                if address in ipaddress.ip_network(name, strict=False):
+                    return True
+            except ValueError:
+                pass
+            continue
+        if name and (host == name or host.endswith("." + name)):
+            return True
+    return False
+
+
+def tls_context(ca_file: Path | None) -> ssl.SSLContext | bool:
+    """Verification always on: the system trust (True), or ONLY the CAs of `ca_file` (it replaces the system
+    trust). Loaded once per file version (path, size, mtime), so a renewed bundle is picked up without a restart."""
+    if ca_file is None:
+        return True
+    try:
+        info = os.stat(ca_file)
+    except OSError as exc:
+        raise ConfigError(f"cannot read CA bundle {ca_file}: {exc.strerror}") from None
+    return _load_context(str(ca_file), info.st_size, info.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _load_context(path: str, _size: int, _mtime: int) -> ssl.SSLContext:
+    try:
+        # create_default_context(cafile=...) loads only this bundle (no system CAs) and keeps hostname checks on
+        return ssl.create_default_context(cafile=path)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise ConfigError(f"cannot load CA bundle {path}: {type(exc).__name__}: {exc}") from None
+
+
+def proxy_failure(
+    exc: aiohttp.ClientError,
+    where: Route,
+    what: str,
+    error: type[EdgeTokenError],
+    rejected: type[EdgeTokenError] | None = None,
+) -> EdgeTokenError:
+    """The error for a request that failed at the proxy, naming the proxy: 407 is `rejected` (default `error`);
+    a proxy that is down or refuses the tunnel is the caller's `error` class (transient for the provider)."""
+    proxy = where.proxy_host or "the proxy"
+    status = getattr(exc, "status", None)
+    # 407 is the standard answer; tinyproxy (and some appliances) answer a CONNECT with wrong credentials with 401.
+    # Either way it is the proxy speaking (aiohttp raises ClientHttpProxyError only for the CONNECT answer).
+    if status in (401, 407):
+        return proxy_rejected(proxy, what, rejected or error)
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return error(f"{what}: proxy {proxy} refused the tunnel (HTTP {status}); check the proxy's access rules")
+    return error(f"{what}: proxy {proxy} unreachable ({type(exc).__name__}); is the proxy up?")
+
+
+def proxy_rejected(proxy: str, what: str, error: type[EdgeTokenError]) -> EdgeTokenError:
+    """407 Proxy Authentication Required, as `error`, naming the proxy and the keys to fix."""
+    return error(
+        f"{what}: proxy {proxy} rejected the proxy credentials (Proxy Authentication Required); check "
+        "proxy_auth_file / proxy_auth_credential (one line 'user:password'); the provider was not reached"
+    )
+
+
+PROXY_ERRORS = (aiohttp.ClientHttpProxyError, aiohttp.ClientProxyConnectionError)
