@@ -22,7 +22,8 @@ UNITS = ("edge-token.service", "edge-token@.service")
 
 
 def test_kubernetes_example_carries_a_valid_config(tmp_path: Path) -> None:
-    """The ConfigMap's config.toml loads; init container runs `once`, sidecar `run` with both probes."""
+    """The ConfigMap's config.toml loads; a private token directory is made, `once` fills it, the sidecar `run`s
+    with both probes."""
     documents = list(yaml.safe_load_all((ROOT / "config/kubernetes/edge-token.yaml").read_text()))
     config_map = next(d for d in documents if d["kind"] == "ConfigMap")
     path = tmp_path / "config.toml"
@@ -30,7 +31,15 @@ def test_kubernetes_example_carries_a_valid_config(tmp_path: Path) -> None:
     config = load_config(path, environ={})
     assert config.profiles["production"].sinks[0].path == Path("/var/run/edge-token/tokens/token.jwt")
     pod = next(d for d in documents if d["kind"] == "Deployment")["spec"]["template"]["spec"]
-    init, sidecar = pod["initContainers"]
+    token_dir, init, sidecar = pod["initContainers"]
+    # the emptyDir is world-writable (refused as a sink directory): a private subdirectory is made first
+    assert token_dir["command"] == [
+        "install",
+        "-d",
+        "-m",
+        "0750",
+        str(config.profiles["production"].sinks[0].path.parent),
+    ]
     assert init["args"][0] == "once" and sidecar["args"][0] == "run"
     assert sidecar["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert sidecar["readinessProbe"]["httpGet"]["path"] == "/readyz"
