@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import json
 import os
+import pwd
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,7 @@ from edge_token.config import FleetConfig, SecretSource
 from edge_token.errors import ConfigError
 from edge_token.fleet import Etcd, EtcdAuthRejected, EtcdUnavailable
 from edge_token.localauth import LocalAuthServer
+from unprivileged import as_user
 
 Answer = tuple[int, Any]  # (status, JSON body or raw text)
 
@@ -180,10 +182,11 @@ def fleet_config(tmp_path: Path, auth: LocalAuthServer, secret_file: Path, **fil
 
 
 def cli(*args: str, user: str | None = None) -> subprocess.CompletedProcess[str]:
-    prefix = ["setpriv", f"--reuid={user}", "--regid=nogroup", "--clear-groups"] if user else []
-    return subprocess.run(
-        [*prefix, sys.executable, "-m", "edge_token", *args], capture_output=True, text=True, timeout=60, check=False
-    )
+    argv = [sys.executable, "-m", "edge_token", *args]
+    if user is not None:  # the interpreter may live under /root: run it from a view `user` can read
+        entry = pwd.getpwnam(user)
+        argv = as_user(entry.pw_uid, entry.pw_gid, *argv)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
 
 
 BROKEN = {

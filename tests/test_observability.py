@@ -147,6 +147,9 @@ async def test_promtool_accepts_a_real_scrape(
     result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "" and result.stderr.strip() == ""
+    # counters kept by other parts are exported too: our own scrapes were accepted connections
+    assert (sample(text, "edge_token_http_connections_total", result="accepted") or 0) >= 1
+    assert sample(text, "edge_token_notify_dropped_total") == 0
 
 
 def test_shipped_alert_rules_check_and_unit_test() -> None:

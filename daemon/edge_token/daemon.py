@@ -30,7 +30,7 @@ from edge_token.errors import ConfigError
 from edge_token.health import ProfileStatus, readiness, state_name
 from edge_token.httpserver import HealthSource, start_http
 from edge_token.metrics import Metrics
-from edge_token.notify import run_on_update, signal_pid_file
+from edge_token.notify import run_on_update, secret_variables, signal_pid_file
 from edge_token.outcome import RenewalOutcome
 from edge_token.pid1 import OrphanReaper
 from edge_token.policy import backoff_delay, next_run_at
@@ -95,6 +95,11 @@ class Daemon:
         self.http_address: str | None = None
         self.fleet: Fleet | None = None  # only when [fleet] is configured (the module is imported only then)
         self.fleet_step: FleetStep | None = None
+        self.metrics.counters(
+            "edge_token_notify_dropped_total",
+            "sd_notify messages dropped because systemd did not drain its queue.",
+            lambda: {"": self.notifier.dropped},
+        )
         self.supervisor = Supervisor(
             self.scheduler, self.clock, self.spawn, self._step, log=self.log,
             next_run_at=next_run_at, sink_retry_in=self._sink_retry_in, poll_in=self._poll_in,
@@ -119,6 +124,12 @@ class Daemon:
 
                 self.fleet = Fleet(self.config.fleet, session, self.log)
                 self.fleet_step = FleetStep(self.fleet, self.metrics, self.log)
+                etcd = self.fleet.etcd
+                self.metrics.counters(
+                    "edge_token_etcd_authentications_total",
+                    "Fleet mode: etcd re-authentications, and rejections.",
+                    lambda: {"attempted": etcd.authentications, "rejected": etcd.auth_rejections},
+                )
                 keepalive = self.config.fleet.lease_ttl_seconds / 3
                 self.scheduler.every("fleet:keepalive", keepalive, lambda: self.spawn(self._keepalive()))
             self.scheduler.start()
@@ -155,6 +166,13 @@ class Daemon:
             return None
         source = HealthSource(self.statuses, self.alive, self.redactor.scrub, self.daemon_status, self.readiness)
         runner, self.http_address = await start_http(listen, self.metrics, source)
+        limiter = getattr(runner, "limiter", None)
+        if limiter is not None:
+            self.metrics.counters(
+                "edge_token_http_connections_total",
+                "HTTP connections to the metrics/health listener by outcome.",
+                lambda: {k: getattr(limiter, k) for k in ("accepted", "refused", "evicted", "timed_out")},
+            )
         self.log.info("http.listening", address=self.http_address)
         if exposure := listen_exposure(listen):
             self.log.warning("http.exposed", address=self.http_address, message=exposure)
@@ -347,7 +365,7 @@ class Daemon:
     def _on_written(self, profile: str, sink: Sink, token: Token) -> None:
         config = sink.config
         if config.on_update:
-            self.spawn(run_on_update(config, profile, self.environ, self.log))
+            self.spawn(run_on_update(config, profile, self.environ, self.log, secret_variables(self.config)))
         if config.signal:
             signal_pid_file(config, self.log)
 

@@ -12,6 +12,7 @@ configured JWKS URL. No label or value can carry a token or a secret.
 from __future__ import annotations
 
 import gzip
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -98,6 +99,7 @@ class Metrics:
             "edge_token_config_last_reload_timestamp_seconds", "When the last reload was tried.", registry=registry
         )
         self.profiles: dict[str, ProfileSeries] = {}
+        self._external: list[tuple[str, str, Callable[[], dict[str, int]]]] = []
 
     def _profile(self, name: str) -> ProfileSeries:
         series = self.profiles.get(name)
@@ -154,6 +156,11 @@ class Metrics:
         self.jwks_fetches.labels(url, result).inc()
         self.jwks_keys.labels(url).set(keys)
 
+    def counters(self, name: str, doc: str, read: Callable[[], dict[str, int]]) -> None:
+        """A counter family kept by another part (notifier, HTTP limiter, etcd client): read at every scrape.
+        `read` returns {value of the `result` label: count}; the key "" means a single sample without labels."""
+        self._external.append((name, doc, read))
+
     def reloaded(self, ok: bool, at: float) -> None:
         self.reloads.labels("success" if ok else "failure").inc()
         self.reload_ok.set(1 if ok else 0)
@@ -181,6 +188,11 @@ class Metrics:
                 continue
             shown = name.removesuffix("_total") if openmetrics and kind == "counter" else name
             out.append(f"# HELP {shown} {doc}\n# TYPE {shown} {kind}\n{samples}")
+        for name, doc, read in self._external:
+            shown = name.removesuffix("_total") if openmetrics else name
+            rows = [(f'{{result="{key}"}}' if key else "", float(value)) for key, value in read().items()]
+            lines = "".join(f"{name}{labels} {value!r}\n" for labels, value in rows)
+            out.append(f"# HELP {shown} {doc}\n# TYPE {shown} counter\n{lines}")
         return "".join(out)
 
     def exposition(self, accept: str, accept_encoding: str) -> tuple[bytes, dict[str, str]]:
