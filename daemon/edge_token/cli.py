@@ -302,7 +302,8 @@ def _check_as(args: argparse.Namespace) -> int:
     groups = os.getgrouplist(entry.pw_name, gid)
     # import now what the check will need: the user may not be able to read this interpreter's files
     import encodings.idna  # noqa: F401 - socket.getaddrinfo looks this codec up lazily
-    import edge_token.preflight  # noqa: F401
+
+    import edge_token.preflight
 
     if args.online:
         import edge_token.app

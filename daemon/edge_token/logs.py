@@ -13,6 +13,7 @@ import logging
 import re
 import sys
 from collections.abc import MutableMapping
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import structlog
@@ -56,6 +57,21 @@ class Redactor:
         return {key: self.redact(value, key if key != "event" else "") for key, value in event_dict.items()}
 
 
+MAX_SHOWN_TIME = 253402300800  # 10000-01-01: beyond it datetime cannot show a time (a wild number stays a number)
+
+
+def iso_times(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Console lines show `*_at` times as ISO 8601 UTC (`expires_at=2026-11-28T21:40:31Z`), not epoch seconds a
+    person has to convert; JSON lines keep the numbers, which machines compare and subtract."""
+    for key, value in event_dict.items():
+        if not key.endswith("_at") or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if 0 <= value < MAX_SHOWN_TIME:
+            precision = "seconds" if value == int(value) else "milliseconds"
+            event_dict[key] = datetime.fromtimestamp(value, UTC).isoformat(timespec=precision).replace("+00:00", "Z")
+    return event_dict
+
+
 def configure(
     log_format: str = "auto", level: str = "info", stream: TextIO | None = None, redactor: Redactor | None = None
 ) -> Redactor:
@@ -80,7 +96,11 @@ def configure(
         renderer = journal.prefixed(renderer)
     # tracebacks become data before the redactor in both formats: an exception message can quote a server's
     # answer, and a renderer that formats exc_info itself would print it unredacted
-    tail = [exceptions, redactor, renderer] if as_json else [structlog.processors.format_exc_info, redactor, renderer]
+    tail = (
+        [exceptions, redactor, renderer]
+        if as_json
+        else [structlog.processors.format_exc_info, iso_times, redactor, renderer]
+    )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(

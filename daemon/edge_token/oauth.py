@@ -21,6 +21,7 @@ from edge_token import egress, ratelimit, scrub, strictjson
 from edge_token.clock import Clock
 from edge_token.config import ProfileConfig
 from edge_token.errors import CredentialsRejected, ProtocolError, TransientError
+from edge_token.neterrors import unreachable
 from edge_token.policy import parse_retry_after
 from edge_token.strictnum import ascii_uint, finite
 
@@ -113,14 +114,15 @@ async def request_token(
             received_at = clock.time()
             status, response_headers = response.status, response.headers
     except TimeoutError:
-        raise TransientError(f"token endpoint {host} did not answer within {profile.timeout_seconds:g}s") from None
+        raise TransientError(
+            f"token endpoint {sanitize(profile.token_url, (secret,))} did not answer within "
+            f"{profile.timeout_seconds:g}s (timeout_seconds); check token_url and the network; will retry"
+        ) from None
     except egress.PROXY_ERRORS as exc:
         raise egress.proxy_failure(exc, via, f"token endpoint {host}", TransientError, egress.ProxyRejected) from None
-    except aiohttp.ClientSSLError as exc:
-        raise TransientError(f"TLS with token endpoint {host} failed: {sanitize(exc, (secret,))}") from None
-    except aiohttp.ClientError as exc:
-        detail = sanitize(exc, (secret,))
-        raise TransientError(f"token endpoint {host} unreachable: {type(exc).__name__}: {detail}") from None
+    except aiohttp.ClientError as exc:  # refused, DNS, TLS, reset...: the cause in words, the URL and key to check
+        url = sanitize(profile.token_url, (secret,))
+        raise TransientError(unreachable("the token endpoint", url, "token_url", exc) + "; will retry") from None
     except (OSError, ValueError, LookupError) as exc:  # a malformed answer aiohttp did not wrap (bad encoding...)
         raise TransientError(f"token endpoint {host} answered unreadably ({type(exc).__name__}); will retry") from None
     limits = ratelimit.parse(response_headers, received_at)
