@@ -14,6 +14,7 @@ import aiohttp
 
 from edge_token import egress, scrub
 from edge_token.errors import EdgeTokenError, ProtocolError
+from edge_token.neterrors import describe
 from edge_token.oauth import read_limited, sanitize
 
 
@@ -31,12 +32,14 @@ async def exchange(
     tls: ssl.SSLContext | bool = True,
     secrets: tuple[str, ...] = (),
     via: egress.Route | None = None,
+    key: str = "",
 ) -> tuple[int, bytes]:
     """(status, body) of one request without redirects; `error` on network trouble, timeout or oversize.
 
     `secrets` are the credentials this request carries: they are registered with the process scrubber before
     anything is sent, so an echo of them (in any encoding) is cut from every message and log line. `via` sends the
-    request through its proxy (egress.py); a proxy failure names the proxy, as `error`."""
+    request through its proxy (egress.py); a proxy failure names the proxy, as `error`. `key` is the config key
+    holding `url`, named in the message of a network failure."""
     for secret in secrets:
         scrub.register(secret)
     try:
@@ -52,5 +55,6 @@ async def exchange(
         raise error(f"{what}: {exc}") from None
     except TimeoutError:
         raise error(f"{what} did not answer within {timeout:g}s") from None
-    except aiohttp.ClientError as exc:
-        raise error(f"{what} unreachable: {type(exc).__name__}: {sanitize(exc, secrets)}") from None
+    except aiohttp.ClientError as exc:  # the cause in words (neterrors), and the config key to check if given
+        hint = f"; check {key}" if key else ""
+        raise error(f"{what} unreachable ({sanitize(url, secrets)}): {describe(exc)}{hint}") from None

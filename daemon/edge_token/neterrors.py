@@ -56,7 +56,7 @@ def describe(exc: BaseException) -> str:
 
 
 def unreachable(what: str, url: str, key: str, exc: BaseException) -> str:
-    """`cannot reach <what> <url>: <cause>; check <key> ...`, scrubbed."""
+    """`<what> <url> is unreachable: <cause>; check <key> ...`, scrubbed."""
     tls = isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError)
     check = f"check {key}" + (" and the CA certificates (TLS is always verified)" if tls else " and the network")
-    return scrub.scrub_text(f"cannot reach {what} {url}: {describe(exc)}; {check}")
+    return scrub.scrub_text(f"{what} {url} is unreachable: {describe(exc)}; {check}")
