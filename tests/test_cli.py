@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
+import re
+import socket
 from pathlib import Path
 
 import pytest
 from joserfc.jwk import RSAKey
 
-from conftest import CLIENT_SECRET, profile_toml
+from cliproc import edge_token
+from conftest import CLIENT_SECRET, OTHER_CLIENT, OTHER_SECRET, profile_toml
+from daemonproc import DaemonProcess
 from edge_token.localauth import LocalAuthServer
 
 pytestmark = pytest.mark.usefixtures("live_auth")
-
-
-async def edge_token(*args: str, stdin: bytes | None = None, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """Run `python -m edge_token ARGS` as a child while this loop keeps serving the auth server."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edge_token", *args,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(process.communicate(stdin), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 def write_config(tmp_path: Path, auth: LocalAuthServer, secret_file: Path, **settings: object) -> Path:
@@ -93,3 +82,147 @@ async def test_inspect_decodes_and_verifies_without_printing_the_signature(
     assert code == 65 and "unknown kid" in err
     code, _, err = await edge_token("inspect", "-", stdin=b"not a token")
     assert code == 65 and "no JWT found" in err
+
+
+def two_profiles(tmp_path: Path, auth: LocalAuthServer, secret_file: Path, daemon: str = "") -> Path:
+    """Profiles `web` (client-a) and `api` (client-b), each with its own secret and sink."""
+    path = tmp_path / "two.toml"
+    other_secret = tmp_path / "other.secret"
+    other_secret.write_text(OTHER_SECRET)
+    other_secret.chmod(0o600)
+    web = profile_toml("web", auth, secret_file, [{"path": str(tmp_path / "web.jwt")}])
+    api = profile_toml("api", auth, other_secret, [{"path": str(tmp_path / "api.jwt")}], client_id=OTHER_CLIENT)
+    path.write_text(f'[daemon]\nlog_format = "json"\n{daemon}\n' + web + api)
+    path.chmod(0o600)
+    return path
+
+
+async def test_inspect_verify_with_any_number_of_profiles(
+    tmp_path: Path, auth: LocalAuthServer, secret_file: Path
+) -> None:
+    """With several profiles, `inspect --verify` says which accept the token (no --profile needed);
+    `--profile web` selects web as in every command (it was iterated as 'w', 'e', 'b'), and a profile that
+    refuses the token gives 65 with its reason."""
+    config = two_profiles(tmp_path, auth, secret_file)
+    assert (await edge_token("once", "--profile", "web", "-c", str(config)))[0] == 0
+    token = str(tmp_path / "web.jwt")
+    code, out, err = await edge_token("inspect", "--verify", "-c", str(config), token)
+    assert code == 0, err
+    assert json.loads(out)["verified_by"] == ["web"]
+    code, out, err = await edge_token("inspect", "--verify", "-c", str(config), "--profile", "web", token)
+    assert code == 0, err
+    assert json.loads(out)["verified"] is True
+    code, out, err = await edge_token("inspect", "--verify", "-c", str(config), "--profile", "api", token)
+    assert code == 65 and "profile api: token rejected" in err
+    assert json.loads(out)["verified"] is False
+    code, _, err = await edge_token("inspect", "--verify", "-c", str(config), "--profile", "nope", token)
+    assert code == 78 and "no profile 'nope'" in err
+
+
+async def test_check_online_is_a_clean_summary_in_the_configured_format(
+    tmp_path: Path, auth: LocalAuthServer, secret_file: Path
+) -> None:
+    """`check --online` with log_format json: every stderr line is JSON, none claims token.renewed, no Python
+    repr on stdout, nothing written, and the summary names what was checked."""
+    config = two_profiles(tmp_path, auth, secret_file)
+    code, out, err = await edge_token("check", "--online", "-c", str(config))
+    assert code == 0, err
+    events = [json.loads(line) for line in err.splitlines()]  # raises if a line is not JSON
+    names = [event["event"] for event in events]
+    assert "token.renewed" not in names and "sink.written" not in names
+    assert names.count("check.token_verified") == 2 and all(e["written"] is False for e in events if "written" in e)
+    assert "Token(" not in out and "fingerprint=" not in out
+    assert "web: online OK" in out and "api: online OK" in out and "not written" in out
+    assert not (tmp_path / "web.jwt").exists() and not (tmp_path / "api.jwt").exists()
+    assert CLIENT_SECRET not in out + err and OTHER_SECRET not in out + err
+
+
+async def test_console_logs_show_times_as_iso_8601_and_json_keeps_numbers(
+    tmp_path: Path, auth: LocalAuthServer, secret_file: Path
+) -> None:
+    """`expires_at` in a console line reads 2026-…Z; the same event in JSON carries the epoch number."""
+    config = two_profiles(tmp_path, auth, secret_file)
+    config.write_text(config.read_text().replace('log_format = "json"', 'log_format = "console"'))
+    code, _, err = await edge_token("once", "--profile", "web", "-c", str(config))
+    assert code == 0, err
+    line = next(line for line in err.splitlines() if "token.renewed" in line)
+    stamp = line.split("expires_at=", 1)[1].split()[0]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z", stamp), line
+    (tmp_path / "web.jwt").unlink()
+    config.write_text(config.read_text().replace('log_format = "console"', 'log_format = "json"'))
+    code, _, err = await edge_token("once", "--profile", "web", "-c", str(config))
+    renewed = next(json.loads(line) for line in err.splitlines() if "token.renewed" in line)
+    assert isinstance(renewed["expires_at"], float)
+
+
+@pytest.mark.parametrize("command", ["run", "exec", "once", "check", "inspect", "local-auth", "demo"])
+async def test_help_shows_defaults_and_the_config_variable(command: str) -> None:
+    """Every --help names EDGE_TOKEN_CONFIG and shows each option's default; `once` says it runs no hooks;
+    --profile reads the same everywhere it exists."""
+    code, out, _ = await edge_token(command, "--help", env={"COLUMNS": "200"})
+    assert code == 0
+    assert "EDGE_TOKEN_CONFIG" in out
+    defaults = {
+        "run": ["(default: /etc/edge-token/config.toml)"],
+        "exec": ["(default: none)", "(default: HUP)"],
+        "once": ["(default: 60.0)"],
+        "check": ["(default: /etc/edge-token/config.toml)"],
+        "inspect": ["(default: /etc/edge-token/config.toml)"],
+        "local-auth": ["(default: 127.0.0.1)", "(default: 8400)", "(default: 3600.0)", "(default: local-client)"],
+        "demo": ["(default: edge-token-demo)", "(default: 20.0)", "(default: 45.0)"],
+    }[command]
+    for default in defaults:
+        assert default in out, out
+    if command == "once":
+        assert "does not run on_update hooks" in out
+    if "--profile" in out:
+        assert "only this profile (repeatable; default: every profile)" in out
+
+
+async def test_check_as_an_unprivileged_user_finds_what_root_would_miss(
+    tmp_path: Path, auth: LocalAuthServer, secret_file: Path
+) -> None:
+    """Root can read and write everything; `check --as nobody` judges the files as the service user would:
+    an owner-only secret and an owner-only sink directory are refused, naming the key and the user."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    tmp_path.chmod(0o755)
+    for parent in tmp_path.parents:  # nobody must reach tmp_path itself (pytest's base is 0700)
+        if parent != Path("/") and not parent.stat().st_mode & 0o001:
+            parent.chmod(parent.stat().st_mode | 0o001)
+    config = tmp_path / "as.toml"
+    config.write_text(
+        '[daemon]\nlisten = ""\n' + profile_toml("main", auth, secret_file, [{"path": str(private / "t.jwt")}])
+    )
+    config.chmod(0o644)
+    code, out, err = await edge_token("check", "-c", str(config))
+    assert code == 0, err
+    code, out, err = await edge_token("check", "--as", "nobody", "-c", str(config))
+    assert code == 78, err
+    assert "profiles.main.client_secret_file" in err and "Permission denied" in err
+    assert "profiles.main.sinks[0].path" in err and "checked as nobody" in err
+    assert CLIENT_SECRET not in out + err
+    code, _, err = await edge_token("check", "--as", "no-such-user-x", "-c", str(config))
+    assert code == 78 and "no such user" in err
+
+
+async def test_check_accepts_a_listen_address_held_by_its_own_running_daemon(
+    tmp_path: Path, auth: LocalAuthServer, secret_file: Path, daemons: list[DaemonProcess]
+) -> None:
+    """Checking before a reload: the port is held by the daemon of this very config, which is fine (a note);
+    held by anything else, it is the error `run` would exit 78 with."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = two_profiles(tmp_path, auth, secret_file, daemon=f'listen = "127.0.0.1:{port}"')
+    daemon = await DaemonProcess(config).start()
+    daemons.append(daemon)
+    await daemon.wait_for("http.listening")
+    code, out, err = await edge_token("check", "-c", str(config))
+    assert code == 0, err
+    assert "held by the running edge-token of this config" in out
+    other = tmp_path / "other.toml"
+    other.write_text(config.read_text())
+    other.chmod(0o600)
+    code, _, err = await edge_token("check", "-c", str(other))
+    assert code == 78 and "daemon.listen" in err and "already in use" in err

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from edge_token.config import (
+    PROFILE_KEYS,
+    SECRET_KEYS,
     SITECORE_AUDIENCE,
     SITECORE_ISSUER,
     SITECORE_JWKS_URL,
@@ -210,3 +215,56 @@ def test_parse_listen_rejects(value: str) -> None:
     """Unparseable listen addresses are config errors."""
     with pytest.raises(ConfigError):
         parse_listen(value, "x")
+
+
+@st.composite
+def misspelt_profile_keys(draw: st.DrawFn) -> tuple[str, str]:
+    """(a valid profile key, that key with one character dropped or two neighbours swapped), not itself valid."""
+    key = draw(st.sampled_from(sorted(k for k in PROFILE_KEYS if k != "sinks")))
+    index = draw(st.integers(0, len(key) - 2))
+    if draw(st.booleans()):
+        typo = key[:index] + key[index + 1 :]
+    else:
+        typo = key[:index] + key[index + 1] + key[index] + key[index + 2 :]
+    assume(typo != key and typo not in PROFILE_KEYS | SECRET_KEYS.keys())
+    return key, typo
+
+
+@settings(max_examples=150, deadline=None)
+@given(pair=misspelt_profile_keys())
+def test_a_misspelt_key_is_named_with_the_key_it_was_meant_to_be(pair: tuple[str, str]) -> None:
+    """Any one-slip typo of a profile key (dropped letter, swapped neighbours) is refused, named by its path,
+    and the nearest valid key is suggested: the one the operator meant."""
+    key, typo = pair
+    with tempfile.TemporaryDirectory() as directory:
+        text = MINIMAL.replace("[[profiles", f'{typo} = "x"\n[[profiles')
+        with pytest.raises(ConfigError) as caught:
+            load_config(write(Path(directory), text), environ={})
+    assert f"unknown key 'profiles.production.{typo}'" in str(caught.value)
+    assert f"did you mean {key!r}?" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("mode = 0640", 'quote the mode, mode = "0640"'),
+        ("format = env", 'strings must be quoted: format = "env"'),
+        ('path = "/run/b.jwt"', "may appear once"),
+        ("on_update = [", "close the list"),
+    ],
+)
+def test_toml_syntax_errors_quote_the_line_and_the_fix(tmp_path: Path, line: str, expected: str) -> None:
+    """A TOML syntax error names the file, the line (quoted) and the usual fix, never the parser's internals."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, MINIMAL + line + "\n"), environ={})
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'config.toml'}: ") and "line" in message
+    assert repr(line.splitlines()[-1].strip()) in message and expected in message
+
+
+def test_a_toml_error_never_quotes_a_secret_on_the_bad_line(tmp_path: Path) -> None:
+    """A syntax error on an inline `client_secret` line names the line but not the secret (nothing has read it,
+    so the process scrubber does not know it yet)."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, MINIMAL + "client_secret = inline-s3cret-value-1234\n"), environ={})
+    assert "inline-s3cret-value-1234" not in str(caught.value)

@@ -789,6 +789,7 @@ def listen_exposure(listen: str) -> str | None:
     )
 
 
+INLINE_SECRET_KEY = re.compile(r"secret(?!_file|_env|_credential)|password(?!_file)|^\s*token\s*$", re.I)
 TOML_LINE = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)")
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
@@ -804,9 +805,12 @@ def toml_problem(file: Path, text: str, exc: tomllib.TOMLDecodeError) -> str:
         number = max((i + 1 for i, line in enumerate(lines) if line.strip()), default=0)
         where = f"end of file (line {number})"
     line = lines[number - 1] if 0 < number <= len(lines) else ""
-    quoted = scrub.scrub_text(line.strip())[:160]
+    key, equals, _ = line.partition("=")
+    if equals and INLINE_SECRET_KEY.search(key):  # never quote a secret, even one no one has read yet
+        line = f"{key.strip()} = {scrub.REDACTED}"
+    quoted = line.strip()[:160]
     hint = _toml_hint(line, reason)
-    return f"{file}: {where}: not valid TOML ({reason.lower()}): {quoted!r}; {hint}"
+    return scrub.scrub_text(f"{file}: {where}: not valid TOML ({reason.lower()}): {quoted!r}; {hint}")
 
 
 def _toml_hint(line: str, reason: str) -> str:
