@@ -120,11 +120,15 @@ ROWS: dict[str, tuple[Build, int, tuple[str, ...]]] = {
     "store CA file not PEM": (
         lambda e: _check(e, sinks=[{"type": "vault_kv", "address": "https://127.0.0.1:1", "path": "x/y",
                                     "token_file": e.file("vt", "hvs.x"), "ca_file": e.file("ca.pem", "nope")}]),
-        78, ("profiles.main.sinks[0].ca_file", "PEM CA bundle", "fix ca_file")),
+        73, ("profiles.main.sinks[0].ca_file", "PEM CA bundle", "fix ca_file")),
     "store token file missing": (
         lambda e: _check(e, sinks=[{"type": "kubernetes_secret", "secret_name": "t", "api_url": "https://127.0.0.1:1",
-                                    "token_file": str(e.tmp / "sa-token")}]),
-        78, ("profiles.main.sinks[0].token_file", "cannot read the service-account token", "fix the path")),
+                                    "namespace": "apps", "token_file": str(e.tmp / "sa-token")}]),
+        73, ("profiles.main.sinks[0].token_file", "cannot read the service-account token", "fix the path")),
+    "store outside a cluster without api_url": (
+        lambda e: _check(e, sinks=[{"type": "kubernetes_secret", "secret_name": "t", "namespace": "apps",
+                                    "token_file": e.file("sa", "x")}]),
+        73, ("profiles.main.sinks[0].api_url", "not running in a cluster", "set api_url")),
     # ---- sinks (73) ----------------------------------------------------------------------------------------
     "sink directory missing (check)": (lambda e: _check(e, sinks=[{"path": str(e.tmp / "no" / "t.jwt")}]), 73,
                                        ("profiles.main.sinks[0].path", "No such file", "create it")),

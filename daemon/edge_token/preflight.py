@@ -108,20 +108,35 @@ def _sink(where: str, sink: SinkConfig, environ: Mapping[str, str]) -> Iterator[
     if sink.path is not None:
         yield from _file_sink(where, sink)
     if isinstance(sink.store, KubernetesSecretOptions):
-        yield from _readable(f"{where}.token_file", sink.store.token_file, "the service-account token",
-                             explicit=sink.store.token_file != SA_DIR / "token")  # fmt: skip
-        yield from _ca_file(f"{where}.ca_file", sink.store.ca_file, explicit=sink.store.ca_file != SA_DIR / "ca.crt")
+        yield from _kubernetes(where, sink.store, environ)
     if isinstance(sink.store, VaultKvOptions):
         if sink.store.token is not None:
             key = "token_file" if sink.store.token.kind == "file" else "token_env"
-            yield from (p for p in _secret(f"{where}.{key}", sink.store.token, environ, "Vault token")
-                        if isinstance(p, Problem))  # fmt: skip
+            yield from _store_secret(f"{where}.{key}", sink.store.token, environ, "Vault token")
         if sink.store.secret_id is not None:
-            yield from (p for p in _secret(f"{where}.secret_id_file", sink.store.secret_id, environ, "Vault secret_id")
-                        if isinstance(p, Problem))  # fmt: skip
+            yield from _store_secret(f"{where}.secret_id_file", sink.store.secret_id, environ, "Vault secret_id")
         yield from _ca_file(f"{where}.ca_file", sink.store.ca_file, explicit=True)
     if sink.on_update:
         yield from _program(f"{where}.on_update", sink, environ)
+
+
+def _store_secret(where: str, source: SecretSource, environ: Mapping[str, str], what: str) -> Iterator[Problem]:
+    """A store's credential: read as the sink will; at run time its failure is the sink's (73)."""
+    for item in _secret(where, source, environ, what):
+        if isinstance(item, Problem):
+            yield Problem(item.where, item.message, EX_CANTCREAT)
+
+
+def _kubernetes(where: str, store: KubernetesSecretOptions, environ: Mapping[str, str]) -> Iterator[Problem]:
+    """What the Kubernetes sink reads before its first call: the API address, namespace, token and CA."""
+    if store.api_url is None and not environ.get("KUBERNETES_SERVICE_HOST"):
+        yield Problem(f"{where}.api_url", "not running in a cluster ($KUBERNETES_SERVICE_HOST unset); set api_url",
+                      EX_CANTCREAT)  # fmt: skip
+    if store.namespace is None:
+        yield from _readable(f"{where}.namespace", SA_DIR / "namespace", "the pod's namespace file", False)
+    yield from _readable(f"{where}.token_file", store.token_file, "the service-account token",
+                         explicit=store.token_file != SA_DIR / "token")  # fmt: skip
+    yield from _ca_file(f"{where}.ca_file", store.ca_file, explicit=store.ca_file != SA_DIR / "ca.crt")
 
 
 def _file_sink(where: str, sink: SinkConfig) -> Iterator[Problem]:
@@ -181,11 +196,11 @@ def _readable(where: str, path: Path, what: str, explicit: bool) -> Iterator[Pro
         with path.open("rb") as handle:
             empty = not handle.read(1)
     except OSError as exc:
-        fix = "fix the path" if explicit else "run inside the cluster, or set api_url and token_file"
-        yield Problem(where, f"cannot read {what} {path}: {exc.strerror}; {fix}")
+        fix = "fix the path" if explicit else "run inside the cluster, or set api_url, namespace and token_file"
+        yield Problem(where, f"cannot read {what} {path}: {exc.strerror}; {fix}", EX_CANTCREAT)
         return
     if empty:
-        yield Problem(where, f"{what} {path} is empty")
+        yield Problem(where, f"{what} {path} is empty", EX_CANTCREAT)
 
 
 def _ca_file(where: str, path: Path | None, explicit: bool) -> Iterator[Problem]:
@@ -195,7 +210,7 @@ def _ca_file(where: str, path: Path | None, explicit: bool) -> Iterator[Problem]
         ssl.create_default_context(cafile=str(path))
     except (OSError, ssl.SSLError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or type(exc).__name__
-        yield Problem(where, f"cannot load {path} as a PEM CA bundle ({reason}); fix ca_file")
+        yield Problem(where, f"cannot load {path} as a PEM CA bundle ({reason}); fix ca_file", EX_CANTCREAT)
 
 
 def _program(where: str, sink: SinkConfig, environ: Mapping[str, str]) -> Iterator[Problem]:
