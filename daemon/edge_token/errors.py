@@ -87,6 +87,16 @@ class JwksError(TransientError):
     kind = "jwks"
 
 
+class JwksAnswerError(JwksError):
+    """The JWKS URL answered, but not with a key set (404, an HTML page, not JSON): most likely a wrong `jwks_url`.
+
+    The protocol's exit code (like a token endpoint answering nonsense), yet still a JWKS failure for metrics and
+    retries: the last good key set is kept and the fetch is retried with the ordinary backoff.
+    """
+
+    exit_code = EX_PROTOCOL
+
+
 class SinkError(EdgeTokenError):
     """A sink could not be written; the previous content is intact."""
 
