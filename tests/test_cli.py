@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -164,7 +165,7 @@ async def test_help_shows_defaults_and_the_config_variable(command: str) -> None
     assert "EDGE_TOKEN_CONFIG" in out
     defaults = {
         "run": ["(default: /etc/edge-token/config.toml)"],
-        "exec": ["(default: none)", "(default: HUP)"],
+        "exec": ["(default: none)", "(default: HUP)", "(default: 60.0)"],
         "once": ["(default: 60.0)"],
         "check": ["(default: /etc/edge-token/config.toml)"],
         "inspect": ["(default: /etc/edge-token/config.toml)"],
@@ -226,3 +227,21 @@ async def test_check_accepts_a_listen_address_held_by_its_own_running_daemon(
     other.chmod(0o600)
     code, _, err = await edge_token("check", "-c", str(other))
     assert code == 78 and "daemon.listen" in err and "already in use" in err
+
+
+async def test_exec_timeout_bounds_the_wait_for_an_unreachable_provider(
+    tmp_path: Path, auth: LocalAuthServer, secret_file: Path
+) -> None:
+    """`exec --timeout S` gives up after about S seconds of retries (like `once`), exits 69 naming token_url,
+    and never starts the command; the default stays 60 s (shown in --help)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    config = write_config(tmp_path, auth, secret_file, token_url=f"http://127.0.0.1:{closed}/oauth/token")
+    marker = tmp_path / "started"
+    began = time.monotonic()
+    code, _, err = await edge_token("exec", "--timeout", "2", "-c", str(config), "--", "/bin/touch", str(marker))
+    elapsed = time.monotonic() - began
+    assert code == 69, err
+    assert "check token_url" in err and not marker.exists()
+    assert 1.0 <= elapsed < 12, elapsed  # retried for ~2 s (not once, not the default 60 s), plus start-up

@@ -157,8 +157,20 @@ ROWS: dict[str, tuple[Build, int, tuple[str, ...]]] = {
     "credentials rejected": (lambda e: _once(e, client_secret_file=e.file("wrong.secret", "wrong")), 77,
                              ("credentials rejected", "check client_id, the client secret and audience")),
     "jwks_url: connection refused": (lambda e: _once(e, jwks_url=f"http://127.0.0.1:{e.closed_port}/jwks.json"), 69,
-                                     ("http://127.0.0.1:{port}/jwks.json", "connection refused")),
+                                     ("http://127.0.0.1:{port}/jwks.json", "connection refused", "check jwks_url")),
+    "jwks_url: 404": (lambda e: _once(e, jwks_url=e.auth.base_url + "/no/jwks.json"), 76,
+                      ("/no/jwks.json answered HTTP 404", "not a key set", "check jwks_url")),
+    "jwks_url: an HTML page": (lambda e: _jwks_fault(e, Fault(200, b"<html>login</html>")), 76,
+                               ("is an HTML page", "check jwks_url")),
+    "jwks_url: JSON without keys": (lambda e: _jwks_fault(e, Fault(200, {"issuer": "x"})), 76,
+                                    ('"keys" list', "check jwks_url")),
+    "jwks_url: 503": (lambda e: _jwks_fault(e, Fault(503, b"busy")), 69, ("answered HTTP 503", "will retry")),
 }  # fmt: skip
+
+
+def _jwks_fault(e: Env, fault: Fault) -> list[str]:
+    e.auth.jwks_faults.extend([fault] * 3)  # the fetch and its one unknown-kid refetch both see it
+    return _once(e)
 
 
 def _slow(e: Env) -> list[str]:

@@ -74,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     wrap.add_argument(
         "--token-env", action="store_true", help="also put the token in the child environment (EDGE_TOKEN_<PROFILE>)"
     )
+    wrap.add_argument(
+        "--timeout", type=float, default=60.0, help="total seconds of retries to obtain the tokens before CMD starts"
+    )
     wrap.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
     once = with_config(
         _command(
@@ -248,7 +251,7 @@ def _exec(args: argparse.Namespace) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         raise ConfigError("exec needs a command: edge-token exec -c FILE -- CMD ARGS...")
-    return exec_main(_load(args), cmd, args.on_rotation, args.signal, args.token_env)
+    return exec_main(_load(args), cmd, args.on_rotation, args.signal, args.token_env, args.timeout)
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ from joserfc.jwk import KeySet
 
 from edge_token import egress
 from edge_token.clock import Clock
-from edge_token.errors import EdgeTokenError, JwksError
+from edge_token.errors import EdgeTokenError, JwksAnswerError, JwksError
 from edge_token.httpcall import exchange
 from edge_token.oauth import sanitize
 
@@ -48,7 +48,7 @@ def usable_keys(document: Any) -> tuple[list[dict[str, Any]], list[str]]:
     Raises JwksError if the document itself is malformed (not an object with a `keys` list).
     """
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-        raise JwksError('JWKS is not a JSON object with a "keys" list')
+        raise JwksAnswerError('JWKS is not a JSON object with a "keys" list; check jwks_url')
     accepted: list[dict[str, Any]] = []
     skipped: list[str] = []
     for index, key in enumerate(document["keys"][:MAX_KEYS]):
@@ -210,14 +210,17 @@ class JwksCache:
             raise JwksError(f"{what}: {exc}") from None
         status, raw = await exchange(
             self._session, "GET", self.url, what=what, error=JwksError, limit=MAX_JWKS_BYTES,
-            timeout=self._timeout, headers={"Accept": "application/json"}, tls=via.ssl, via=via,
+            timeout=self._timeout, headers={"Accept": "application/json"}, tls=via.ssl, via=via, key="jwks_url",
         )  # fmt: skip
-        if status != 200:
-            raise JwksError(f"{what} answered HTTP {status}")
+        if status == 429 or status >= 500:
+            raise JwksError(f"{what} answered HTTP {status}; will retry")
+        if status != 200:  # 404, 403, a redirect...: the URL does not serve a key set
+            raise JwksAnswerError(f"JWKS {self.url} answered HTTP {status}, not a key set; check jwks_url")
         try:
             document = json.loads(raw)
         except (ValueError, UnicodeDecodeError, RecursionError):
-            raise JwksError(f"JWKS {self._host} is not valid JSON") from None
+            kind = "an HTML page" if raw.lstrip()[:1] == b"<" else "not valid JSON"
+            raise JwksAnswerError(f"JWKS {self.url} is {kind}, not a key set; check jwks_url") from None
         accepted, _skipped = usable_keys(document)
         key_set = build_key_set(accepted)
         kids = frozenset(key.kid for key in key_set.keys if key.kid)

@@ -77,9 +77,10 @@ class Wrapper:
 
     def __init__(
         self, config: Config, argv: Sequence[str], *, on_rotation: str, rotation_signal: str, token_env: bool,
-        environ: Mapping[str, str], redactor: logs.Redactor,
+        environ: Mapping[str, str], redactor: logs.Redactor, timeout: float = 60.0,
     ) -> None:  # fmt: skip
         self.config, self.argv, self.on_rotation = config, list(argv), on_rotation
+        self.timeout = timeout  # seconds of retries to obtain the first tokens (`exec --timeout`, like `once`)
         self.rotation_signal = getattr(signal, f"SIG{rotation_signal}")
         self.token_env, self.environ, self.redactor = token_env, environ, redactor
         self.log = structlog.get_logger("edge_token")
@@ -141,8 +142,9 @@ class Wrapper:
     async def _obtain_tokens(self) -> int:
         """Phase 1: every profile's token, like `once`; a stop signal interrupts it."""
         once = asyncio.ensure_future(
-            run_once(self.config, SystemClock(), self.log, environ=self.environ, on_secret=self.redactor.add_secret)
-        )
+            run_once(self.config, SystemClock(), self.log, environ=self.environ, on_secret=self.redactor.add_secret,
+                     timeout=self.timeout)
+        )  # fmt: skip
         await self._until_stopped(once)
         results = once.result()
         code = exit_code(results)
@@ -230,7 +232,9 @@ class Wrapper:
             self.child.send_signal(signum)
 
 
-def main(config: Config, argv: Sequence[str], on_rotation: str, rotation_signal: str, token_env: bool) -> int:
+def main(
+    config: Config, argv: Sequence[str], on_rotation: str, rotation_signal: str, token_env: bool, timeout: float = 60.0
+) -> int:
     redactor = logs.configure(config.daemon.log_format, config.daemon.log_level)
     if token_env and on_rotation != "restart":
         structlog.get_logger("edge_token").warning(
@@ -239,6 +243,6 @@ def main(config: Config, argv: Sequence[str], on_rotation: str, rotation_signal:
         )  # fmt: skip
     wrapper = Wrapper(
         config, argv, on_rotation=on_rotation, rotation_signal=rotation_signal, token_env=token_env,
-        environ=os.environ, redactor=redactor,
+        environ=os.environ, redactor=redactor, timeout=timeout,
     )  # fmt: skip
     return asyncio.run(wrapper.run())
