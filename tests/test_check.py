@@ -42,6 +42,8 @@ FAULTS = {
     "sink directory missing": "profiles.p.sinks[0].path",
     "sink directory is a file": "profiles.p.sinks[0].path",
     "sink path is a directory": "profiles.p.sinks[0].path",
+    "sink path is a symlink": "profiles.p.sinks[0].path",
+    "sink directory writable by others": "profiles.p.sinks[0].path",
     "hook not executable": "profiles.p.sinks[0].on_update",
     "hook missing": "profiles.p.sinks[0].on_update",
     "listen in use": "daemon.listen",
@@ -49,7 +51,13 @@ FAULTS = {
 }
 EXCLUSIVE = [  # faults of the same input: at most one of each group at a time
     {"secret missing", "secret empty"},
-    {"sink directory missing", "sink directory is a file", "sink path is a directory"},
+    {
+        "sink directory missing",
+        "sink directory is a file",
+        "sink path is a directory",
+        "sink path is a symlink",
+        "sink directory writable by others",
+    },
     {"hook not executable", "hook missing"},
 ]
 
@@ -74,9 +82,12 @@ def build(root: Path, faults: frozenset[str], busy_port: int, free_port: int) ->
         sink_dir.write_text("not a directory")
     elif "sink directory missing" not in faults:
         sink_dir.mkdir()
+        sink_dir.chmod(0o777 if "sink directory writable by others" in faults else 0o700)
     target = sink_dir / "t.jwt"
     if "sink path is a directory" in faults:
         target.mkdir()
+    if "sink path is a symlink" in faults:
+        target.symlink_to(root / "elsewhere.jwt")
     hook = root / "hook.sh"
     if "hook missing" not in faults:
         hook.write_text("#!/bin/sh\nexit 0\n")

@@ -29,7 +29,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_token.atomicfile import describe_os_error, temp_name
+from edge_token.atomicfile import check_directory, describe_os_error, not_regular, temp_name
 from edge_token.config import (
     SA_DIR,
     Config,
@@ -39,7 +39,7 @@ from edge_token.config import (
     VaultKvOptions,
     parse_listen,
 )
-from edge_token.errors import EX_CANTCREAT, EX_CONFIG, ConfigError
+from edge_token.errors import EX_CANTCREAT, EX_CONFIG, ConfigError, SinkError
 from edge_token.notify import hook_environment
 
 
@@ -153,12 +153,16 @@ def _file_sink(where: str, sink: SinkConfig) -> Iterator[Problem]:
     if not stat.S_ISDIR(info.st_mode):
         yield Problem(key, f"{directory} (the directory of {path}) is not a directory; fix path", EX_CANTCREAT)
         return
-    try:
-        target_is_dir = stat.S_ISDIR(os.lstat(path).st_mode)
+    try:  # the same refusals as step 0 of the atomic write: a directory others may rename in, a non-regular target
+        check_directory(directory, info)
+        existing = os.lstat(path)
+    except SinkError as exc:
+        yield Problem(key, str(exc), EX_CANTCREAT)
+        return
     except OSError:
-        target_is_dir = False  # absent, or a directory we cannot search: the probe below says which
-    if target_is_dir:
-        yield Problem(key, f"{path} is a directory; path must name the token file itself", EX_CANTCREAT)
+        existing = None  # absent, or a directory we cannot search: the probe below says which
+    if existing is not None and not stat.S_ISREG(existing.st_mode):
+        yield Problem(key, str(not_regular(path, existing)), EX_CANTCREAT)
         return
     probe = directory / temp_name(path)
     try:
