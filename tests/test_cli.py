@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import time
@@ -245,3 +246,22 @@ async def test_exec_timeout_bounds_the_wait_for_an_unreachable_provider(
     assert code == 69, err
     assert "check token_url" in err and not marker.exists()
     assert 1.0 <= elapsed < 12, elapsed  # retried for ~2 s (not once, not the default 60 s), plus start-up
+
+
+async def test_check_by_hand_accepts_the_runtime_directory_the_unit_creates(
+    tmp_path: Path, auth: LocalAuthServer, secret_file: Path
+) -> None:
+    """/run/NAME missing before the unit's first start is what RuntimeDirectory= creates: by hand `check` notes it
+    (exit 0); inside the unit ($INVOCATION_ID set, after systemd made it) the same absence is the sink error."""
+    missing = Path(f"/run/edge-token-check-test-{os.getpid()}")
+    assert not missing.exists()
+    config = tmp_path / "run.toml"
+    config.write_text(
+        '[daemon]\nlisten = ""\n' + profile_toml("main", auth, secret_file, [{"path": str(missing / "t.jwt")}])
+    )
+    config.chmod(0o600)
+    code, out, err = await edge_token("check", "-c", str(config), env={"INVOCATION_ID": ""})
+    assert code == 0, err
+    assert f"{missing} does not exist yet" in out and "RuntimeDirectory=" in out
+    code, _, err = await edge_token("check", "-c", str(config), env={"INVOCATION_ID": "0123abcd"})
+    assert code == 73 and "profiles.main.sinks[0].path" in err and "create it" in err

@@ -232,7 +232,7 @@ def test_a_key_file_only_the_owner_may_read_is_a_config_error_for_another_user(
         cert.chmod(0o644)
         readable_secret = directory / "secret"
         readable_secret.write_text(secret_file.read_text())
-        readable_secret.chmod(0o644)
+        readable_secret.chmod(0o600)  # not world-readable: `check` (as root) refuses that, as `run` would
         config = fleet_config(directory, auth, readable_secret, cert_file=cert, key_file=private)
         config.chmod(0o644)
         result = cli("check", "-c", str(config), user="nobody")

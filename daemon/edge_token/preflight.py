@@ -6,8 +6,10 @@ discover while running, is checked here with the same operations the daemon uses
 user, in the service's sandbox):
 
 - each client secret (and store credential file) is readable, non-empty and not world-readable: `SecretSource.read`;
-- each file sink's directory exists and lets us create, chown and remove a file there, exactly as the atomic
-  write does (a probe file with the atomic writer's temp name, removed at once; a leftover is cleaned at start);
+- each file sink's directory exists, is not one others may rename in, holds no non-regular file at the sink's
+  path, and lets us create, chown and remove a file there, exactly as the atomic write does (a probe file with
+  the atomic writer's temp name, removed at once; a leftover is cleaned at start). Outside a unit, a missing
+  directory under /run, /var/lib... is only noted: systemd creates it (RuntimeDirectory=) when the unit starts;
 - each TLS file (store `ca_file`) loads as a CA bundle, each store token file is readable;
 - the listen address can be bound (or is held by the running daemon of this same config: a reload is fine);
 - each `on_update` program exists and is executable, found the way the hook runner finds it.
@@ -104,9 +106,9 @@ def _secret(
         yield Problem(where, text + (fix if "cannot read" in text or "is not set" in text or "empty" in text else ""))
 
 
-def _sink(where: str, sink: SinkConfig, environ: Mapping[str, str]) -> Iterator[Problem]:
+def _sink(where: str, sink: SinkConfig, environ: Mapping[str, str]) -> Iterator[Problem | Note]:
     if sink.path is not None:
-        yield from _file_sink(where, sink)
+        yield from _file_sink(where, sink, environ)
     if isinstance(sink.store, KubernetesSecretOptions):
         yield from _kubernetes(where, sink.store, environ)
     if isinstance(sink.store, VaultKvOptions):
@@ -139,7 +141,7 @@ def _kubernetes(where: str, store: KubernetesSecretOptions, environ: Mapping[str
     yield from _ca_file(f"{where}.ca_file", store.ca_file, explicit=store.ca_file != SA_DIR / "ca.crt")
 
 
-def _file_sink(where: str, sink: SinkConfig) -> Iterator[Problem]:
+def _file_sink(where: str, sink: SinkConfig, environ: Mapping[str, str]) -> Iterator[Problem | Note]:
     """Create, chown and remove a probe file in the sink's directory: what the atomic write will do."""
     assert sink.path is not None
     path, directory = sink.path, sink.path.parent
@@ -147,6 +149,10 @@ def _file_sink(where: str, sink: SinkConfig) -> Iterator[Problem]:
     try:
         info = directory.stat()
     except OSError as exc:
+        if exc.errno == errno.ENOENT and _systemd_creates(directory) and not environ.get("INVOCATION_ID"):
+            yield Note(key, f"{directory} does not exist yet; fine if the unit creates it (RuntimeDirectory=, "
+                       "StateDirectory=): the unit's ExecStartPre= check runs after that and checks it")  # fmt: skip
+            return
         fix = "create it (systemd: RuntimeDirectory=/StateDirectory=) or fix path" if exc.errno == errno.ENOENT else ""
         yield Problem(key, f"directory {directory} of {path}: {exc.strerror}; {fix or 'fix path'}", EX_CANTCREAT)
         return
@@ -182,6 +188,19 @@ def _file_sink(where: str, sink: SinkConfig) -> Iterator[Problem]:
             os.unlink(probe)
         except OSError:
             pass  # a leftover probe has the atomic writer's temp name: the daemon removes it at start
+
+
+SYSTEMD_BASES = tuple(map(Path, ("/run", "/var/lib", "/var/cache", "/var/log", "/etc")))
+
+
+def _systemd_creates(directory: Path) -> bool:
+    """True if the nearest existing ancestor is where systemd creates a unit's directories at start: a missing
+    /run/edge-token is the unit's RuntimeDirectory= before its first start, not a typo. Outside a unit ($INVOCATION_ID
+    unset) `check` cannot see the unit, so it says so instead of failing; inside, the directory must exist."""
+    for ancestor in directory.parents:
+        if ancestor.exists():
+            return ancestor in SYSTEMD_BASES
+    return False
 
 
 def _as_whom() -> str:
