@@ -137,3 +137,14 @@ async def test_client_binding_uses_the_configured_client(
     assert outcome is not None and outcome.token is not None
     assert outcome.token.claims["azp"] == CLIENT_ID
     assert outcome.token.claims["sub"] == f"{CLIENT_ID}@clients"
+
+
+async def test_a_missing_secret_file_fails_at_once_with_78(
+    make_config: Callable[..., Config], auth: LocalAuthServer, clock: FakeClock, log: Any, secret_file: Path
+) -> None:
+    """A configuration problem found at the first attempt is not retried until the timeout: exit 78 at once."""
+    config = make_config()
+    secret_file.unlink()
+    started = clock.time()
+    assert await once(config, clock, log, timeout=60) == 78
+    assert clock.time() - started < 1 and auth.token_requests == 0

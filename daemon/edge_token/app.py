@@ -17,7 +17,7 @@ from edge_token import __version__
 from edge_token.clock import Clock
 from edge_token.config import Config, ProfileConfig
 from edge_token.egress import Egress
-from edge_token.errors import EdgeTokenError, PermanentError
+from edge_token.errors import ConfigError, EdgeTokenError, PermanentError
 from edge_token.jwks import JwksCache
 from edge_token.outcome import RenewalOutcome
 from edge_token.policy import TokenState
@@ -114,7 +114,7 @@ async def obtain(renewer: Renewer, clock: Clock, deadline: float, sleep: Sleep) 
         return _settled(name, outcome)
     while True:
         outcome = await renewer.renew()
-        if outcome.error is None or isinstance(outcome.error, PermanentError):
+        if outcome.error is None or isinstance(outcome.error, PermanentError | ConfigError):  # retrying won't fix it
             break
         delay = renewer.next_attempt_at() - clock.time()
         if clock.monotonic() + delay > deadline:
