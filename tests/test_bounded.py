@@ -222,3 +222,38 @@ def test_numeric_dates_of_any_size_are_verification_errors(claims: dict[str, Any
         check_claims({"iss": "i", "aud": "a", "azp": "c", **claims}, rules, 1_800_000_000.0)
     except VerificationError:
         pass
+
+
+def requests_in(minutes: float, headers: dict[str, str], seed: int, status: int) -> int:
+    """Token requests over `minutes` of fake time against a provider that always fails with these headers."""
+    s = Scenario()
+    try:
+        s.auth.token_faults.extend([Fault(status, b"no", dict(headers))] * 5000)
+        s.harness.start(load_config(s.config, environ={}), rng=random.Random(seed))
+        end = s.clock.time() + minutes * 60
+        for _ in range(5000):
+            due = s.harness.scheduler.next_due()
+            if due is None or due > end:
+                break
+            s.clock.advance(max(0.0, due - s.clock.time()))
+            s.harness.fire_due()
+        return s.auth.token_requests
+    finally:
+        s.close()
+
+
+HINTS = st.one_of(
+    st.fixed_dictionaries({"Retry-After": st.sampled_from(["0", "1", "Mon, 01 Jan 1990 00:00:00 GMT", "2", "\u0661"])}),
+    st.fixed_dictionaries({"x-ratelimit-reset": st.sampled_from(["0", "1", "1800000000", "99"])}),
+    st.just({"Auth0-Client-Quota-Limit": "b=per_hour;q=10;r=0;t=0"}),
+)
+
+
+@settings(max_examples=60 if SOAK else 8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(headers=HINTS, status=st.sampled_from([429, 503]), seed=st.integers(0, 2**32 - 1))
+def test_a_server_hint_can_slow_us_down_never_speed_us_up(headers: dict[str, str], status: int, seed: int) -> None:
+    """Retry-After 0, a date or a rate-limit reset already past, an exhausted quota bucket resetting "now": the
+    same failing provider gets no more requests with the hint than without it (before: one per second, forever)."""
+    hinted = requests_in(30, headers, seed, status)
+    plain = requests_in(30, {}, seed, status)
+    assert hinted <= plain, f"{hinted} requests with {headers}, {plain} without"

@@ -95,15 +95,14 @@ def next_attempt_at(
 ) -> float:
     """When this profile should try again, after a success (`error is None`) or a failure.
 
-    Failure rules, in order: a server's Retry-After wins (capped at an hour); credentials rejected back off
-    15 minutes; everything else backs off exponentially (`backoff_bounds`). A backoff that would overshoot the
-    expiry of a still-valid token is pulled in to halfway to that expiry, so a retry can still save it.
+    Failure rules: credentials rejected back off 15 minutes; everything else backs off exponentially
+    (`backoff_bounds`). A backoff that would overshoot the expiry of a still-valid token is pulled in to halfway to
+    that expiry, so a retry can still save it. A server's wait hint (Retry-After, a rate-limit reset) can only make
+    the wait longer, never shorter (capped at an hour): a hint of 0, or a date or reset already past, once made a
+    failing profile ask every second, forever.
     """
     if error is None and token is not None:
         return max(now, refresh_due_at(token, settings, rng))
-    retry_after = error.retry_after if isinstance(error, TransientError) else None
-    if retry_after is not None:
-        return now + min(max(retry_after, MIN_DELAY), MAX_RETRY_AFTER)
     base, cap = backoff_bounds(token, settings)
     if isinstance(error, CredentialsRejected):
         delay = REJECTED_BACKOFF * rng.uniform(0.9, 1.0)
@@ -111,7 +110,10 @@ def next_attempt_at(
         delay = backoff_delay(failures, rng, base, cap)
     if token is not None and now < token.expires_at < now + delay:
         delay = max(base, (token.expires_at - now) / 2)
-    return now + delay
+    hint = error.retry_after if isinstance(error, TransientError) else None
+    if hint is not None and hint > delay:
+        delay = min(hint, MAX_RETRY_AFTER)
+    return now + max(delay, MIN_BACKOFF)
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
