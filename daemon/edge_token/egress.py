@@ -23,6 +23,7 @@ import functools
 import ipaddress
 import os
 import ssl
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +86,10 @@ def route(egress: Egress, url: str, environ: Mapping[str, str]) -> Route:
     # http:// is allowed for loopback destinations only (config.py), and a proxy cannot reach our loopback: those
     # go direct, as Go's ProxyFromEnvironment does for localhost. (Forwarding plain requests is also where proxies
     # and aiohttp disagree: tinyproxy closes the connection after each answer without saying so.)
-    proxy = None if urlsplit(url).scheme == "http" else _proxy_for(egress.proxy, url, environ)
+    try:
+        proxy = None if urlsplit(url).scheme == "http" else _proxy_for(egress.proxy, url, environ)
+    except ValueError:  # e.g. an unterminated [ in HTTPS_PROXY: urlsplit raises (its text is not shown: a password)
+        raise ConfigError("a proxy URL (proxy = or the *_PROXY environment variables) is not a valid URL") from None
     if proxy is None:
         return Route(None, None, tls)
     headers: dict[str, str] | None = None
@@ -174,6 +178,9 @@ def bypassed(host: str, port: int | None, no_proxy: str) -> bool:
     return False
 
 
+MAX_CA_BYTES = 4 * 1024 * 1024  # the Debian bundle is ~220 KiB
+
+
 def tls_context(ca_file: Path | None) -> ssl.SSLContext | bool:
     """Verification always on: the system trust (True), or ONLY the CAs of `ca_file` (it replaces the system
     trust). Loaded once per file version (path, size, mtime), so a renewed bundle is picked up without a restart."""
@@ -183,16 +190,29 @@ def tls_context(ca_file: Path | None) -> ssl.SSLContext | bool:
         info = os.stat(ca_file)
     except OSError as exc:
         raise ConfigError(f"cannot read CA bundle {ca_file}: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):  # a FIFO here would block the event loop forever on open (and SIGTERM)
+        raise ConfigError(f"CA bundle {ca_file} is not a regular file; point ca_file at a PEM file")
     return _load_context(str(ca_file), info.st_size, info.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=32)
 def _load_context(path: str, _size: int, _mtime: int) -> ssl.SSLContext:
     try:
-        # create_default_context(cafile=...) loads only this bundle (no system CAs) and keeps hostname checks on
-        return ssl.create_default_context(cafile=path)
+        # Read it ourselves, never blocking (O_NONBLOCK; the type checked again on the open file, the path may have
+        # changed since the stat), bounded; then the CAs from memory. Only this bundle, hostname checks on.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigError(f"CA bundle {path} is not a regular file; point ca_file at a PEM file")
+            pem = os.read(fd, MAX_CA_BYTES + 1)
+        finally:
+            os.close(fd)
+        if len(pem) > MAX_CA_BYTES:
+            raise ConfigError(f"CA bundle {path} is larger than {MAX_CA_BYTES} bytes; is it the right file?")
+        context = ssl.create_default_context(cadata=pem.decode("ascii"))
     except (OSError, ssl.SSLError, ValueError) as exc:
         raise ConfigError(f"cannot load CA bundle {path}: {type(exc).__name__}: {exc}") from None
+    return context
 
 
 def proxy_failure(

@@ -43,6 +43,7 @@ from edge_token.config import (
 )
 from edge_token.errors import EX_CANTCREAT, EX_CONFIG, ConfigError, SinkError
 from edge_token.notify import hook_environment
+from edge_token.tlsfiles import regular_file
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,9 @@ def _readable(where: str, path: Path, what: str, explicit: bool) -> Iterator[Pro
 def _ca_file(where: str, path: Path | None, explicit: bool) -> Iterator[Problem]:
     if path is None or (not explicit and not path.exists()):
         return  # the default in-cluster CA: absent outside a pod, and then the system CAs are used (storehttp)
+    if not regular_file(path):
+        yield Problem(where, f"{path} is not a regular file; point ca_file at a PEM CA bundle", EX_CANTCREAT)
+        return
     try:
         ssl.create_default_context(cafile=str(path))
     except (OSError, ssl.SSLError, ValueError) as exc:

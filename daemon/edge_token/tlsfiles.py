@@ -7,7 +7,9 @@ removed or broken after `check` is still exit 78 with the key named, never a tra
 
 from __future__ import annotations
 
+import os
 import ssl
+import stat
 from pathlib import Path
 
 from edge_token.errors import ConfigError
@@ -39,7 +41,18 @@ def client_context(
     return context
 
 
+def regular_file(path: Path) -> bool:
+    """True if `path` is a regular file (following links). Checked before OpenSSL opens a PEM file: a FIFO there
+    would block the opening thread, which is the event loop, forever (and with it SIGTERM)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return True  # let the open report the real error (missing, permission denied...)
+
+
 def _readable(where: str, key: str, path: Path) -> None:
+    if not regular_file(path):
+        raise ConfigError(f"{where}.{key} = {str(path)!r}: not a regular file; point it at a PEM file")
     try:
         with path.open("rb") as handle:
             handle.read(1)

@@ -14,6 +14,7 @@ import aiohttp
 from edge_token import egress
 from edge_token.errors import EdgeTokenError, SinkError
 from edge_token.httpcall import exchange
+from edge_token.tlsfiles import regular_file
 
 MAX_STORE_BYTES = 1024 * 1024
 
@@ -28,6 +29,8 @@ def tls_context(ca_file: Path | None) -> ssl.SSLContext | bool:
     """Verification always on: the system CAs, or the configured CA bundle (e.g. the in-cluster ca.crt)."""
     if ca_file is None or not ca_file.exists():
         return True
+    if not regular_file(ca_file):
+        raise SinkError(f"CA bundle {ca_file} is not a regular file; point ca_file at a PEM file")
     try:
         return ssl.create_default_context(cafile=str(ca_file))
     except (OSError, ssl.SSLError) as exc:
