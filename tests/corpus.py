@@ -101,7 +101,7 @@ ANSWERS: dict[str, tuple[Fault, type[Exception], str]] = {
     "401 access_denied": (
         Fault(401, {"error": "access_denied", "error_description": "Unauthorized"}),
         CredentialsRejected,
-        "access_denied: Unauthorized",
+        "(401 access_denied)",
     ),
     "400 invalid_client": (Fault(400, {"error": "invalid_client"}), CredentialsRejected, "invalid_client"),
     "403 unauthorized_client": (Fault(403, {"error": "unauthorized_client"}), CredentialsRejected, "unauthorized"),

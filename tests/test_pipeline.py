@@ -136,13 +136,15 @@ async def test_form_encoded_answer_and_oidc_provider_claim_shape(
 async def test_secret_echoed_by_a_hostile_server_is_scrubbed(
     auth: LocalAuthServer, renewer_for: Callable[..., Renewer]
 ) -> None:
-    """An error_description that repeats our secret does not carry it into the error message."""
+    """An error_description that repeats our secret does not carry it into the error message: the provider's free
+    text is never repeated (it could encode the secret in ways no scrubber enumerates), a known code is."""
     from conftest import CLIENT_SECRET
 
     auth.token_faults.append(Fault(401, {"error": "access_denied", "error_description": f"bad {CLIENT_SECRET}"}))
     outcome = await renewer_for().renew()
     assert isinstance(outcome.error, CredentialsRejected)
-    assert CLIENT_SECRET not in str(outcome.error) and "[REDACTED]" in str(outcome.error)
+    assert CLIENT_SECRET not in str(outcome.error) and "bad" not in str(outcome.error)
+    assert "401 access_denied" in str(outcome.error)
 
 
 async def test_rotated_secret_heals_without_restart(
