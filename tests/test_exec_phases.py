@@ -230,3 +230,41 @@ async def test_no_exec_child_or_hook_sees_any_secret_source_variable(
     assert {"MY_SECRET", "STORE_TOKEN_X", "EDGE_TOKEN_MAIN_CLIENT_SECRET"} <= names
     hook_env = hook_environment(loaded.profiles["main"].sinks[0], "main", {**env, "HOME": "/root"}, names | {"HOME"})
     assert "HOME" not in hook_env and not set(env) & set(hook_env)
+
+
+IGNORING_CHILD = """
+import os, signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+open({pidfile!r}, "w").write(str(os.getpid()))
+while True:
+    time.sleep(0.1)
+"""
+
+
+async def test_sigterm_ends_exec_even_when_the_child_ignores_it(
+    tmp_path: Path, auth: LocalAuthServer, secret_file: Path, processes: list[Any]
+) -> None:
+    """A child that ignores SIGTERM gets the grace period, then SIGKILL; exec exits 143 and renews no more (before:
+    exec ran on for as long as the child did, renewing and signalling it)."""
+    auth.ttl = 3
+    pidfile = tmp_path / "child.pid"
+    config = write_config(tmp_path, auth, secret_file, refresh_at=0.5)
+    process = await spawn(
+        processes, *exec_args(config, "--on-rotation", "signal", script=IGNORING_CHILD.format(pidfile=str(pidfile)))
+    )
+    await wait_until(lambda: pidfile.exists() and pidfile.read_text() != "", 30, "the child")
+    child = int(pidfile.read_text())
+    try:
+        process.send_signal(signal.SIGTERM)
+        issued, started = auth.tokens_issued, time.monotonic()
+        _, err = await asyncio.wait_for(process.communicate(), 30)
+        assert process.returncode == 128 + signal.SIGTERM, err.decode()[-2000:]
+        assert time.monotonic() - started < 13.0  # the 10 s grace, and a little
+        assert auth.tokens_issued <= issued + 1, "exec kept renewing after SIGTERM"  # at most one already in flight
+        assert not Path(f"/proc/{child}").exists() or "zombie" in Path(f"/proc/{child}/status").read_text().lower()
+    finally:  # the child runs in its own session: the fixture's killpg does not reach it
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

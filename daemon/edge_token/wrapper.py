@@ -197,13 +197,17 @@ class Wrapper:
         while True:
             exited = asyncio.ensure_future(self.child.wait())
             rotated = asyncio.ensure_future(self.rotated.wait())
-            await asyncio.wait({exited, rotated}, return_when=asyncio.FIRST_COMPLETED)
+            stop = asyncio.ensure_future(self._stop_requested.wait())
+            await asyncio.wait({exited, rotated, stop}, return_when=asyncio.FIRST_COMPLETED)
             rotated.cancel()
+            stop.cancel()
             if exited.done():
                 status = exited.result()
                 self.log.info("exec.exited", status=status)
                 return 128 - status if status < 0 else status
             exited.cancel()
+            if self.stop_signal is not None:
+                return await self._stop_on_signal(self.stop_signal)
             self.rotated.clear()
             if self.on_rotation == "signal":
                 self.child.send_signal(self.rotation_signal)
@@ -214,6 +218,22 @@ class Wrapper:
                     self.log.info("exec.exited", status=status)
                     return 128 + self.stop_signal
                 self.child = await self._start()
+
+    async def _stop_on_signal(self, signum: int) -> int:
+        """SIGTERM/SIGINT (already forwarded): no more renewals or rotations; the child gets RESTART_GRACE_SECONDS to
+        exit, then SIGKILL. A child that ignores the signal must not keep us (and our renewals) alive forever."""
+        assert self.child is not None
+        if self.daemon is not None:
+            self.daemon.stop()
+        try:
+            status = await asyncio.wait_for(self.child.wait(), RESTART_GRACE_SECONDS)
+        except TimeoutError:
+            self.child.kill()
+            await self.child.wait()
+            self.log.warning("exec.child_killed", grace=RESTART_GRACE_SECONDS, message="the child ignored the signal")
+            return 128 + signum
+        self.log.info("exec.exited", status=status)
+        return 128 - status if status < 0 else status
 
     async def _stop_child(self) -> int:
         assert self.child is not None
