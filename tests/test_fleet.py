@@ -26,7 +26,7 @@ from daemonproc import DaemonProcess, reference_check
 from edge_token.localauth import LocalAuthServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("live_auth")]
-LIFETIME, REFRESH_AT, LEASE = 4, 0.5, 3
+LIFETIME, REFRESH_AT, LEASE = 6, 0.5, 3
 AUTH_TTL = LIFETIME  # conftest.live_auth
 
 
@@ -174,7 +174,8 @@ async def test_one_token_request_per_rotation_for_the_whole_fleet(
     FIGURES["fleet"] = {"daemons": 3, "seconds": round(elapsed, 1), "token requests": requests,
                         "expected rotations": round(rotations, 1), "bad sink observations": bad}  # fmt: skip
     assert bad == 0
-    assert requests <= rotations * 1.3 + 1, (requests, rotations)  # three standalone daemons would make ~3x
+    # three standalone daemons would make ~3x; the member kill may send all three standalone once (+2)
+    assert requests <= rotations * 1.3 + 3, (requests, rotations)
     # followers take tokens from the store (exact counts depend on where the window edges and the etcd
     # member kill fall, so only the order of magnitude is asserted; the request count above is the proof)
     assert sum(d.count("fleet.token_received") for d in fleet) >= requests
