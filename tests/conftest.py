@@ -117,6 +117,19 @@ async def daemons() -> AsyncIterator[list[DaemonProcess]]:
 
 
 @pytest.fixture
+def public_dir() -> Iterator[Path]:
+    """A 0755 directory under /tmp that unprivileged users (`nobody`) can reach: pytest's tmp_path lives under a
+    0700 parent, so a test whose child drops privileges needs this instead."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="edge-token-public-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def secret_file(tmp_path: Path) -> Path:
     path = tmp_path / "client.secret"
     path.write_text(CLIENT_SECRET + "\n")

@@ -128,3 +128,42 @@ class LoopDaemon:
             return 0
         self.daemon.stop()
         return int(self.run(asyncio.wait_for(self.task, 15)))
+
+
+class LoopWorld:
+    """A private event loop, a fake clock, the bundled auth server on it, a secret file and a config path, and a
+    LoopDaemon to run the real daemon: the scaffold of the step-by-step daemon tests. `close()` undoes it all."""
+
+    def __init__(self, ttl: float = 1000.0, prefix: str = "edge-token-world-") -> None:
+        import asyncio
+        import tempfile
+        from pathlib import Path
+
+        from conftest import CLIENT_ID, CLIENT_SECRET, FakeClock
+        from edge_token.localauth import LocalAuthServer
+
+        self.loop, self.clock = asyncio.new_event_loop(), FakeClock()
+        self.dir = Path(tempfile.mkdtemp(prefix=prefix))
+        self.auth = LocalAuthServer({CLIENT_ID: CLIENT_SECRET}, ttl=ttl, now=self.clock.time)
+        self.loop.run_until_complete(self.auth.start())
+        self.secret = self.dir / "secret"
+        self.secret.write_text(CLIENT_SECRET)
+        self.config = self.dir / "config.toml"
+        self.harness = LoopDaemon(self.loop, self.clock)
+
+    def write(self, *sinks: str, extra: str = "") -> None:
+        """A one-profile config ("main") with file sinks named relative to the world's directory."""
+        from conftest import profile_toml
+
+        paths = [{"path": str(self.dir / name)} for name in sinks]
+        self.config.write_text('[daemon]\nlisten = ""\n' + profile_toml("main", self.auth, self.secret, paths) + extra)
+
+    def close(self) -> None:
+        import shutil
+
+        try:
+            self.harness.stop()
+            self.loop.run_until_complete(self.auth.stop())
+        finally:
+            self.loop.close()
+            shutil.rmtree(self.dir, ignore_errors=True)

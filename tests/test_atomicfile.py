@@ -7,8 +7,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,15 +46,6 @@ def test_unchanged_bytes_skip_the_write(tmp_path: Path) -> None:
     assert target.stat().st_ino == inode
     assert write_atomic(target, b"token", 0o640) is True  # a mode change is a change
     assert target.stat().st_ino != inode
-
-
-@pytest.fixture
-def public_dir() -> Iterator[Path]:
-    """A directory `nobody` can traverse (pytest's tmp_path lives under a 0700 parent)."""
-    path = Path(tempfile.mkdtemp(prefix="edge-token-test-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path)
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temp(public_dir: Path) -> None:

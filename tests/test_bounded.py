@@ -13,19 +13,15 @@ and `once` ends every such exchange with a sysexits code, never an exception.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import random
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import CLIENT_ID, CLIENT_SECRET, SOAK, FakeClock, profile_toml
+from conftest import CLIENT_ID, SOAK
 from edge_token.app import exit_code, run_once
 from edge_token.config import load_config
 from edge_token.errors import ProtocolError, VerificationError
@@ -33,7 +29,7 @@ from edge_token.localauth import Fault, LocalAuthServer
 from edge_token.oauth import parse_token_answer
 from edge_token.policy import MIN_RUN_GAP, parse_retry_after
 from edge_token.verify import Rules, check_claims
-from harness import LoopDaemon
+from harness import LoopWorld
 
 TTL = 1000.0
 KINDS = {"transient", "rejected", "protocol", "invalid_token", "jwks"}
@@ -93,31 +89,13 @@ def fault(auth: LocalAuthServer, spec: tuple[int, dict[str, str], Any, bool]) ->
     return Fault(status, body, headers)
 
 
-class Scenario:
+class Scenario(LoopWorld):
     """One profile, one sink, a good first token; then every request gets the next generated answer."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.dir = Path(tempfile.mkdtemp(prefix="edge-token-bounded-"))
-        self.clock = FakeClock()
-        self.auth = LocalAuthServer({CLIENT_ID: CLIENT_SECRET}, ttl=TTL, now=self.clock.time)
-        self.loop.run_until_complete(self.auth.start())
-        secret = self.dir / "secret"
-        secret.write_text(CLIENT_SECRET)
+        super().__init__(ttl=TTL, prefix="edge-token-bounded-")
         self.sink = self.dir / "token.jwt"
-        self.config = self.dir / "config.toml"
-        self.config.write_text(
-            '[daemon]\nlisten = ""\n' + profile_toml("main", self.auth, secret, [{"path": str(self.sink)}])
-        )
-        self.harness = LoopDaemon(self.loop, self.clock)
-
-    def close(self) -> None:
-        try:
-            self.harness.stop()
-            self.loop.run_until_complete(self.auth.stop())
-        finally:
-            self.loop.close()
-            shutil.rmtree(self.dir, ignore_errors=True)
+        self.write("token.jwt")
 
 
 @settings(

@@ -4,54 +4,25 @@ once."""
 
 from __future__ import annotations
 
-import asyncio
 import random
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
 
-from conftest import CLIENT_ID, CLIENT_SECRET, FakeClock, profile_toml
 from edge_token.config import load_config
-from edge_token.localauth import LocalAuthServer
-from harness import LoopDaemon
+from harness import LoopWorld
 from promsample import sample
 
 
-class World:
-    def __init__(self) -> None:
-        self.loop, self.clock, self.dir = asyncio.new_event_loop(), FakeClock(), Path(tempfile.mkdtemp())
-        self.auth = LocalAuthServer({CLIENT_ID: CLIENT_SECRET}, ttl=1000, now=self.clock.time)
-        self.loop.run_until_complete(self.auth.start())
-        self.secret = self.dir / "secret"
-        self.secret.write_text(CLIENT_SECRET)
-        self.config = self.dir / "config.toml"
-        self.harness = LoopDaemon(self.loop, self.clock)
-
-    def write(self, *sinks: str, extra: str = "") -> None:
-        paths = [{"path": str(self.dir / name)} for name in sinks]
-        self.config.write_text('[daemon]\nlisten = ""\n' + profile_toml("main", self.auth, self.secret, paths) + extra)
-
-    def close(self) -> None:
-        try:
-            self.harness.stop()
-            self.loop.run_until_complete(self.auth.stop())
-        finally:
-            self.loop.close()
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-
 @pytest.fixture
-def world() -> Iterator[World]:
-    w = World()
+def world() -> Iterator[LoopWorld]:
+    w = LoopWorld()
     yield w
     w.close()
 
 
-def test_a_refused_reload_is_counted_alertable_and_shown(world: World) -> None:
+def test_a_refused_reload_is_counted_alertable_and_shown(world: LoopWorld) -> None:
     world.write("a.jwt")
     daemon = world.harness.start(load_config(world.config, environ={}), rng=random.Random(1))
     world.write("a.jwt", extra="\n[profiles.main]\nunknown_key = 1\n")
@@ -70,7 +41,7 @@ def test_a_refused_reload_is_counted_alertable_and_shown(world: World) -> None:
     assert sample(text, "edge_token_config_reload_total", result="success") == 1
 
 
-def test_a_reload_that_changes_only_sinks_reuses_the_token_and_writes_each_sink_once(world: World) -> None:
+def test_a_reload_that_changes_only_sinks_reuses_the_token_and_writes_each_sink_once(world: LoopWorld) -> None:
     world.write("a.jwt")
     daemon = world.harness.start(load_config(world.config, environ={}), rng=random.Random(1))
     token = (world.dir / "a.jwt").read_text()

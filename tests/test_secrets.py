@@ -14,7 +14,6 @@ import signal
 import string
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -226,11 +225,11 @@ def test_a_symlink_into_an_untrusted_directory_is_refused(confdir: Path, tmp_pat
     [(0o644, 0o755, True), (0o604, 0o711, True), (0o644, 0o700, False), (0o640, 0o755, False), (0o600, 0o755, False)],
 )
 def test_a_secret_file_every_user_can_read_is_refused(
-    unprivileged_dir: Path, file_mode: int, dir_mode: int, refused: bool
+    public_dir: Path, file_mode: int, dir_mode: int, refused: bool
 ) -> None:
     """Refused only when every local user can really read it (o+r, and o+x on every directory above): a 0644
     file in a 0700 directory (a credentials directory) or a 0640 group-shared file is fine."""
-    secrets_dir = unprivileged_dir / "secrets"
+    secrets_dir = public_dir / "secrets"
     secrets_dir.mkdir()
     secret = secrets_dir / "client.secret"
     secret.write_text("a-real-secret-value\n")
@@ -291,20 +290,6 @@ def test_local_auth_generates_a_missing_secret_file(tmp_path: Path) -> None:
     assert len(secret) >= 32 and path.stat().st_mode & 0o777 == 0o600 and path.read_text() == secret
 
 
-@pytest.fixture
-def unprivileged_dir() -> Iterator[Path]:
-    """A directory under /tmp the nobody user can reach (pytest's tmp_path is root's 0700)."""
-    import shutil
-    import tempfile
-
-    directory = Path(tempfile.mkdtemp(prefix="edge-token-sec-", dir="/tmp"))
-    directory.chmod(0o755)
-    try:
-        yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
 def run_as_nobody(*argv: str) -> list[str]:
     return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv]
 
@@ -323,15 +308,15 @@ async def read_environ_as_nobody(pid: int) -> tuple[int, bytes, bytes]:
 @pytest.mark.slow
 @pytest.mark.usefixtures("live_auth")
 async def test_same_uid_processes_cannot_read_the_daemons_environment(
-    auth: LocalAuthServer, unprivileged_dir: Path, daemons: list[DaemonProcess]
+    auth: LocalAuthServer, public_dir: Path, daemons: list[DaemonProcess]
 ) -> None:
     """The daemon (as nobody, secret in client_secret_env) is non-dumpable: another process of the same uid
     cannot read /proc/PID/environ. The control, a plain process of that uid with the same variable, can be
     read by the same reader: the test would see a leak if there were one."""
-    out = unprivileged_dir / "out"
+    out = public_dir / "out"
     out.mkdir()
     os.chown(out, NOBODY, NOBODY)
-    config = unprivileged_dir / "config.toml"
+    config = public_dir / "config.toml"
     config.write_text(
         '[daemon]\nlog_format = "json"\nlisten = ""\n'
         + profile_toml("main", auth, Path("/unused"), [{"path": str(out / "t.jwt")}])

@@ -11,10 +11,9 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,15 +28,6 @@ from edge_token.localauth import LocalAuthServer
 from edge_token.sinks.file import FileSink
 
 NOBODY = 65534
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory under /tmp that `nobody` can reach (pytest's tmp_path lives under a 0700 parent)."""
-    path = Path(tempfile.mkdtemp(prefix="edge-token-trust-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path)
 
 
 def as_nobody(*command: str) -> subprocess.CompletedProcess[str]:
@@ -139,17 +129,17 @@ def test_a_directory_others_may_rename_in_is_refused(tmp_path: Path, mode: int) 
     assert write_atomic(directory / "t.jwt", b"token2")
 
 
-def sticky_dir(shared_dir: Path) -> Path:
-    directory = shared_dir / "sticky"
+def sticky_dir(public_dir: Path) -> Path:
+    directory = public_dir / "sticky"
     directory.mkdir()
     directory.chmod(0o1777)
     return directory
 
 
-async def test_a_token_planted_by_another_user_is_not_adopted(shared_dir: Path) -> None:
+async def test_a_token_planted_by_another_user_is_not_adopted(public_dir: Path) -> None:
     """A real unprivileged user plants a file at the sink path in a sticky directory: read-back ignores it with a
     specific log line naming the owner; our own file is read back."""
-    directory = sticky_dir(shared_dir)
+    directory = sticky_dir(public_dir)
     target = directory / "t.jwt"
     forged = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJmb3JnZWQifQ.c2ln"
     planted = as_nobody(sys.executable, "-c", f"open({str(target)!r}, 'w').write({forged!r})")
@@ -164,10 +154,10 @@ async def test_a_token_planted_by_another_user_is_not_adopted(shared_dir: Path) 
     assert await sink.read() == forged
 
 
-def test_a_planted_file_in_a_sticky_directory_gets_the_right_hint(shared_dir: Path) -> None:
+def test_a_planted_file_in_a_sticky_directory_gets_the_right_hint(public_dir: Path) -> None:
     """A non-root daemon cannot replace another user's file in a sticky directory: the error says so (not the
     old "owner/group change needs privileges"), and the planted file is untouched."""
-    directory = sticky_dir(shared_dir)
+    directory = sticky_dir(public_dir)
     target = directory / "t.jwt"
     assert as_nobody(sys.executable, "-c", f"open({str(target)!r}, 'w').write('forged')").returncode == 0
     code = (
@@ -175,7 +165,7 @@ def test_a_planted_file_in_a_sticky_directory_gets_the_right_hint(shared_dir: Pa
         "from edge_token.errors import SinkError\n"
         "try:\n    write_atomic(Path(sys.argv[1]), b'ours')\nexcept SinkError as e:\n    print(e); sys.exit(3)\n"
     )
-    package = shared_dir / "lib"
+    package = public_dir / "lib"
     shutil.copytree(Path(__file__).parents[1] / "daemon" / "edge_token", package / "edge_token")
     result = subprocess.run(
         ["setpriv", "--reuid=daemon", "--regid=daemon", "--clear-groups", sys.executable, "-c", code, str(target)],
@@ -188,11 +178,11 @@ def test_a_planted_file_in_a_sticky_directory_gets_the_right_hint(shared_dir: Pa
     assert [p.name for p in directory.iterdir()] == ["t.jwt"]  # no temp left
 
 
-def test_a_file_renamed_over_ours_right_after_the_write_is_detected(shared_dir: Path) -> None:
+def test_a_file_renamed_over_ours_right_after_the_write_is_detected(public_dir: Path) -> None:
     """Interleaving: the directory turns writable between the check and the rename, and a real unprivileged user
     renames a forged file over the token right after our rename. The write fails (the sink is not reported
     written) with an error naming the intruder's uid."""
-    directory = shared_dir / "d"
+    directory = public_dir / "d"
     directory.mkdir(mode=0o755)
     target = directory / "t.jwt"
 
