@@ -41,6 +41,7 @@ REDACTED = "[REDACTED]"
 REDACTED_TEXT = "[REDACTED: this text held an encoded secret]"
 #: compact JWS/JWE: a base64url JSON header (`{"`, `{ "`, `{\n` encode as eyJ / eyA / ew…), then payload parts
 JWT = re.compile(r"e[wy][A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{2,}\.?[A-Za-z0-9_-]*")
+JWT_MIN_CHARS = 11  # the shortest text `JWT` can match: e, [wy], six characters, a dot, two characters
 MEMO_SIZE = 16384  # remembered texts and words (each memo is dropped whole when full, and on every register)
 MEMO_TEXT = 512  # longer texts (whole lines, bodies) are scrubbed every time
 MIN_SECRET = 4  # shorter values would cut ordinary words out of every line; refuse such secrets instead
@@ -156,11 +157,30 @@ def _views(text: str, depth: int = 2, runs: bool = True) -> Iterable[str]:
                 yield from _views(view, depth - 1)
 
 
-def _betrays(word: str, raw: tuple[str, ...], memo: dict[str, bool]) -> bool:
+def longest_view(word: str) -> int:
+    """An upper bound on the length of every decoding `_views(word)` yields, found without decoding anything.
+
+    No decoding lengthens text: percent, HTML and backslash escapes each stand for fewer characters than they
+    take, and a decoded byte is at most one character. Without `%`, `+`, `&` or `\\` in the word, the only
+    decodings are those of its base64 and hex runs (a hex run lies inside a base64 run, and decodes to half its
+    length), and the decodings of a decoding are shorter still. A base64 run of r characters decodes (from any
+    offset, `_b64_views`) to at most 3 * r // 4 bytes, one character less when r % 4 == 1 (a lone 6 bits is
+    dropped)."""
+    if "%" in word or "+" in word or "&" in word or "\\" in word:
+        return len(word)
+    longest = max(map(len, _B64_RUN.findall(word)), default=0)
+    return (longest - (longest % 4 == 1)) * 3 // 4
+
+
+def _betrays(word: str, raw: tuple[str, ...], memo: dict[str, bool], shortest: int = 0) -> bool:
     """Does some decoding of `word` hold a secret or a JWT? Memoized per registry state: log lines and /status
-    repeat the same words (keys, event names, profile and sink names) all day."""
+    repeat the same words (keys, event names, profile and sink names) all day. Words that change with every
+    line (timestamps, fingerprints, numbers) are answered by `longest_view` alone when every decoding they could
+    have is shorter than `shortest` (the shortest registered secret, or a JWT): nothing that short can hold one."""
     known = memo.get(word)
     if known is None:
+        if longest_view(word) < shortest:
+            return False
         known = any(any(secret in view for secret in raw) or JWT.search(view) is not None for view in _views(word))
         if len(memo) >= MEMO_SIZE:
             memo.clear()
@@ -224,10 +244,14 @@ class Scrubber:
         return self._fail_closed(text, raw)
 
     def _fail_closed(self, text: str, raw: tuple[str, ...]) -> str:
-        memo = self._words
-        spans = [
-            m.span() for m in _WORD.finditer(text) if len(m.group()) >= MIN_SECRET and _betrays(m.group(), raw, memo)
-        ]
+        shortest = min(JWT_MIN_CHARS, min(map(len, raw), default=JWT_MIN_CHARS))  # no shorter decoding holds one
+        if longest_view(text) < shortest:
+            return text  # nor can any word of it: a word's decodings are never longer than the whole text's bound
+        memo, spans = self._words, []
+        for match in _WORD.finditer(text):
+            word = match.group()
+            if len(word) >= MIN_SECRET and _betrays(word, raw, memo, shortest):
+                spans.append(match.span())
         text = _cut(text, spans)
         if raw and any(any(secret in view for secret in raw) for view in _views(text, runs=False)):
             return REDACTED_TEXT
