@@ -28,6 +28,7 @@ import os
 import secrets
 import stat
 import threading
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -266,39 +267,152 @@ def read_regular(path: Path, limit: int, uid: int = -1) -> bytes:
 
 def remove_stale_temps(path: Path) -> int:
     """Delete temp files a killed predecessor left beside `path` (only ours: exact name pattern and owner)."""
-    removed = 0
-    try:
-        entries = list(path.parent.iterdir())
-    except OSError:
-        return 0
-    prefix = f"{TEMP_PREFIX}{path.name}."
-    me = os.geteuid()
-    for entry in entries:
-        name = entry.name
-        middle = name[len(prefix) : -len(TEMP_SUFFIX)]
-        if name.startswith(prefix) and name.endswith(TEMP_SUFFIX) and len(middle) == 16:
+    return StaleTemps().remove(path)
+
+
+class StaleTemps:
+    """Finds the temp files a killed predecessor left, with one listing per directory per process, not per sink.
+
+    Every file sink removes its own stale temps when it is first read back; listing the directory for each of N
+    sinks sharing it made a fill or restart of N profiles O(N^2) (1,000,000 entries looked at for 1,000). The
+    first sink of a directory lists it and files every temp name by the sink file it belongs to; each sink then
+    takes its own. A listing that fails (no directory yet, no permission) is not remembered: there is nothing to
+    remove, and the next sink tries again. Thread-safe: sinks read back in worker threads.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._found: dict[str, dict[str, list[str]]] = {}  # directory -> sink file name -> its temp names
+
+    def remove(self, path: Path) -> int:
+        """Delete the stale temps of the sink at `path`; returns how many were removed."""
+        directory = os.fspath(path.parent)
+        with self._lock:
+            found = self._found.get(directory)
+            if found is None:
+                try:
+                    found = self._found[directory] = _temps_by_target(directory)
+                except OSError:
+                    return 0
+            names = found.pop(path.name, [])
+        removed = 0
+        me = os.geteuid()
+        for name in names:
+            entry = os.path.join(directory, name)
             try:
-                info = entry.lstat()
+                info = os.lstat(entry)
                 if stat.S_ISREG(info.st_mode) and info.st_uid in (me, 0):
-                    entry.unlink()
+                    os.unlink(entry)
                     removed += 1
             except OSError:
                 continue
-    return removed
+        return removed
+
+
+def _temps_by_target(directory: str) -> dict[str, list[str]]:
+    """The temp names in `directory` (`temp_name`'s pattern: .<target>.<16 characters>.edge-token-tmp) by target."""
+    found: dict[str, list[str]] = {}
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            name = entry.name
+            if not (name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)):
+                continue
+            inner = name[len(TEMP_PREFIX) : -len(TEMP_SUFFIX)]
+            if len(inner) > 17 and inner[-17] == ".":  # <target>.<16 characters>
+                found.setdefault(inner[:-17], []).append(name)
+    return found
+
+
+class _Job:
+    """One blocking call handed to the worker threads."""
+
+    __slots__ = ("abandoned", "finished", "function", "started")
+
+    def __init__(self, function: Callable[[], None]) -> None:
+        self.function = function
+        self.started = self.finished = self.abandoned = False
+
+    def is_alive(self) -> bool:
+        """True while the call runs (a written-off call that is still stuck in the kernel)."""
+        return self.started and not self.finished
+
+
+class Workers:
+    """A few long-lived daemon threads that run blocking file calls for every sink of the process.
+
+    Why not a thread per call: `Thread.start()` blocks the event loop until the new thread runs, and on a busy
+    machine that wait cost more than the file call itself (about half of a 1,000-profile fill). Why not
+    `asyncio.to_thread`: its executor's threads are joined at exit, so a call stuck in the kernel would keep
+    SIGTERM from ending the daemon; these are daemon threads, abandoned at exit. Idle workers wait on a condition
+    (no CPU). A worker whose call was written off (stuck past its deadline) no longer counts: another may start in
+    its place, so a hung filesystem costs threads only for the calls stuck in it, which `BlockingCalls` bounds to
+    one per sink.
+    """
+
+    def __init__(self, limit: int = 16) -> None:
+        self.limit = limit
+        self._cond = threading.Condition()
+        self._queue: deque[_Job] = deque()
+        self._idle = 0  # workers waiting for a job
+        self._workers = 0  # live workers that are not written off
+        self.started = 0  # threads started so far (tests: no thread per call)
+
+    def submit(self, job: _Job) -> None:
+        with self._cond:
+            self._queue.append(job)
+            if self._idle >= len(self._queue):  # enough waiting workers for every queued job
+                self._cond.notify()
+                return
+            if self._workers >= self.limit:
+                return  # the job waits for the first worker to finish (its caller's deadline bounds the wait)
+            self._workers += 1
+            self.started += 1
+        threading.Thread(target=self._work, name="edge-token file calls", daemon=True).start()
+
+    def write_off(self, job: _Job) -> None:
+        """The caller gave up on `job`: drop it if it has not started; else its worker is replaced."""
+        with self._cond:
+            if not job.started:
+                self._queue.remove(job)
+                job.finished = True
+            elif not job.finished:
+                job.abandoned = True
+                self._workers -= 1
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._idle += 1
+                    self._cond.wait()
+                    self._idle -= 1
+                job = self._queue.popleft()
+                job.started = True
+            job.function()
+            with self._cond:
+                job.finished = True
+                if job.abandoned:  # written off while stuck: rejoin only if nobody took our place
+                    if self._workers >= self.limit:
+                        return
+                    self._workers += 1
+
+
+#: the process's file workers (shared by every sink, like the descriptors they use)
+WORKERS = Workers()
 
 
 class BlockingCalls:
-    """Runs blocking file calls in their own daemon threads, with a deadline, one at a time per owner.
+    """Runs blocking file calls on the worker threads, with a deadline, one at a time per owner.
 
-    Why not `asyncio.to_thread`: a call stuck in the kernel (hung NFS/FUSE server, a FIFO) never returns, and
-    `asyncio.run` waits for every default-executor thread at exit, so SIGTERM could not end the daemon. A daemon
-    thread is abandoned instead: the caller gets a SinkError after `timeout` seconds and the process can still
-    exit. While an abandoned call is still stuck, further calls fail at once instead of piling up threads.
+    A call stuck in the kernel (hung NFS/FUSE server, a FIFO) never returns: the caller gets a SinkError after
+    `timeout` seconds, the worker is written off (a daemon thread: the process can still exit), and while that
+    call is still stuck, further calls of the same owner fail at once instead of piling up threads.
     """
 
-    def __init__(self, what: str, timeout: float) -> None:
+    def __init__(self, what: str, timeout: float, workers: Workers | None = None) -> None:
         self.what, self.timeout = what, timeout
-        self._stuck: threading.Thread | None = None
+        self._workers = workers or WORKERS
+        self._stuck: _Job | None = None
 
     async def call(self, function: Callable[[], T]) -> T:
         if self._stuck is not None and self._stuck.is_alive():
@@ -324,12 +438,13 @@ class BlockingCalls:
             except RuntimeError:
                 pass  # the loop is gone: nobody waits for this any more
 
-        thread = threading.Thread(target=work, name=f"edge-token file {self.what}", daemon=True)
-        thread.start()
+        job = _Job(work)
+        self._workers.submit(job)
         try:
             return await asyncio.wait_for(asyncio.shield(future), self.timeout)
         except TimeoutError:
-            self._stuck = thread
+            self._workers.write_off(job)
+            self._stuck = job
             raise SinkError(
                 f"{self.what}: a file operation did not finish within {self.timeout:g} s (hung filesystem?); "
                 "the previous token is kept"

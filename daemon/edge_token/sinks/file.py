@@ -9,7 +9,7 @@ from pathlib import Path
 
 import structlog
 
-from edge_token.atomicfile import BlockingCalls, read_regular, remove_stale_temps, write_atomic
+from edge_token.atomicfile import BlockingCalls, StaleTemps, read_regular, write_atomic
 from edge_token.config import SinkConfig
 from edge_token.errors import SinkError
 from edge_token.token import Token
@@ -18,6 +18,8 @@ MAX_READ_BYTES = 64 * 1024
 #: a write or read-back that takes longer is abandoned (hung NFS/FUSE): well below the daemon's cycle budget
 FILE_IO_TIMEOUT_SECONDS = 20.0
 _JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+#: stale temp files are looked for once per directory per process (at each sink's first read-back, i.e. start)
+STALE_TEMPS = StaleTemps()
 
 
 def render(token: Token, fmt: str, env_name: str = "EDGE_TOKEN") -> bytes:
@@ -58,13 +60,16 @@ class FileSink:
     if it is not a regular file).
     """
 
-    def __init__(self, config: SinkConfig, timeout: float = FILE_IO_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self, config: SinkConfig, timeout: float = FILE_IO_TIMEOUT_SECONDS, stale_temps: StaleTemps | None = None
+    ) -> None:
         if config.path is None:
             raise ValueError("a file sink needs a path")
         self.config = config
         self.name = config.name
         self.path: Path = config.path
         self._calls = BlockingCalls(self.name, timeout)
+        self._stale_temps = stale_temps or STALE_TEMPS
         self.log = structlog.get_logger("edge_token")
 
     async def write(self, token: Token) -> bool:
@@ -80,7 +85,7 @@ class FileSink:
             return None
 
     def _read(self) -> str | None:
-        remove_stale_temps(self.path)
+        self._stale_temps.remove(self.path)
         try:
             content = read_regular(self.path, MAX_READ_BYTES, self.config.uid).decode("utf-8")
         except (OSError, UnicodeDecodeError):
