@@ -23,10 +23,14 @@ from hypothesis import strategies as st
 from conftest import CLIENT_SECRET, profile_toml
 from daemonproc import DaemonProcess
 from edge_token import config as config_module
-from edge_token import logs, oauth
-from edge_token.errors import ConfigError
+from edge_token.config.trust import listen_exposure
+from edge_token.core.errors import ConfigError
+from edge_token.core.scrub import JWT, MAX_SECRETS, Scrubber
+from edge_token.core.settings import SecretSource
 from edge_token.localauth import Fault, LocalAuthServer
-from edge_token.scrub import JWT, MAX_SECRETS, Scrubber
+from edge_token.net import http
+from edge_token.observe import logs
+from edge_token.secrets import read_secret
 from fakestores import FakeEtcdEcho, FakeKubernetes, FakeVault
 from leakscan import ENCODINGS, Echoes, echoing_provider, leaks
 from unprivileged import as_user
@@ -45,7 +49,7 @@ def through_log_redactor(secret: str, text: str) -> str:
 
 
 def through_sanitize(secret: str, text: str) -> str:
-    return oauth.sanitize(text, (secret,), limit=100_000)
+    return http.sanitize(text, (secret,), limit=100_000)
 
 
 def through_scrubber(secret: str, text: str) -> str:
@@ -54,7 +58,7 @@ def through_scrubber(secret: str, text: str) -> str:
     return scrubber.scrub_text(text)
 
 
-CONSUMERS = {"log redactor": through_log_redactor, "oauth.sanitize": through_sanitize, "Scrubber": through_scrubber}
+CONSUMERS = {"log redactor": through_log_redactor, "http.sanitize": through_sanitize, "Scrubber": through_scrubber}
 
 
 # ---- the scrubber, as a property ----------------------------------------------------------------------------
@@ -235,12 +239,12 @@ def test_a_secret_file_every_user_can_read_is_refused(
     secret.write_text("a-real-secret-value\n")
     secret.chmod(file_mode)
     secrets_dir.chmod(dir_mode)
-    source = config_module.SecretSource("file", str(secret))
+    source = SecretSource("file", str(secret))
     if not refused:
-        assert source.read({}) == "a-real-secret-value"
+        assert read_secret(source, {}) == "a-real-secret-value"
         return
     with pytest.raises(ConfigError, match=rf"client secret: {secret} is readable by every local user") as caught:
-        source.read({})
+        read_secret(source, {})
     assert f"chmod o-r {secret}" in str(caught.value)
 
 
@@ -252,7 +256,7 @@ def test_a_secret_file_every_user_can_read_is_refused(
 )  # fmt: skip
 def test_a_non_loopback_listen_is_named_as_an_exposure(listen: str, exposed: bool) -> None:
     """Loopback is quiet; anything else gets a warning naming /status and what it reveals."""
-    warning = config_module.listen_exposure(listen)
+    warning = listen_exposure(listen)
     if not exposed:
         assert warning is None
         return
@@ -560,7 +564,7 @@ def test_a_long_message_is_cut_without_leaving_part_of_a_secret(secret: str, enc
     straddles the limit leaves no prefix behind (scrubbed before the final cut)."""
     echoed = ENCODINGS[encoding]("client", secret)
     text = "x" * position + " " + echoed + " " + "y " * 32_000
-    out = oauth.sanitize(text, (secret,), limit=200)
+    out = http.sanitize(text, (secret,), limit=200)
     assert len(out) <= 203 and leaks(out, [secret]) == []
     tail = out.removesuffix("...")
     forms = {ENCODINGS[name]("client", secret) for name in ("raw", "quote", "quote_plus", "json escaped", "base64")}
@@ -634,7 +638,7 @@ def test_printed_lines_are_scrubbed_however_they_are_written(secret: str, encodi
     scrubbed whole; a partial line is scrubbed on flush."""
     import io
 
-    from edge_token.scrub import ScrubbingStream
+    from edge_token.core.scrub import ScrubbingStream
 
     scrubber = Scrubber()
     scrubber.register(secret)
