@@ -28,6 +28,7 @@ import os
 import secrets
 import stat
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -93,15 +94,18 @@ def _unchanged(dir_fd: int, name: str, data: bytes, mode: int, uid: int, gid: in
     except OSError:
         return False
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size != len(data) or stat.S_IMODE(info.st_mode) != mode:
-            return False
-        # a same-bytes file planted by someone else is not "ours, unchanged": it gets replaced by one that is
-        if info.st_uid != expected_owner(uid) or (gid >= 0 and info.st_gid != gid):
-            return False
-        return os.read(fd, len(data) + 1) == data
+        return as_written(os.fstat(fd), len(data), mode, uid, gid) and os.read(fd, len(data) + 1) == data
     finally:
         os.close(fd)
+
+
+def as_written(info: os.stat_result, size: int, mode: int, uid: int, gid: int) -> bool:
+    """Is this file, as far as its metadata tells, what `write_atomic` would leave: a regular file of `size` bytes
+    with exactly `mode`, owned by us (or the configured owner and group)? Then only its bytes can differ."""
+    if not stat.S_ISREG(info.st_mode) or info.st_size != size or stat.S_IMODE(info.st_mode) != mode:
+        return False
+    # a same-bytes file planted by someone else is not "ours, unchanged": it gets replaced by one that is
+    return info.st_uid == expected_owner(uid) and (gid < 0 or info.st_gid == gid)
 
 
 def describe_os_error(exc: OSError, path: Path, step: str = "", existing: os.stat_result | None = None) -> str:
@@ -243,6 +247,11 @@ def read_regular(path: Path, limit: int, uid: int = -1) -> bytes:
     open descriptor (fstat), so nothing can be swapped in between. Raises SinkError saying why it refused, or
     FileNotFoundError if there is no file.
     """
+    return read_back(path, limit, uid)[0]
+
+
+def read_back(path: Path, limit: int, uid: int = -1) -> tuple[bytes, os.stat_result]:
+    """`read_regular`, with the file's status as read through the same descriptor."""
     fd = os.open(path, _NOFOLLOW_READ)
     try:
         info = os.fstat(fd)
@@ -260,7 +269,7 @@ def read_regular(path: Path, limit: int, uid: int = -1) -> bytes:
                 break
             chunks.append(chunk)
             left -= len(chunk)
-        return b"".join(chunks)
+        return b"".join(chunks), info
     finally:
         os.close(fd)
 
@@ -278,23 +287,29 @@ class StaleTemps:
     first sink of a directory lists it and files every temp name by the sink file it belongs to; each sink then
     takes its own. A listing that fails (no directory yet, no permission) is not remembered: there is nothing to
     remove, and the next sink tries again. Thread-safe: sinks read back in worker threads.
+
+    The same listing tells which sink files exist: for `LISTING_FRESH_SECONDS` after it was taken, a sink whose
+    file it did not see (the fill of a new deployment) skips its read-back and the trip to a worker thread that
+    costs (`absent`). A file someone else creates in that window is then not adopted: one token request, no more.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic, fresh_for: float | None = None) -> None:
         self._lock = threading.Lock()
-        self._found: dict[str, dict[str, list[str]]] = {}  # directory -> sink file name -> its temp names
+        self._found: dict[str, _Listing] = {}  # directory -> what its one listing found
+        self._monotonic = monotonic
+        self._fresh_for = LISTING_FRESH_SECONDS if fresh_for is None else fresh_for
 
     def remove(self, path: Path) -> int:
         """Delete the stale temps of the sink at `path`; returns how many were removed."""
         directory = os.fspath(path.parent)
         with self._lock:
-            found = self._found.get(directory)
-            if found is None:
+            listing = self._found.get(directory)
+            if listing is None:
                 try:
-                    found = self._found[directory] = _temps_by_target(directory)
+                    listing = self._found[directory] = _list(directory, self._monotonic())
                 except OSError:
                     return 0
-            names = found.pop(path.name, [])
+            names = listing.temps.pop(path.name, [])
         removed = 0
         me = os.geteuid()
         for name in names:
@@ -308,19 +323,50 @@ class StaleTemps:
                 continue
         return removed
 
+    def absent(self, path: Path) -> bool:
+        """True when a recent listing of the directory saw no file at `path` and no temp of it to remove: reading
+        it back would find nothing. False when unsure (no listing yet, or an old one). Does no I/O."""
+        with self._lock:
+            listing = self._found.get(os.fspath(path.parent))
+            if listing is None:
+                return False
+            if self._monotonic() - listing.taken_at > self._fresh_for:
+                listing.names = set()  # no longer trusted: free it (10,000 names for 10,000 sinks)
+                return False
+            return path.name not in listing.names and path.name not in listing.temps
 
-def _temps_by_target(directory: str) -> dict[str, list[str]]:
-    """The temp names in `directory` (`temp_name`'s pattern: .<target>.<16 characters>.edge-token-tmp) by target."""
-    found: dict[str, list[str]] = {}
-    with os.scandir(directory) as entries:
-        for entry in entries:
-            name = entry.name
-            if not (name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)):
-                continue
-            inner = name[len(TEMP_PREFIX) : -len(TEMP_SUFFIX)]
-            if len(inner) > 17 and inner[-17] == ".":  # <target>.<16 characters>
-                found.setdefault(inner[:-17], []).append(name)
-    return found
+    def written(self, path: Path) -> None:
+        """We wrote the sink at `path`: a later read-back of it (a reloaded profile's) must not be skipped."""
+        with self._lock:
+            listing = self._found.get(os.fspath(path.parent))
+            if listing is not None:
+                listing.names.add(path.name)
+
+
+LISTING_FRESH_SECONDS = 60.0
+
+
+class _Listing:
+    """One directory as it was listed: every name in it, and the stale temp names filed by their sink file."""
+
+    __slots__ = ("names", "taken_at", "temps")
+
+    def __init__(self, taken_at: float, names: set[str], temps: dict[str, list[str]]) -> None:
+        self.taken_at, self.names, self.temps = taken_at, names, temps
+
+
+def _list(directory: str, now: float) -> _Listing:
+    """List `directory` once: its names, and the temp names (`temp_name`'s pattern:
+    .<target>.<16 characters>.edge-token-tmp) by target."""
+    names = set(os.listdir(directory))
+    temps: dict[str, list[str]] = {}
+    for name in names:
+        if not (name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)):
+            continue
+        inner = name[len(TEMP_PREFIX) : -len(TEMP_SUFFIX)]
+        if len(inner) > 17 and inner[-17] == ".":  # <target>.<16 characters>
+            temps.setdefault(inner[:-17], []).append(name)
+    return _Listing(now, names, temps)
 
 
 class _Job:
@@ -349,35 +395,49 @@ class Workers:
     one per sink.
     """
 
-    def __init__(self, limit: int = 16) -> None:
-        self.limit = limit
-        self._cond = threading.Condition()
+    def __init__(self, limit: int = 16, name: str = "edge-token file calls") -> None:
+        self.limit, self.name = limit, name
+        self._cond = threading.Condition(threading.Lock())
         self._queue: deque[_Job] = deque()
         self._idle = 0  # workers waiting for a job
         self._workers = 0  # live workers that are not written off
-        self.started = 0  # threads started so far (tests: no thread per call)
 
     def submit(self, job: _Job) -> None:
         with self._cond:
             self._queue.append(job)
-            if self._idle >= len(self._queue):  # enough waiting workers for every queued job
-                self._cond.notify()
-                return
-            if self._workers >= self.limit:
-                return  # the job waits for the first worker to finish (its caller's deadline bounds the wait)
-            self._workers += 1
-            self.started += 1
-        threading.Thread(target=self._work, name="edge-token file calls", daemon=True).start()
+            start = self._wanted()
+        if start:
+            threading.Thread(target=self._work, name=self.name, daemon=True).start()
+
+    def _wanted(self) -> bool:
+        """(With the lock held) wake a waiting worker for the queued jobs, or claim a new one; False when every
+        job already has a worker coming or the limit is reached (then a job waits for the first worker to be
+        free; its caller's deadline bounds that wait)."""
+        if not self._queue:
+            return False
+        if self._idle >= len(self._queue):  # enough waiting workers for every queued job
+            self._cond.notify()
+            return False
+        if self._workers >= self.limit:
+            return False
+        self._workers += 1
+        return True
 
     def write_off(self, job: _Job) -> None:
-        """The caller gave up on `job`: drop it if it has not started; else its worker is replaced."""
+        """The caller gave up on `job`: drop it if it has not started; else its worker no longer counts, and one
+        takes its place if jobs are waiting."""
         with self._cond:
             if not job.started:
                 self._queue.remove(job)
                 job.finished = True
-            elif not job.finished:
-                job.abandoned = True
-                self._workers -= 1
+                return
+            if job.finished:
+                return
+            job.abandoned = True
+            self._workers -= 1
+            start = self._wanted()
+        if start:
+            threading.Thread(target=self._work, name=self.name, daemon=True).start()
 
     def _work(self) -> None:
         while True:

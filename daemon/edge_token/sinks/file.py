@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,7 +13,14 @@ import structlog
 from edge_token.core.errors import SinkError
 from edge_token.core.settings import SinkConfig
 from edge_token.core.token import Token
-from edge_token.sinks.atomicfile import BlockingCalls, StaleTemps, read_regular, write_atomic
+from edge_token.sinks.atomicfile import (
+    BlockingCalls,
+    StaleTemps,
+    as_written,
+    check_directory,
+    read_back,
+    write_atomic,
+)
 
 MAX_READ_BYTES = 64 * 1024
 #: a write or read-back that takes longer is abandoned (hung NFS/FUSE): well below the daemon's cycle budget
@@ -70,24 +78,51 @@ class FileSink:
         self.path: Path = config.path
         self._calls = BlockingCalls(self.name, timeout)
         self._stale_temps = stale_temps or STALE_TEMPS
+        self._held: bytes | None = None  # what the read-back found, if the file was as a write would leave it
         self.log = structlog.get_logger("edge_token")
 
     async def write(self, token: Token) -> bool:
         data = render(token, self.config.format, self.config.env_name)
+        held, self._held = self._held, None
+        if held == data:
+            # the adopted token, just read back from this file with the right type, mode and owner: the read was
+            # the unchanged check (step 1 of the atomic write), so a second trip to a worker thread is saved
+            return False
         cfg = self.config
-        return await self._calls.call(lambda: write_atomic(self.path, data, cfg.mode, cfg.uid, cfg.gid))
+        changed = await self._calls.call(lambda: write_atomic(self.path, data, cfg.mode, cfg.uid, cfg.gid))
+        self._stale_temps.written(self.path)
+        return changed
 
     async def read(self) -> str | None:
+        self._held = None
+        if self._stale_temps.absent(self.path):
+            return None  # the directory's listing at start saw no file here: nothing to read back
         try:
-            return await self._calls.call(self._read)
+            content, self._held = await self._calls.call(self._read)
         except SinkError as exc:
             self.log.warning("sink.read_refused", sink=self.name, reason=str(exc))
             return None
+        return extract(content, self.config.format) if content is not None else None
 
-    def _read(self) -> str | None:
+    def _read(self) -> tuple[str | None, bytes | None]:
+        """(the file's text, its bytes if the file is exactly as `write_atomic` would leave them), in a worker."""
         self._stale_temps.remove(self.path)
+        cfg = self.config
         try:
-            content = read_regular(self.path, MAX_READ_BYTES, self.config.uid).decode("utf-8")
+            data, info = read_back(self.path, MAX_READ_BYTES, cfg.uid)
+            content = data.decode("utf-8")
         except (OSError, UnicodeDecodeError):
-            return None
-        return extract(content, self.config.format)
+            return None, None
+        return content, data if self._as_written(data, info) else None
+
+    def _as_written(self, data: bytes, info: os.stat_result) -> bool:
+        """Would `write_atomic` of `data` find nothing to do (its steps 0 and 1)? A directory others may rename in
+        is refused there, so it must not pass here either."""
+        cfg = self.config
+        if not as_written(info, len(data), cfg.mode, cfg.uid, cfg.gid):
+            return False
+        try:
+            check_directory(self.path.parent, os.stat(self.path.parent))
+        except (OSError, SinkError):
+            return False
+        return True
