@@ -55,16 +55,14 @@ def recorded() -> Iterator[list[tuple[str, tuple[Any, ...]]]]:
 
 def listings(events: list[tuple[str, tuple[Any, ...]]], directory: Path) -> int:
     """How many times `directory` was listed."""
-    return sum(
-        1 for event, args in events if event != "open" and args and os.fspath(args[0] or ".") == str(directory)
-    )
+    return sum(1 for event, args in events if event != "open" and args and os.fspath(args[0] or ".") == str(directory))
 
 
 def opens(events: list[tuple[str, tuple[Any, ...]]], name: str, writing: bool = False) -> int:
     """How many times a file called `name` (any directory; os.open with dir_fd passes the bare name) was opened,
     for reading only (`writing=False`) or for writing."""
     count = 0
-    for event, (path, _mode, flags) in ((e, a) for e, a in events if e == "open"):
+    for _event, (path, _mode, flags) in ((e, a) for e, a in events if e == "open"):
         if isinstance(path, str | bytes | os.PathLike) and os.path.basename(os.fsdecode(path)) == name:
             count += bool(flags & _WRITE_FLAGS) == writing
     return count
@@ -94,7 +92,7 @@ async def run_until_first_cycles(config: Path, clock: FakeClock, monkeypatch: py
     task = asyncio.create_task(daemon.run())
     try:
         for _ in range(3000):
-            slots = daemon.supervisor.slots.values()
+            slots = daemon.profiles.supervisor.slots.values()
             if len(slots) == PROFILES and all(s.renewer.last_outcome is not None and s.task is None for s in slots):
                 break
             await asyncio.sleep(0.01)
@@ -117,7 +115,10 @@ async def test_a_fill_and_a_restart_list_the_shared_directory_once_and_a_restart
     with recorded() as fill:
         daemon = await run_until_first_cycles(config, clock, monkeypatch)
     assert auth.token_requests == PROFILES
-    assert all(r.last_outcome is not None and r.last_outcome.result is Result.NEW_TOKEN for r in daemon.renewers.values())
+    assert all(
+        r.last_outcome is not None and r.last_outcome.result is Result.NEW_TOKEN
+        for r in daemon.profiles.renewers.values()
+    )
     assert listings(fill, fleet_dir) <= 1
     max_in_flight = daemon.config.daemon.max_concurrent_renewals
     read_back = sum(opens(fill, f"p{i}.jwt") for i in range(PROFILES))
@@ -126,7 +127,10 @@ async def test_a_fill_and_a_restart_list_the_shared_directory_once_and_a_restart
     with recorded() as restart:
         daemon = await run_until_first_cycles(config, clock, monkeypatch)
     assert auth.token_requests == PROFILES  # nothing requested
-    assert all(r.last_outcome is not None and r.last_outcome.result is Result.ADOPTED for r in daemon.renewers.values())
+    assert all(
+        r.last_outcome is not None and r.last_outcome.result is Result.ADOPTED
+        for r in daemon.profiles.renewers.values()
+    )
     assert listings(restart, fleet_dir) <= 1
     per_sink = [opens(restart, f"p{i}.jwt") for i in range(PROFILES)]
     assert max(per_sink) == 1, f"sink files opened {per_sink} times"
@@ -167,15 +171,16 @@ async def test_a_profile_changed_by_reload_adopts_the_token_written_after_start(
     )  # fmt: skip
     task = asyncio.create_task(daemon.run())
     try:
-        await until(lambda: daemon.renewers.get("main") is not None and daemon.renewers["main"].ready())
+        await until(
+            lambda: daemon.profiles.renewers.get("main") is not None and daemon.profiles.renewers["main"].ready()
+        )
         assert auth.token_requests == 1
         config.write_text(
-            '[daemon]\nlisten = ""\n'
-            + profile_toml("main", auth, secret_file, [{"path": str(sink)}], refresh_at=0.7)
+            '[daemon]\nlisten = ""\n' + profile_toml("main", auth, secret_file, [{"path": str(sink)}], refresh_at=0.7)
         )
         daemon.reload()
-        await until(lambda: daemon.renewers["main"].last_outcome is not None)
-        outcome = daemon.renewers["main"].last_outcome
+        await until(lambda: daemon.profiles.renewers["main"].last_outcome is not None)
+        outcome = daemon.profiles.renewers["main"].last_outcome
         assert outcome is not None and outcome.result is Result.ADOPTED
         assert auth.token_requests == 1
     finally:

@@ -1,0 +1,125 @@
+"""The worker threads that run every blocking file call: bounded, never lost, never wedged by a hung filesystem."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edge_token.core.errors import SinkError
+from edge_token.sinks.atomicfile import BlockingCalls, Workers
+
+LIMIT = 3
+STUCK_TIMEOUT = 0.15  # a call blocked "in the kernel" (here: on an Event) is written off after this
+HEALTHY_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Per owner, the calls it makes in turn: a value to return, an exception to raise, or a call that blocks."""
+
+    healthy: list[list[int | str]]  # ints are returned, strings raised (as ValueError)
+    stuck: list[int]  # per hung owner: how many calls it makes after its first one hangs
+
+
+plans = st.builds(
+    Plan,
+    healthy=st.lists(st.lists(st.one_of(st.integers(0, 99), st.sampled_from(["e1", "e2"])), max_size=6), max_size=6),
+    stuck=st.lists(st.integers(0, 2), max_size=5),
+)
+
+
+def pool_threads(name: str) -> int:
+    return sum(1 for thread in threading.enumerate() if thread.name == name)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plan=plans)
+def test_healthy_calls_always_finish_whatever_hangs_beside_them(plan: Plan) -> None:
+    """Invariant, for any mix of owners: every call of a healthy owner returns its own value or raises its own
+    exception, even while other owners' calls hang on the same few workers (a hung call is written off after
+    its deadline and another worker takes its place); a hung owner's next calls fail at once, without a thread;
+    live worker threads never exceed the limit plus the calls still hung; and once the filesystem recovers,
+    every owner's calls work again on no more than `limit` threads."""
+    name = f"test-workers-{id(plan)}"
+    workers = Workers(limit=LIMIT, name=name)
+    release = threading.Event()
+    try:
+        asyncio.run(exercise(plan, workers, release, name))
+    finally:
+        release.set()
+
+
+async def exercise(plan: Plan, workers: Workers, release: threading.Event, name: str) -> None:
+    healthy = [BlockingCalls(f"file:/h{i}", HEALTHY_TIMEOUT, workers) for i in range(len(plan.healthy))]
+    hung = [BlockingCalls(f"file:/s{i}", STUCK_TIMEOUT, workers) for i in range(len(plan.stuck))]
+
+    def returns(value: int) -> int:
+        return value
+
+    def raises(message: str) -> int:
+        raise ValueError(message)
+
+    async def healthy_owner(calls: BlockingCalls, script: list[int | str]) -> None:
+        for item in script:
+            if isinstance(item, int):
+                assert await calls.call(lambda v=item: returns(v)) == item
+            else:
+                try:
+                    await calls.call(lambda m=item: raises(m))
+                except ValueError as exc:
+                    assert str(exc) == item
+                else:
+                    raise AssertionError("the call's exception was lost")
+
+    async def hung_owner(calls: BlockingCalls, more: int) -> None:
+        started = threading.Event()
+
+        def hang() -> None:
+            started.set()
+            release.wait()
+
+        try:
+            await calls.call(hang)
+        except SinkError as exc:
+            assert "did not finish within" in str(exc)
+        else:
+            raise AssertionError("a hung call returned")
+        assert pool_threads(name) <= LIMIT + len(plan.stuck)
+        for _ in range(more):
+            before = pool_threads(name)
+            try:
+                result = await calls.call(lambda: 0)
+            except SinkError as exc:
+                assert "still stuck" in str(exc) and started.is_set()
+                assert pool_threads(name) <= before  # refused without a thread
+            else:
+                # only a call that never started (it waited for a worker past its deadline and was dropped)
+                # leaves its owner free to go on
+                assert result == 0 and not started.is_set(), "a call went ahead while its owner's call hangs"
+
+    await asyncio.gather(
+        *(healthy_owner(c, s) for c, s in zip(healthy, plan.healthy, strict=True)),
+        *(hung_owner(c, m) for c, m in zip(hung, plan.stuck, strict=True)),
+    )
+    assert pool_threads(name) <= LIMIT + len(plan.stuck)
+    release.set()  # the filesystem recovers: the hung calls return, their workers rejoin or leave
+    for calls in hung:
+        for _ in range(200):
+            try:
+                assert await calls.call(lambda: 7) == 7
+                break
+            except SinkError:  # its old call is still on its way out
+                await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("an owner whose call hung never recovered")
+    for calls in healthy:
+        assert await calls.call(lambda: 8) == 8
+    for _ in range(200):
+        if pool_threads(name) <= LIMIT:
+            break
+        await asyncio.sleep(0.01)
+    assert pool_threads(name) <= LIMIT

@@ -1,0 +1,112 @@
+"""The cheap paths of the log pipeline change no answer: the scrubber's length bound is sound, and a log line
+that cannot be written never fails the work that logged it."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import string
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TextIO
+from unittest.mock import patch
+
+import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge_token.core import scrub
+from edge_token.observe import logs
+from leakscan import ENCODINGS
+
+WORD_CHARS = string.ascii_letters + string.digits + "+/_-=.:%&\\;#x "
+secrets_st = st.text(string.ascii_letters + string.digits + "-._~+/=%&", min_size=4, max_size=30).filter(
+    lambda s: s.strip() == s
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(word=st.text(WORD_CHARS, max_size=60))
+def test_no_decoding_is_longer_than_the_bound(word: str) -> None:
+    """Invariant behind the fast path: every decoding the fail-closed layer would look at (`_views`, two levels
+    deep) is at most `longest_view(word)` characters long, so a word whose bound is below the shortest secret
+    (or a JWT) cannot betray one and is not decoded at all."""
+    bound = scrub.longest_view(word)
+    assert all(len(view) <= bound for view in scrub._views(word)), word
+
+
+def echo(secret: str, encoding: str, before: str, after: str) -> str:
+    return f"{before} {ENCODINGS[encoding]('client-a', secret)} {after}"
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    secrets=st.lists(secrets_st, min_size=0, max_size=3),
+    encoding=st.sampled_from(sorted(ENCODINGS)),
+    before=st.text(string.printable, max_size=40),
+    after=st.text(string.printable, max_size=40),
+    echoed=st.booleans(),
+)
+def test_the_fast_path_changes_no_scrub(
+    secrets: list[str], encoding: str, before: str, after: str, echoed: bool
+) -> None:
+    """For any registered secrets and any text (with or without a secret echoed in any encoding), the scrubber
+    with the length bound gives exactly what it gives when every word is decoded."""
+    text = echo(secrets[0], encoding, before, after) if echoed and secrets else before + after
+    fast, full = scrub.Scrubber(), scrub.Scrubber()
+    for secret in secrets:
+        fast.register(secret)
+        full.register(secret)
+    expected_bound = 10**9
+    with patch.object(scrub, "longest_view", lambda word: expected_bound):
+        slow = full.scrub_text(text)
+    assert fast.scrub_text(text) == slow
+
+
+@contextmanager
+def configured(stream: TextIO) -> Iterator[logs.Redactor]:
+    """logs.configure on `stream`, undone afterwards (structlog's defaults, the root logger's handlers)."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        yield logs.configure("json", "info", stream)
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        structlog.reset_defaults()
+
+
+class BrokenPipe(io.StringIO):
+    """stderr after journald went away: every write fails."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_line_that_cannot_be_written_does_not_fail_the_caller() -> None:
+    """A renewal that logs to a broken stderr (EPIPE) still completes: the line is lost, not the work."""
+    with configured(BrokenPipe()):
+        structlog.get_logger("t").info("token.renewed", fingerprint="abc")
+        structlog.get_logger("t").error("sink.write_failed", message="x")
+
+
+def test_each_line_is_one_write_of_one_complete_json_object() -> None:
+    """Our lines reach the stream as whole lines, one write each (readers and journald never see half a line),
+    redacted like before."""
+    writes: list[str] = []
+
+    class Recorder(io.StringIO):
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+    with configured(Recorder()) as redactor:
+        redactor.add_secret("hunter2-secret-value")
+        log: Any = structlog.get_logger("t").bind(profile="p")
+        log.info("token.renewed", fingerprint="0123456789ab", message="echo hunter2-secret-value")
+        log.debug("not.shown")
+    assert len(writes) == 1 and writes[0].endswith("\n") and writes[0].count("\n") == 1
+    line = json.loads(writes[0])
+    assert line["event"] == "token.renewed" and line["profile"] == "p" and line["level"] == "info"
+    assert "hunter2-secret-value" not in writes[0]
