@@ -39,6 +39,7 @@ SINK_KEYS = {
 
 
 def parse_sink(table: Table) -> SinkConfig:
+    """One `[[profiles.NAME.sinks]]` table -> SinkConfig: the keys its type accepts, hooks, then the type's options."""
     kind = table.text("type", "file", choices=tuple(SINK_KEYS)) or "file"
     table.only(frozenset(SINK_KEYS[kind]))
     signal = table.text("signal", None, choices=SIGNALS)
@@ -81,6 +82,7 @@ def parse_sink(table: Table) -> SinkConfig:
 
 
 def kubernetes_options(table: Table) -> KubernetesSecretOptions:
+    """`type = "kubernetes_secret"` options."""
     name = table.text("secret_name")
     if not name or not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", name):
         raise table.fail("secret_name", "a Kubernetes object name (lowercase letters, digits, '-', '.')")
@@ -103,6 +105,7 @@ def kubernetes_options(table: Table) -> KubernetesSecretOptions:
 
 
 def vault_options(table: Table) -> VaultKvOptions:
+    """`type = "vault_kv"` options: exactly one way to authenticate."""
     address = url_setting(table, "address", "")
     kv_path = table.text("path")
     if not kv_path or kv_path.startswith("/") or ".." in kv_path.split("/"):
