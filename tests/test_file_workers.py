@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge_token.core.errors import SinkError
-from edge_token.sinks.atomicfile import BlockingCalls, Workers
+from edge_token.sinks.filecalls import BlockingCalls, Workers
 
 LIMIT = 3
 STUCK_TIMEOUT = 0.15  # a call blocked "in the kernel" (here: on an Event) is written off after this

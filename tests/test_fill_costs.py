@@ -25,7 +25,8 @@ from edge_token.core.outcome import Result
 from edge_token.daemon import Daemon
 from edge_token.localauth import LocalAuthServer
 from edge_token.sinks import file as file_sink
-from edge_token.sinks.atomicfile import TEMP_SUFFIX, BlockingCalls, StaleTemps, temp_name
+from edge_token.sinks.filecalls import BlockingCalls
+from edge_token.sinks.tempfiles import TEMP_SUFFIX, StaleTemps, temp_name
 from harness import ManualScheduler
 
 PROFILES = 40  # more than the default 16 renewals in flight, so most first cycles start after the first listing

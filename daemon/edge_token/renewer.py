@@ -4,6 +4,9 @@ The renewer makes no scheduling decisions and never raises: every step returns a
 (anything unforeseen becomes an `InternalError` outcome) and keeps the numbers the policy needs (the jittered
 renewal point of the held token, the failure count, when a failed renewal may be retried). The caller (the
 `once` command or the daemon's supervisor) asks `next_attempt_at()` when to come back.
+
+Long because every step (adopt, renew, accept, retry the sinks) keeps the same per-profile state and ends in
+the same outcome bookkeeping; split apart, each part would reach into the others' state.
 """
 
 from __future__ import annotations
@@ -98,6 +101,7 @@ class Renewer:
 
     # ---- what the policy needs --------------------------------------------------------------------------
     def state(self) -> TokenState:
+        """FRESH, STALE or EXPIRED: the held token's state now (no token: EXPIRED)."""
         return token_state(self.current, self._clock.time(), self.settings)
 
     def renewal_due(self, now: float) -> bool:

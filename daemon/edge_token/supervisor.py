@@ -33,13 +33,17 @@ SinkRetry = Callable[[Renewer], float | None]
 class JobScheduler(Protocol):
     """What the supervisor and the JWKS refresh jobs need of a scheduler (scheduler.Scheduler, or a manual one)."""
 
-    def at(self, job_id: str, when: float, func: Callable[[], Any]) -> None: ...
+    def at(self, job_id: str, when: float, func: Callable[[], Any]) -> None:
+        """Run `func` once at epoch time `when`, replacing the job with that id."""
 
-    def cancel(self, job_id: str) -> None: ...
+    def cancel(self, job_id: str) -> None:
+        """Drop the job (nothing if there is none)."""
 
-    def next_run(self, job_id: str) -> float | None: ...
+    def next_run(self, job_id: str) -> float | None:
+        """Epoch time of the job's next run, or None."""
 
-    def every(self, job_id: str, seconds: float, func: Callable[[], Any], jitter: float = 0.0) -> None: ...
+    def every(self, job_id: str, seconds: float, func: Callable[[], Any], jitter: float = 0.0) -> None:
+        """Run `func` every `seconds` (jitter only delays)."""
 
 
 @dataclass(eq=False)
@@ -55,6 +59,7 @@ class Slot:
 
 
 def job_id(name: str) -> str:
+    """The scheduler's job id of a profile's one next run."""
     return f"profile:{name}"
 
 

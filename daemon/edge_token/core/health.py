@@ -31,6 +31,7 @@ class ProfileStatus:
 
     @property
     def token_valid(self) -> bool:
+        """The profile holds a verified token that has not expired."""
         return self.state != TokenState.EXPIRED.value and self.expires_at is not None
 
     @property
@@ -39,6 +40,7 @@ class ProfileStatus:
         return self.token_valid and all(error is None for error in self.sinks.values())
 
     def to_json(self) -> dict[str, Any]:
+        """The profile's entry in /status: errors as class and reason only (see `error_summary`)."""
         return {
             "state": self.state,
             "ready": self.ready,

@@ -22,6 +22,9 @@ registers every credential it sends (Kubernetes service-account tokens, Vault cl
 A registry passed around would have to reach every place text is produced (aiohttp exception strings, the
 CLI's last-resort error print); one missed path would be a leak. The registry only grows, bounded to the
 `MAX_SECRETS` most recently used, so rotating Vault client tokens cannot grow it forever.
+
+Long because the three layers share one registry and its memos, and each layer's decoding rules must match
+the others' exactly: split apart, they would drift.
 """
 
 from __future__ import annotations
@@ -291,6 +294,7 @@ class ScrubbingStream:
         self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
+        """Buffer `text`; every line it completes is scrubbed and written."""
         with self._lock:
             lines = (self._pending + text).split("\n")
             self._pending = lines.pop()
@@ -299,6 +303,7 @@ class ScrubbingStream:
         return len(text)
 
     def flush(self) -> None:
+        """Scrub and write what is buffered (an unfinished line too), then flush the real stream."""
         with self._lock:
             if self._pending:
                 self._stream.write(self._scrubber.scrub_text(self._pending))

@@ -134,6 +134,7 @@ class LineWriter:
         self._stream = stream
 
     def msg(self, line: str) -> None:
+        """Write one rendered line (every level's method is this one: the level is already in the line)."""
         try:
             self._stream.write(line + "\n")
             self._stream.flush()

@@ -22,24 +22,20 @@ sink runs these calls through `call_with_deadline`, so a hung filesystem costs a
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
-import secrets
 import stat
-import threading
-import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 from edge_token.core.errors import SinkError
+from edge_token.sinks.filecalls import BlockingCalls as BlockingCalls  # where the sinks run these calls
+from edge_token.sinks.tempfiles import TEMP_PREFIX as TEMP_PREFIX
+from edge_token.sinks.tempfiles import TEMP_SUFFIX as TEMP_SUFFIX
+from edge_token.sinks.tempfiles import remove_stale_temps as remove_stale_temps
+from edge_token.sinks.tempfiles import temp_name as temp_name
 
-TEMP_PREFIX = "."
-TEMP_SUFFIX = ".edge-token-tmp"
 _NOFOLLOW_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-T = TypeVar("T")
 
 _KINDS = {
     stat.S_IFIFO: "a FIFO (named pipe)",
@@ -49,11 +45,6 @@ _KINDS = {
     stat.S_IFDIR: "a directory",
     stat.S_IFLNK: "a symlink",
 }
-
-
-def temp_name(target: Path) -> str:
-    """A fresh, unguessable temp name next to `target`; recognisable so a later start can clean it up."""
-    return f"{TEMP_PREFIX}{target.name}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
 
 
 def not_regular(path: Path, info: os.stat_result) -> SinkError:
@@ -160,6 +151,8 @@ def write_atomic(
     """Atomically replace `path` with `data`. Returns False if it already held them (nothing written).
 
     Raises SinkError naming the path and the cause; the previous file is then intact and no temp file is left.
+    Long because its steps are the module docstring's, numbered and in that order, to be read top to bottom:
+    split up, the order (fsync before rename, the ownership check before the directory fsync) would be hidden.
     `after_replace` runs between steps 5 and 6 (tests use it to race a rename against the ownership check).
     """
     directory, name = path.parent, path.name
@@ -272,240 +265,3 @@ def read_back(path: Path, limit: int, uid: int = -1) -> tuple[bytes, os.stat_res
         return b"".join(chunks), info
     finally:
         os.close(fd)
-
-
-def remove_stale_temps(path: Path) -> int:
-    """Delete temp files a killed predecessor left beside `path` (only ours: exact name pattern and owner)."""
-    return StaleTemps().remove(path)
-
-
-class StaleTemps:
-    """Finds the temp files a killed predecessor left, with one listing per directory per process, not per sink.
-
-    Every file sink removes its own stale temps when it is first read back; listing the directory for each of N
-    sinks sharing it made a fill or restart of N profiles O(N^2) (1,000,000 entries looked at for 1,000). The
-    first sink of a directory lists it and files every temp name by the sink file it belongs to; each sink then
-    takes its own. A listing that fails (no directory yet, no permission) is not remembered: there is nothing to
-    remove, and the next sink tries again. Thread-safe: sinks read back in worker threads.
-
-    The same listing tells which sink files exist: for `LISTING_FRESH_SECONDS` after it was taken, a sink whose
-    file it did not see (the fill of a new deployment) skips its read-back and the trip to a worker thread that
-    costs (`absent`). A file someone else creates in that window is then not adopted: one token request, no more.
-    """
-
-    def __init__(self, monotonic: Callable[[], float] = time.monotonic, fresh_for: float | None = None) -> None:
-        self._lock = threading.Lock()
-        self._found: dict[str, _Listing] = {}  # directory -> what its one listing found
-        self._monotonic = monotonic
-        self._fresh_for = LISTING_FRESH_SECONDS if fresh_for is None else fresh_for
-
-    def remove(self, path: Path) -> int:
-        """Delete the stale temps of the sink at `path`; returns how many were removed."""
-        directory = os.fspath(path.parent)
-        with self._lock:
-            listing = self._found.get(directory)
-            if listing is None:
-                try:
-                    listing = self._found[directory] = _list(directory, self._monotonic())
-                except OSError:
-                    return 0
-            names = listing.temps.pop(path.name, [])
-        removed = 0
-        me = os.geteuid()
-        for name in names:
-            entry = os.path.join(directory, name)
-            try:
-                info = os.lstat(entry)
-                if stat.S_ISREG(info.st_mode) and info.st_uid in (me, 0):
-                    os.unlink(entry)
-                    removed += 1
-            except OSError:
-                continue
-        return removed
-
-    def absent(self, path: Path) -> bool:
-        """True when a recent listing of the directory saw no file at `path` and no temp of it to remove: reading
-        it back would find nothing. False when unsure (no listing yet, or an old one). Does no I/O."""
-        with self._lock:
-            listing = self._found.get(os.fspath(path.parent))
-            if listing is None:
-                return False
-            if self._monotonic() - listing.taken_at > self._fresh_for:
-                listing.names = set()  # no longer trusted: free it (10,000 names for 10,000 sinks)
-                return False
-            return path.name not in listing.names and path.name not in listing.temps
-
-    def written(self, path: Path) -> None:
-        """We wrote the sink at `path`: a later read-back of it (a reloaded profile's) must not be skipped."""
-        with self._lock:
-            listing = self._found.get(os.fspath(path.parent))
-            if listing is not None:
-                listing.names.add(path.name)
-
-
-LISTING_FRESH_SECONDS = 60.0
-
-
-class _Listing:
-    """One directory as it was listed: every name in it, and the stale temp names filed by their sink file."""
-
-    __slots__ = ("names", "taken_at", "temps")
-
-    def __init__(self, taken_at: float, names: set[str], temps: dict[str, list[str]]) -> None:
-        self.taken_at, self.names, self.temps = taken_at, names, temps
-
-
-def _list(directory: str, now: float) -> _Listing:
-    """List `directory` once: its names, and the temp names (`temp_name`'s pattern:
-    .<target>.<16 characters>.edge-token-tmp) by target."""
-    names = set(os.listdir(directory))
-    temps: dict[str, list[str]] = {}
-    for name in names:
-        if not (name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)):
-            continue
-        inner = name[len(TEMP_PREFIX) : -len(TEMP_SUFFIX)]
-        if len(inner) > 17 and inner[-17] == ".":  # <target>.<16 characters>
-            temps.setdefault(inner[:-17], []).append(name)
-    return _Listing(now, names, temps)
-
-
-class _Job:
-    """One blocking call handed to the worker threads."""
-
-    __slots__ = ("abandoned", "finished", "function", "started")
-
-    def __init__(self, function: Callable[[], None]) -> None:
-        self.function = function
-        self.started = self.finished = self.abandoned = False
-
-    def is_alive(self) -> bool:
-        """True while the call runs (a written-off call that is still stuck in the kernel)."""
-        return self.started and not self.finished
-
-
-class Workers:
-    """A few long-lived daemon threads that run blocking file calls for every sink of the process.
-
-    Why not a thread per call: `Thread.start()` blocks the event loop until the new thread runs, and on a busy
-    machine that wait cost more than the file call itself (about half of a 1,000-profile fill). Why not
-    `asyncio.to_thread`: its executor's threads are joined at exit, so a call stuck in the kernel would keep
-    SIGTERM from ending the daemon; these are daemon threads, abandoned at exit. Idle workers wait on a condition
-    (no CPU). A worker whose call was written off (stuck past its deadline) no longer counts: another may start in
-    its place, so a hung filesystem costs threads only for the calls stuck in it, which `BlockingCalls` bounds to
-    one per sink.
-    """
-
-    def __init__(self, limit: int = 16, name: str = "edge-token file calls") -> None:
-        self.limit, self.name = limit, name
-        self._cond = threading.Condition(threading.Lock())
-        self._queue: deque[_Job] = deque()
-        self._idle = 0  # workers waiting for a job
-        self._workers = 0  # live workers that are not written off
-
-    def submit(self, job: _Job) -> None:
-        with self._cond:
-            self._queue.append(job)
-            start = self._wanted()
-        if start:
-            threading.Thread(target=self._work, name=self.name, daemon=True).start()
-
-    def _wanted(self) -> bool:
-        """(With the lock held) wake a waiting worker for the queued jobs, or claim a new one; False when every
-        job already has a worker coming or the limit is reached (then a job waits for the first worker to be
-        free; its caller's deadline bounds that wait)."""
-        if not self._queue:
-            return False
-        if self._idle >= len(self._queue):  # enough waiting workers for every queued job
-            self._cond.notify()
-            return False
-        if self._workers >= self.limit:
-            return False
-        self._workers += 1
-        return True
-
-    def write_off(self, job: _Job) -> None:
-        """The caller gave up on `job`: drop it if it has not started; else its worker no longer counts, and one
-        takes its place if jobs are waiting."""
-        with self._cond:
-            if not job.started:
-                self._queue.remove(job)
-                job.finished = True
-                return
-            if job.finished:
-                return
-            job.abandoned = True
-            self._workers -= 1
-            start = self._wanted()
-        if start:
-            threading.Thread(target=self._work, name=self.name, daemon=True).start()
-
-    def _work(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue:
-                    self._idle += 1
-                    self._cond.wait()
-                    self._idle -= 1
-                job = self._queue.popleft()
-                job.started = True
-            job.function()
-            with self._cond:
-                job.finished = True
-                if job.abandoned:  # written off while stuck: rejoin only if nobody took our place
-                    if self._workers >= self.limit:
-                        return
-                    self._workers += 1
-
-
-#: the process's file workers (shared by every sink, like the descriptors they use)
-WORKERS = Workers()
-
-
-class BlockingCalls:
-    """Runs blocking file calls on the worker threads, with a deadline, one at a time per owner.
-
-    A call stuck in the kernel (hung NFS/FUSE server, a FIFO) never returns: the caller gets a SinkError after
-    `timeout` seconds, the worker is written off (a daemon thread: the process can still exit), and while that
-    call is still stuck, further calls of the same owner fail at once instead of piling up threads.
-    """
-
-    def __init__(self, what: str, timeout: float, workers: Workers | None = None) -> None:
-        self.what, self.timeout = what, timeout
-        self._workers = workers or WORKERS
-        self._stuck: _Job | None = None
-
-    async def call(self, function: Callable[[], T]) -> T:
-        if self._stuck is not None and self._stuck.is_alive():
-            raise SinkError(f"{self.what}: an earlier file operation is still stuck (hung filesystem?); not retried")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-
-        def settle(result: T | None, error: BaseException | None) -> None:
-            if future.done():
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)  # type: ignore[arg-type]  # None only when error is set
-
-        def work() -> None:
-            try:
-                outcome: tuple[T | None, BaseException | None] = (function(), None)
-            except BaseException as exc:  # handed to the awaiting coroutine, which re-raises it
-                outcome = (None, exc)
-            try:
-                loop.call_soon_threadsafe(settle, *outcome)
-            except RuntimeError:
-                pass  # the loop is gone: nobody waits for this any more
-
-        job = _Job(work)
-        self._workers.submit(job)
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), self.timeout)
-        except TimeoutError:
-            self._workers.write_off(job)
-            self._stuck = job
-            raise SinkError(
-                f"{self.what}: a file operation did not finish within {self.timeout:g} s (hung filesystem?); "
-                "the previous token is kept"
-            ) from None

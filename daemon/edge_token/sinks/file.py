@@ -13,14 +13,9 @@ import structlog
 from edge_token.core.errors import SinkError
 from edge_token.core.settings import SinkConfig
 from edge_token.core.token import Token
-from edge_token.sinks.atomicfile import (
-    BlockingCalls,
-    StaleTemps,
-    as_written,
-    check_directory,
-    read_back,
-    write_atomic,
-)
+from edge_token.sinks.atomicfile import as_written, check_directory, read_back, write_atomic
+from edge_token.sinks.filecalls import BlockingCalls
+from edge_token.sinks.tempfiles import StaleTemps
 
 MAX_READ_BYTES = 64 * 1024
 #: a write or read-back that takes longer is abandoned (hung NFS/FUSE): well below the daemon's cycle budget
@@ -82,6 +77,7 @@ class FileSink:
         self.log = structlog.get_logger("edge_token")
 
     async def write(self, token: Token) -> bool:
+        """Write the token in the sink's format (atomically, bounded in time); False if the file already held it."""
         data = render(token, self.config.format, self.config.env_name)
         held, self._held = self._held, None
         if held == data:
@@ -94,6 +90,7 @@ class FileSink:
         return changed
 
     async def read(self) -> str | None:
+        """The JWT the file holds (for adoption at start), or None: no file, not ours, unreadable, no JWT."""
         self._held = None
         if self._stale_temps.absent(self.path):
             return None  # the directory's listing at start saw no file here: nothing to read back

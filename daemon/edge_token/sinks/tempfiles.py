@@ -1,0 +1,120 @@
+"""Stale temp files a killed predecessor left beside the sinks: found with one listing per directory per process.
+
+A SIGKILL (or a power cut) between the atomic write's create and rename leaves `.NAME.<16 chars>.edge-token-tmp`
+beside the sink; the next start removes those of its own sinks (exact name pattern, owned by us or root). The
+directory listing that finds them also tells which sink files exist, so a fill skips reading back what is not
+there.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+TEMP_PREFIX = "."
+TEMP_SUFFIX = ".edge-token-tmp"
+
+
+def temp_name(target: Path) -> str:
+    """A fresh, unguessable temp name next to `target`; recognisable so a later start can clean it up."""
+    return f"{TEMP_PREFIX}{target.name}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
+
+
+def remove_stale_temps(path: Path) -> int:
+    """Delete temp files a killed predecessor left beside `path` (only ours: exact name pattern and owner)."""
+    return StaleTemps().remove(path)
+
+
+class StaleTemps:
+    """Finds the temp files a killed predecessor left, with one listing per directory per process, not per sink.
+
+    Every file sink removes its own stale temps when it is first read back; listing the directory for each of N
+    sinks sharing it made a fill or restart of N profiles O(N^2) (1,000,000 entries looked at for 1,000). The
+    first sink of a directory lists it and files every temp name by the sink file it belongs to; each sink then
+    takes its own. A listing that fails (no directory yet, no permission) is not remembered: there is nothing to
+    remove, and the next sink tries again. Thread-safe: sinks read back in worker threads.
+
+    The same listing tells which sink files exist: for `LISTING_FRESH_SECONDS` after it was taken, a sink whose
+    file it did not see (the fill of a new deployment) skips its read-back and the trip to a worker thread that
+    costs (`absent`). A file someone else creates in that window is then not adopted: one token request, no more.
+    """
+
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic, fresh_for: float | None = None) -> None:
+        self._lock = threading.Lock()
+        self._found: dict[str, _Listing] = {}  # directory -> what its one listing found
+        self._monotonic = monotonic
+        self._fresh_for = LISTING_FRESH_SECONDS if fresh_for is None else fresh_for
+
+    def remove(self, path: Path) -> int:
+        """Delete the stale temps of the sink at `path`; returns how many were removed."""
+        directory = os.fspath(path.parent)
+        with self._lock:
+            listing = self._found.get(directory)
+            if listing is None:
+                try:
+                    listing = self._found[directory] = _list(directory, self._monotonic())
+                except OSError:
+                    return 0
+            names = listing.temps.pop(path.name, [])
+        removed = 0
+        me = os.geteuid()
+        for name in names:
+            entry = os.path.join(directory, name)
+            try:
+                info = os.lstat(entry)
+                if stat.S_ISREG(info.st_mode) and info.st_uid in (me, 0):
+                    os.unlink(entry)
+                    removed += 1
+            except OSError:
+                continue
+        return removed
+
+    def absent(self, path: Path) -> bool:
+        """True when a recent listing of the directory saw no file at `path` and no temp of it to remove: reading
+        it back would find nothing. False when unsure (no listing yet, or an old one). Does no I/O."""
+        with self._lock:
+            listing = self._found.get(os.fspath(path.parent))
+            if listing is None:
+                return False
+            if self._monotonic() - listing.taken_at > self._fresh_for:
+                listing.names = set()  # no longer trusted: free it (10,000 names for 10,000 sinks)
+                return False
+            return path.name not in listing.names and path.name not in listing.temps
+
+    def written(self, path: Path) -> None:
+        """We wrote the sink at `path`: a later read-back of it (a reloaded profile's) must not be skipped."""
+        with self._lock:
+            listing = self._found.get(os.fspath(path.parent))
+            if listing is not None:
+                listing.names.add(path.name)
+
+
+LISTING_FRESH_SECONDS = 60.0
+
+
+class _Listing:
+    """One directory as it was listed: every name in it, and the stale temp names filed by their sink file."""
+
+    __slots__ = ("names", "taken_at", "temps")
+
+    def __init__(self, taken_at: float, names: set[str], temps: dict[str, list[str]]) -> None:
+        self.taken_at, self.names, self.temps = taken_at, names, temps
+
+
+def _list(directory: str, now: float) -> _Listing:
+    """List `directory` once: its names, and the temp names (`temp_name`'s pattern:
+    .<target>.<16 characters>.edge-token-tmp) by target."""
+    names = set(os.listdir(directory))
+    temps: dict[str, list[str]] = {}
+    for name in names:
+        if not (name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)):
+            continue
+        inner = name[len(TEMP_PREFIX) : -len(TEMP_SUFFIX)]
+        if len(inner) > 17 and inner[-17] == ".":  # <target>.<16 characters>
+            temps.setdefault(inner[:-17], []).append(name)
+    return _Listing(now, names, temps)
