@@ -249,7 +249,12 @@ async def fill_restart_notify_metrics(bench: Bench) -> SizeResult:
                 env = {"NOTIFY_SOCKET": str(sock.path), "WATCHDOG_USEC": "30000000"}
                 async with Daemon(bench, config, count, env=env) as daemon:
                     notify.add(await daemon.ready(plan.cap), plan.cap)
-                    ready_at = sock.first(b"READY=1")
+                    # READY=1 goes out before /readyz can answer 200, but the drain thread may not have read it
+                    # yet: give it a moment (the time recorded is when the datagram was received, not now)
+                    for _ in range(200):
+                        if (ready_at := sock.first(b"READY=1")) is not None:
+                            break
+                        await asyncio.sleep(0.01)
                     notify_ready.add(None if ready_at is None else ready_at - daemon.started, plan.cap)
                     notify_messages.add(len(sock.messages))
             verify_sinks(server, sinks, count)
