@@ -209,3 +209,42 @@ async def test_file_calls_reuse_a_bounded_set_of_threads() -> None:
     threads = {tid for tids in await asyncio.gather(*(ten(o) for o in owners)) for tid in tids}
     assert threading.get_native_id() not in threads  # never on the event loop
     assert len(threads) <= 16, f"{len(threads)} threads"  # the process's file workers: at most 16
+
+
+def test_a_hung_listing_blocks_no_other_sink_and_not_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While one worker's listing of a directory hangs (a dead NFS server; here the listing waits on an event),
+    `absent` (called on the event loop) answers at once, "unsure", and a sink in another directory is read back
+    and cleaned as usual: the lock is never held across I/O."""
+    from edge_token.sinks import tempfiles
+
+    hung, other = tmp_path / "hung", tmp_path / "other"
+    hung.mkdir()
+    other.mkdir()
+    stale = other / temp_name(other / "b.jwt")
+    stale.write_bytes(b"half")
+    release, real_list = threading.Event(), tempfiles._list
+
+    def listing(directory: str, now: float) -> Any:
+        if directory == str(hung):
+            release.wait()
+        return real_list(directory, now)
+
+    monkeypatch.setattr(tempfiles, "_list", listing)
+    temps = StaleTemps()
+    stuck = threading.Thread(target=temps.remove, args=(hung / "a.jwt",), daemon=True)
+    stuck.start()
+    try:
+        answers: list[object] = []
+        probe = threading.Thread(
+            target=lambda: answers.extend([temps.absent(hung / "c.jwt"), temps.remove(other / "b.jwt")]), daemon=True
+        )
+        probe.start()
+        probe.join(10)
+        assert not probe.is_alive(), "blocked behind the hung listing"
+        assert answers == [False, 1] and not stale.exists()
+        assert stuck.is_alive()  # still hung: nothing above waited for it
+    finally:
+        release.set()
+        stuck.join(10)

@@ -45,22 +45,20 @@ class StaleTemps:
     """
 
     def __init__(self, monotonic: Callable[[], float] = time.monotonic, fresh_for: float | None = None) -> None:
-        self._lock = threading.Lock()
-        self._found: dict[str, _Listing] = {}  # directory -> what its one listing found
+        self._lock = threading.Lock()  # never held across I/O: `absent` takes it on the event loop
+        self._found: dict[str, _Listing | threading.Event] = {}  # directory -> its listing, or one in progress
         self._monotonic = monotonic
         self._fresh_for = LISTING_FRESH_SECONDS if fresh_for is None else fresh_for
 
     def remove(self, path: Path) -> int:
-        """Delete the stale temps of the sink at `path`; returns how many were removed."""
-        directory = os.fspath(path.parent)
+        """Delete the stale temps of the sink at `path`; returns how many were removed. Runs in a worker thread:
+        it may wait for another worker's listing of the same directory (bounded by the callers' deadlines)."""
+        listing = self._listing(os.fspath(path.parent))
+        if listing is None:
+            return 0
         with self._lock:
-            listing = self._found.get(directory)
-            if listing is None:
-                try:
-                    listing = self._found[directory] = _list(directory, self._monotonic())
-                except OSError:
-                    return 0
             names = listing.temps.pop(path.name, [])
+        directory = os.fspath(path.parent)
         removed = 0
         me = os.geteuid()
         for name in names:
@@ -74,12 +72,40 @@ class StaleTemps:
                 continue
         return removed
 
+    def _listing(self, directory: str) -> _Listing | None:
+        """The directory's one listing: made here if nobody made or started it, else awaited; None if it failed."""
+        with self._lock:
+            found = self._found.get(directory)
+            if found is None:
+                found = self._found[directory] = threading.Event()
+                mine = True
+            else:
+                mine = False
+        if isinstance(found, _Listing):
+            return found
+        if not mine:
+            found.wait()  # another worker is listing it
+            with self._lock:
+                done = self._found.get(directory)
+            return done if isinstance(done, _Listing) else None
+        try:
+            listing: _Listing | None = _list(directory, self._monotonic())
+        except OSError:
+            listing = None
+        with self._lock:
+            if listing is None:
+                del self._found[directory]  # not remembered: the next sink tries again
+            else:
+                self._found[directory] = listing
+        found.set()
+        return listing
+
     def absent(self, path: Path) -> bool:
         """True when a recent listing of the directory saw no file at `path` and no temp of it to remove: reading
         it back would find nothing. False when unsure (no listing yet, or an old one). Does no I/O."""
         with self._lock:
             listing = self._found.get(os.fspath(path.parent))
-            if listing is None:
+            if not isinstance(listing, _Listing):
                 return False
             if self._monotonic() - listing.taken_at > self._fresh_for:
                 listing.names = set()  # no longer trusted: free it (10,000 names for 10,000 sinks)
@@ -90,7 +116,7 @@ class StaleTemps:
         """We wrote the sink at `path`: a later read-back of it (a reloaded profile's) must not be skipped."""
         with self._lock:
             listing = self._found.get(os.fspath(path.parent))
-            if listing is not None:
+            if isinstance(listing, _Listing):
                 listing.names.add(path.name)
 
 
