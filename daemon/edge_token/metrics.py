@@ -1,9 +1,16 @@
 """Every Prometheus metric, defined once, fed from renewal outcomes.
 
 Process-wide metrics (build info, JWKS fetches, the renewal-duration histogram) live on an injected
-prometheus-client CollectorRegistry. Per-profile series are kept in a plain table and rendered by `render`
-directly: prometheus-client spends ~25 us per sample, which made a 1,000-profile scrape take over half a second;
-the table renders the same exposition (text 0.0.4 and OpenMetrics) in a few milliseconds.
+prometheus-client CollectorRegistry, which renders them. Per-profile series are kept in a plain table and
+rendered here: prometheus-client spends ~25 us per sample, which made a 1,000-profile scrape take over half a
+second. Rendering is incremental, so a scrape costs what serving a static body of its size costs:
+- a profile's sample lines (bytes, per family) are rebuilt only when that profile's series change;
+- each family's samples are the concatenation of those cached lines, and the whole per-profile section (per
+  format) is kept until any profile changes: a scrape with no renewal since the last one copies cached bytes;
+- with gzip, the section is compressed once per change and the scrape compresses only the small rest (the
+  registry's families and the counters read at every scrape), continuing from a copy of the compressor's state.
+Every update goes through a method here that marks the profile dirty, so a scrape right after an outcome shows
+it (counters are exact); the registry's families and the external counters are rendered at every scrape.
 
 Labels are bounded: profile and sink come from the config, `result`/`reason`/`state` from fixed sets, `url` is a
 configured JWKS URL. No label or value can carry a token or a secret.
@@ -11,7 +18,8 @@ configured JWKS URL. No label or value can carry a token or a secret.
 
 from __future__ import annotations
 
-import gzip
+import math
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -53,6 +61,7 @@ class SinkSeries:
 
 @dataclass
 class ProfileSeries:
+    name: str
     labels: str  # 'profile="x"', escaped once
     gauges: dict[str, float] = field(default_factory=dict)
     state: str | None = None
@@ -65,7 +74,6 @@ class ProfileSeries:
     leadership_changes: float = 0.0
     ratelimit: dict[str, float] = field(default_factory=dict)  # remaining / reset, as the provider last said
     quota: dict[str, float] = field(default_factory=dict)  # Auth0 quota bucket -> remaining
-    lines: dict[str, str] | None = None  # rendered sample lines per family; None after any change
 
 
 class Metrics:
@@ -100,17 +108,28 @@ class Metrics:
         )
         self.profiles: dict[str, ProfileSeries] = {}
         self._external: list[tuple[str, str, Callable[[], dict[str, int]]]] = []
+        # the render cache (see the module docstring); `renders` counts per-profile renders (tests count work)
+        self._dirty: set[str] = set()  # profiles changed (or forgotten) since the last render
+        self._samples: dict[str, dict[str, bytes]] = {name: {} for name, _kind, _doc in FAMILIES}  # family->profile
+        self._sections: dict[bool, bytes] = {}  # openmetrics? -> every per-profile family, headers included
+        self._compressed: dict[bool, tuple[bytes, bytes, zlib._Compress]] = {}  # section, its gzip, compressor
+        self.renders = 0
+
+    def _changed(self, series: ProfileSeries) -> ProfileSeries:
+        """Every update of a profile's series passes here: its lines are rebuilt at the next scrape."""
+        self._dirty.add(series.name)
+        self._sections.clear()
+        return series
 
     def _profile(self, name: str) -> ProfileSeries:
         series = self.profiles.get(name)
         if series is None:
-            series = self.profiles[name] = ProfileSeries(f'profile="{escape(name)}"')
-        return series
+            series = self.profiles[name] = ProfileSeries(name, f'profile="{escape(name)}"')
+        return self._changed(series)
 
     def observe(self, outcome: RenewalOutcome, state: str, next_attempt: float | None) -> None:
         """Record one renewal outcome (called by the daemon after every cycle)."""
         series = self._profile(outcome.profile)
-        series.lines = None
         label = outcome.label
         series.refresh[label] = series.refresh.get(label, 0.0) + 1
         self.duration.observe(outcome.duration)
@@ -142,14 +161,12 @@ class Metrics:
 
     def fleet_role(self, profile: str, role: str) -> None:
         series = self._profile(profile)
-        series.lines = None
         if series.fleet_role is not None and "leader" in (series.fleet_role, role) and role != series.fleet_role:
             series.leadership_changes += 1
         series.fleet_role = role
 
     def fleet_event(self, profile: str, event: str) -> None:
         series = self._profile(profile)
-        series.lines = None
         series.fleet_events[event] = series.fleet_events.get(event, 0.0) + 1
 
     def jwks_fetched(self, url: str, result: str, keys: int) -> None:
@@ -168,47 +185,77 @@ class Metrics:
 
     def forget(self, profile: str) -> None:
         """Drop a removed profile's series so dashboards do not show ghosts."""
-        self.profiles.pop(profile, None)
+        if self.profiles.pop(profile, None) is not None:
+            self._dirty.add(profile)
+            self._sections.clear()
 
     # ---- exposition ------------------------------------------------------------------------------------
-    def render_profiles(self, openmetrics: bool) -> str:
-        """The per-profile families in text 0.0.4 or OpenMetrics format.
+    def render_profiles(self, openmetrics: bool) -> bytes:
+        """The per-profile families in text 0.0.4 or OpenMetrics format, from the cache (module docstring)."""
+        if self._dirty:
+            self._refresh()
+        section = self._sections.get(openmetrics)
+        if section is None:
+            headers = HEADERS[openmetrics]
+            parts: list[bytes] = []
+            for name, _kind, _doc in FAMILIES:
+                rows = self._samples[name]
+                if rows:
+                    parts += (headers[name], b"".join(rows.values()))
+            section = self._sections[openmetrics] = b"".join(parts)
+        return section
 
-        Each profile's sample lines are rendered once per change (`ProfileSeries.lines`, cleared by every update)
-        and reused by every scrape: a scrape of N unchanged profiles is N string joins per family.
-        """
-        profiles = list(self.profiles.values())
-        for series in profiles:
-            if series.lines is None:
-                series.lines = _profile_lines(series)
-        out: list[str] = []
-        for name, kind, doc in FAMILIES:
-            samples = "".join(series.lines.get(name, "") for series in profiles if series.lines is not None)
-            if not samples:
-                continue
-            shown = name.removesuffix("_total") if openmetrics and kind == "counter" else name
-            out.append(f"# HELP {shown} {doc}\n# TYPE {shown} {kind}\n{samples}")
+    def _refresh(self) -> None:
+        """Re-render the lines of the profiles changed since the last scrape (and drop forgotten ones)."""
+        for name in self._dirty:
+            series = self.profiles.get(name)
+            lines = _profile_lines(series) if series is not None else {}
+            self.renders += series is not None
+            for family, rows in self._samples.items():
+                line = lines.get(family)
+                if line:
+                    rows[name] = line
+                else:
+                    rows.pop(name, None)
+        self._dirty.clear()
+
+    def _rest(self, openmetrics: bool) -> bytes:
+        """What is rendered at every scrape: the registry's families and the counters kept by other parts."""
+        if openmetrics:
+            head: bytes = openmetrics_latest(self.registry).removesuffix(b"# EOF\n")  # type: ignore[no-untyped-call]
+        else:
+            head = text_latest(self.registry)
+        out = [head]
         for name, doc, read in self._external:
             shown = name.removesuffix("_total") if openmetrics else name
             rows = [(f'{{result="{key}"}}' if key else "", float(value)) for key, value in read().items()]
-            lines = "".join(f"{name}{labels} {value!r}\n" for labels, value in rows)
-            out.append(f"# HELP {shown} {doc}\n# TYPE {shown} counter\n{lines}")
-        return "".join(out)
+            lines = "".join(f"{name}{labels} {_number(value)}\n" for labels, value in rows)
+            out.append(f"# HELP {shown} {doc}\n# TYPE {shown} counter\n{lines}".encode())
+        if openmetrics:
+            out.append(b"# EOF\n")
+        return b"".join(out)
+
+    def _gzip(self, openmetrics: bool, section: bytes, rest: bytes) -> bytes:
+        """gzip of section + rest; the section's compressed bytes and compressor state are kept while it is
+        unchanged, so a scrape compresses only `rest` (one gzip member: every client can read it)."""
+        cached = self._compressed.get(openmetrics)
+        if cached is None or cached[0] is not section:
+            compressor = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # 16+: a gzip header and trailer
+            # a sync flush ends the section's output on a byte boundary, so the rest can follow from a copy
+            head = compressor.compress(section) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            cached = self._compressed[openmetrics] = (section, head, compressor)
+        compressor = cached[2].copy()
+        return cached[1] + compressor.compress(rest) + compressor.flush()
 
     def exposition(self, accept: str, accept_encoding: str) -> tuple[bytes, dict[str, str]]:
         """(body, headers) for GET /metrics: OpenMetrics when asked for, else text 0.0.4; gzip when accepted."""
-        if "application/openmetrics-text" in accept:
-            latest: bytes = openmetrics_latest(self.registry)  # type: ignore[no-untyped-call]
-            head = latest.decode().removesuffix("# EOF\n")
-            body = (head + self.render_profiles(True) + "# EOF\n").encode()
-            headers = {"Content-Type": OPENMETRICS_CONTENT_TYPE}
-        else:
-            body = text_latest(self.registry) + self.render_profiles(False).encode()
-            headers = {"Content-Type": TEXT_CONTENT_TYPE}
+        openmetrics = "application/openmetrics-text" in accept
+        headers = {"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE}
+        section, rest = self.render_profiles(openmetrics), self._rest(openmetrics)
         if "gzip" in accept_encoding:
-            body = gzip.compress(body, compresslevel=1)
             headers["Content-Encoding"] = "gzip"
-        return body, headers
+            return self._gzip(openmetrics, section, rest), headers
+        return section + rest, headers
 
 
 FAMILIES = (
@@ -236,6 +283,15 @@ FAMILIES = (
 )  # fmt: skip
 
 
+def _header(name: str, kind: str, doc: str, openmetrics: bool) -> bytes:
+    """A family's HELP and TYPE lines (OpenMetrics names a counter family without its `_total`)."""
+    shown = name.removesuffix("_total") if openmetrics and kind == "counter" else name
+    return f"# HELP {shown} {doc}\n# TYPE {shown} {kind}\n".encode()
+
+
+HEADERS = {om: {name: _header(name, kind, doc, om) for name, kind, doc in FAMILIES} for om in (False, True)}
+
+
 def _rate_limit(series: ProfileSeries, limits: RateLimit) -> None:
     """Keep what the provider said last; a figure an answer leaves out keeps its previous value (Auth0 sends the
     quota header only in fine-grained quota mode, the rate-limit headers on most answers)."""
@@ -247,7 +303,14 @@ def _rate_limit(series: ProfileSeries, limits: RateLimit) -> None:
         series.quota = {quota.bucket: float(quota.remaining) for quota in limits.quotas}
 
 
-def _profile_lines(p: ProfileSeries) -> dict[str, str]:
+def _number(value: float) -> str:
+    """A sample value as both formats spell it (Python's repr, except the infinities and NaN)."""
+    if math.isfinite(value):
+        return repr(value)
+    return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
+
+
+def _profile_lines(p: ProfileSeries) -> dict[str, bytes]:
     """One profile's sample lines, per family (the same for text 0.0.4 and OpenMetrics)."""
     sinks = list(p.sinks.values())
     roles = ("leader", "follower", "standalone")
@@ -278,5 +341,7 @@ def _profile_lines(p: ProfileSeries) -> dict[str, str]:
         "edge_token_provider_quota_remaining": [(f'{p.labels},bucket="{b}"', n) for b, n in p.quota.items()],
     }
     return {
-        name: "".join(f"{name}{{{labels}}} {value!r}\n" for labels, value in rows) for name, rows in samples.items()
+        name: "".join(f"{name}{{{labels}}} {_number(value)}\n" for labels, value in rows).encode()
+        for name, rows in samples.items()
+        if rows
     }
