@@ -16,7 +16,8 @@ import pytest
 import structlog
 
 from edge_token.app import Parts, make_session
-from edge_token.config import Config, load_config
+from edge_token.config import load_config
+from edge_token.core.settings import Config
 from edge_token.localauth import LocalAuthServer
 from edge_token.renewer import Renewer
 

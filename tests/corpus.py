@@ -14,7 +14,7 @@ from typing import Any
 from joserfc.jwk import RSAKey
 
 from conftest import CLIENT_ID, OTHER_CLIENT
-from edge_token.errors import CredentialsRejected, ProtocolError, TransientError
+from edge_token.core.errors import CredentialsRejected, ProtocolError, TransientError
 from edge_token.localauth import Fault, LocalAuthServer
 
 

@@ -1,6 +1,6 @@
 """Test helper: the encodings a secret travels in, and an attacker's search for a secret in emitted text.
 
-Written apart from `edge_token.scrub` on purpose: the search decodes whatever it finds (percent, HTML, JSON
+Written apart from `edge_token.core.scrub` on purpose: the search decodes whatever it finds (percent, HTML, JSON
 backslash escapes, base64 at every offset in both alphabets, hex; two levels deep) the way someone reading the
 log would, so a test using it does not grade the scrubber by the scrubber's own rules.
 """

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
+import pwd
 import stat
 import subprocess
 import sys
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import edge_token
-from edge_token.atomicfile import remove_stale_temps, temp_name, write_atomic
-from edge_token.errors import SinkError
+from edge_token.core.errors import SinkError
+from edge_token.sinks.atomicfile import remove_stale_temps, temp_name, write_atomic
+from unprivileged import as_user
 
 
 def mode_of(path: Path) -> int:
@@ -58,18 +58,15 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(public_dir: Path) ->
     target = directory / "t.jwt"
     write_atomic(target, b"old-token", 0o644)
     code = (
-        "import sys; from pathlib import Path; from edge_token.atomicfile import write_atomic\n"
-        "from edge_token.errors import SinkError\n"
+        "import sys; from pathlib import Path; from edge_token.sinks.atomicfile import write_atomic\n"
+        "from edge_token.core.errors import SinkError\n"
         "try:\n    write_atomic(Path(sys.argv[1]), b'new-token', 0o600)\n"
         "except SinkError as e:\n    print(e); sys.exit(3)\n"
     )
-    # the child cannot be trusted to reach our checkout (a clone under a 0700 temp dir): give it a readable copy
-    package = public_dir / "lib" / "edge_token"
-    shutil.copytree(Path(edge_token.__file__).parent, package)
-    env = {**os.environ, "PYTHONPATH": str(package.parent)}
+    nobody = pwd.getpwnam("nobody")
     result = subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c", code, str(target)],
-        capture_output=True, text=True, env=env, check=False,
+        as_user(nobody.pw_uid, nobody.pw_gid, sys.executable, "-c", code, str(target)),
+        capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 3, result.stderr
     assert "permission denied" in result.stdout

@@ -24,11 +24,11 @@ from hypothesis import strategies as st
 from conftest import CLIENT_ID, SOAK
 from edge_token.app import exit_code, run_once
 from edge_token.config import load_config
-from edge_token.errors import ProtocolError, VerificationError
+from edge_token.core.errors import ProtocolError, VerificationError
+from edge_token.core.policy import MIN_RUN_GAP, parse_retry_after
 from edge_token.localauth import Fault, LocalAuthServer
-from edge_token.oauth import parse_token_answer
-from edge_token.policy import MIN_RUN_GAP, parse_retry_after
-from edge_token.verify import Rules, check_claims
+from edge_token.provider.oauth import parse_token_answer
+from edge_token.provider.verify import Rules, check_claims
 from harness import LoopWorld
 
 TTL = 1000.0

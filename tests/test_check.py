@@ -26,13 +26,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from edge_token.atomicfile import write_atomic
-from edge_token.config import Config, load_config
-from edge_token.errors import ConfigError, EdgeTokenError
-from edge_token.httpserver import HealthSource, start_http
-from edge_token.metrics import Metrics
-from edge_token.notify import run_on_update
+from edge_token.config import load_config
+from edge_token.core.errors import ConfigError, EdgeTokenError
+from edge_token.core.settings import Config
+from edge_token.observe.hooks import run_on_update
+from edge_token.observe.httpserver import HealthSource, start_http
+from edge_token.observe.metrics import Metrics
 from edge_token.preflight import Problem, preflight
+from edge_token.secrets import read_secret
+from edge_token.sinks.atomicfile import write_atomic
 from edge_token.sinks.storehttp import tls_context
 
 # fault -> the key path check must name
@@ -136,7 +138,7 @@ def runtime_failures(config: Config) -> set[str]:
     file_sink, store_sink = profile.sinks
     failed: set[str] = set()
     try:
-        profile.secret.read({})
+        read_secret(profile.secret, {})
     except ConfigError:
         failed.add("profiles.p.client_secret_file")
     assert file_sink.path is not None

@@ -9,18 +9,18 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from edge_token.config import (
-    PROFILE_KEYS,
-    SECRET_KEYS,
+from edge_token.config import load_config
+from edge_token.config.profiles import PROFILE_KEYS, SECRET_KEYS
+from edge_token.config.trust import parse_listen
+from edge_token.core.errors import ConfigError
+from edge_token.core.settings import (
     SITECORE_AUDIENCE,
     SITECORE_ISSUER,
     SITECORE_JWKS_URL,
     SITECORE_TOKEN_URL,
     env_prefix,
-    load_config,
-    parse_listen,
 )
-from edge_token.errors import ConfigError
+from edge_token.secrets import read_secret
 
 MINIMAL = """
 [profiles.production]
@@ -159,7 +159,7 @@ def test_inline_secret_refused_in_group_readable_file(tmp_path: Path) -> None:
         load_config(write(tmp_path, text, 0o644), environ={})
     assert "hunter22" not in str(caught.value)
     config = load_config(write(tmp_path, text, 0o600), environ={})
-    assert config.profiles["production"].secret.read({}) == "hunter22"
+    assert read_secret(config.profiles["production"].secret, {}) == "hunter22"
     assert "hunter22" not in repr(config)
 
 
@@ -169,7 +169,7 @@ def test_environment_overrides_client_id_and_secret_source(tmp_path: Path) -> No
     profile = load_config(write(tmp_path, MINIMAL), environ=environ).profiles["production"]
     assert profile.client_id == "from-env"
     assert profile.secret.kind == "env"
-    assert profile.secret.read({"MY_SECRET": " value \n"}) == "value"
+    assert read_secret(profile.secret, {"MY_SECRET": " value \n"}) == "value"
     assert env_prefix("prod-eu.1") == "EDGE_TOKEN_PROD_EU_1_"
 
 
@@ -177,16 +177,16 @@ def test_secret_sources_report_where_they_failed(tmp_path: Path) -> None:
     """A secret that cannot be read names its source, never a value."""
     profile = load_config(write(tmp_path, MINIMAL), environ={}).profiles["production"]
     with pytest.raises(ConfigError, match="cannot read /etc/edge-token/production.secret"):
-        profile.secret.read({})
+        read_secret(profile.secret, {})
     text = MINIMAL.replace('client_secret_file = "/etc/edge-token/production.secret"', 'client_secret_credential = "p"')
     credential = load_config(write(tmp_path, text), environ={}).profiles["production"].secret
     with pytest.raises(ConfigError, match="CREDENTIALS_DIRECTORY"):
-        credential.read({})
+        read_secret(credential, {})
     (tmp_path / "p").write_text("from-credential\n")
-    assert credential.read({"CREDENTIALS_DIRECTORY": str(tmp_path)}) == "from-credential"
+    assert read_secret(credential, {"CREDENTIALS_DIRECTORY": str(tmp_path)}) == "from-credential"
     (tmp_path / "p").write_text("\n")
     with pytest.raises(ConfigError, match="is empty"):
-        credential.read({"CREDENTIALS_DIRECTORY": str(tmp_path)})
+        read_secret(credential, {"CREDENTIALS_DIRECTORY": str(tmp_path)})
 
 
 def test_loopback_http_is_allowed_and_relative_sink_paths_resolve(tmp_path: Path) -> None:

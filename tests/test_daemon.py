@@ -13,7 +13,7 @@ import pytest
 from conftest import profile_toml
 from daemonproc import DaemonProcess, Reader, reference_check
 from edge_token.localauth import Fault, LocalAuthServer
-from edge_token.verify import decode_unverified
+from edge_token.provider.verify import decode_unverified
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("live_auth")]
 

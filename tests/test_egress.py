@@ -12,13 +12,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import CLIENT_ID, CLIENT_SECRET, FakeClock, profile_toml
-from edge_token import scrub
 from edge_token.app import Parts, make_session
 from edge_token.config import load_config
-from edge_token.egress import ProxyRejected, bypassed
-from edge_token.errors import EX_NOPERM, ConfigError, JwksError, TransientError
+from edge_token.core import scrub
+from edge_token.core.errors import EX_NOPERM, ConfigError, JwksError, TransientError
+from edge_token.core.outcome import RenewalOutcome
 from edge_token.localauth import LocalAuthServer
-from edge_token.outcome import RenewalOutcome
+from edge_token.net.egress import ProxyRejected, bypassed
 from egressparts import TINYPROXY, PrivateCA, TinyProxy, free_port, make_ca
 
 pytestmark = pytest.mark.skipif(not Path(TINYPROXY).exists(), reason="tinyproxy not installed (.ci/run installs it)")
@@ -189,8 +189,8 @@ async def test_jwks_through_a_proxy_that_goes_down_is_a_jwks_error_naming_it(
     tls_auth: LocalAuthServer, ca: PrivateCA, clock: FakeClock
 ) -> None:
     """The JWKS cache keeps its own error class (the last good key set logic relies on it) and names the proxy."""
-    from edge_token.egress import Egress
-    from edge_token.jwks import JwksCache
+    from edge_token.core.settings import Egress
+    from edge_token.provider.jwks import JwksCache
 
     port = free_port()
     async with make_session() as session:
@@ -312,9 +312,9 @@ async def test_store_sinks_and_etcd_go_through_their_own_proxy(
     """A vault_kv sink with proxy + proxy_auth_file, a kubernetes_secret sink with proxy = "env", and [fleet] with
     a proxy URL, all parsed from TOML: each one's HTTPS goes through its own tinyproxy (Basic auth for Vault), TLS
     verified inside the tunnel against the store's ca_file."""
-    from edge_token.fleet import Etcd, EtcdUnavailable
+    from edge_token.core.token import Token
+    from edge_token.fleet.etcd import Etcd, EtcdUnavailable
     from edge_token.sinks import build_sink
-    from edge_token.token import Token
     from fakestores import FakeEtcdEcho, FakeKubernetes, FakeVault
 
     vault, k8s, etcd = FakeVault(), FakeKubernetes(), FakeEtcdEcho(lambda name, password: "no")

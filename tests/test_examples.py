@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge_token.config import SITECORE_ISSUER, load_config
+from edge_token.config import load_config
+from edge_token.core.settings import SITECORE_ISSUER
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
 

@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 
 from conftest import CLIENT_SECRET, profile_toml
-from edge_token.config import SinkConfig, load_config
+from edge_token.config import load_config
+from edge_token.core.settings import SinkConfig
 from edge_token.localauth import Fault, LocalAuthServer
-from edge_token.notify import hook_environment, run_on_update, secret_variables
+from edge_token.observe.hooks import hook_environment, run_on_update, secret_variables
 from fakestores import FakeVault
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("live_auth")]

@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 
 from conftest import profile_toml
 from edge_token.app import make_session
-from edge_token.config import FleetConfig, SecretSource
-from edge_token.errors import ConfigError
-from edge_token.fleet import Etcd, EtcdAuthRejected, EtcdUnavailable
+from edge_token.core.errors import ConfigError
+from edge_token.core.settings import FleetConfig, SecretSource
+from edge_token.fleet.etcd import Etcd, EtcdAuthRejected, EtcdUnavailable
 from edge_token.localauth import LocalAuthServer
 from unprivileged import as_user
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from edge_token.errors import CredentialsRejected, TransientError
-from edge_token.health import ProfileStatus, alive, readiness, state_name, summary
-from edge_token.policy import TokenState
+from edge_token.core.errors import CredentialsRejected, TransientError
+from edge_token.core.health import ProfileStatus, alive, readiness, state_name, summary
+from edge_token.core.policy import TokenState
 
 
 def status(name: str, state: str = "fresh", sinks: dict[str, str | None] | None = None) -> ProfileStatus:

@@ -20,7 +20,7 @@ from joserfc.jwk import OctKey, RSAKey
 
 from conftest import CLIENT_ID, FIGURES, FakeClock
 from corpus import ANSWERS, BAD_TOKENS, b64, good_claims, snapshot
-from edge_token.errors import EdgeTokenError, JwksError, ProtocolError, TransientError, VerificationError
+from edge_token.core.errors import EdgeTokenError, JwksError, ProtocolError, TransientError, VerificationError
 from edge_token.localauth import Fault, LocalAuthServer
 from edge_token.renewer import Renewer
 

@@ -19,9 +19,9 @@ import aiohttp
 import pytest
 
 from conftest import FIGURES, profile_toml
-from edge_token.httpserver import AcceptErrorLog, connection_cap
 from edge_token.limits import raise_nofile_limit
 from edge_token.localauth import LocalAuthServer
+from edge_token.observe.httpserver import AcceptErrorLog, connection_cap
 
 AUTH_TTL = 4  # conftest.live_auth: a renewal every ~2 s (refresh_at 0.5)
 ATTACKERS = 400
@@ -185,8 +185,9 @@ def test_the_soft_descriptor_limit_is_raised_to_the_hard_limit() -> None:
 
 EMFILE_SECRET = """
 import os, sys
-from edge_token.config import SecretSource
-from edge_token.errors import EdgeTokenError
+from edge_token.core.settings import SecretSource
+from edge_token.core.errors import EdgeTokenError
+from edge_token.secrets import read_secret
 source = SecretSource("file", sys.argv[1])
 held = []
 try:
@@ -195,7 +196,7 @@ try:
 except OSError:
     pass
 try:
-    source.read({})
+    read_secret(source, {})
 except EdgeTokenError as exc:
     print(type(exc).__name__, exc.kind)
 """

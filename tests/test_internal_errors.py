@@ -14,10 +14,10 @@ from structlog.testing import capture_logs
 
 from conftest import CLIENT_ID, CLIENT_SECRET, FakeClock, profile_toml
 from edge_token.config import load_config
+from edge_token.core.policy import BACKOFF_BASE
+from edge_token.core.token import Token
 from edge_token.localauth import LocalAuthServer
-from edge_token.policy import BACKOFF_BASE
 from edge_token.renewer import Renewer
-from edge_token.token import Token
 from harness import LoopDaemon
 
 

@@ -13,9 +13,9 @@ from joserfc.jwk import OctKey, RSAKey
 
 from conftest import FakeClock
 from edge_token.app import make_session
-from edge_token.errors import JwksError
-from edge_token.jwks import JwksCache, usable_keys
+from edge_token.core.errors import JwksError
 from edge_token.localauth import Fault, LocalAuthServer
+from edge_token.provider.jwks import JwksCache, usable_keys
 
 
 def public(key: RSAKey) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import logging
 
 import structlog
 
-from edge_token import logs
+from edge_token.observe import logs
 
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
 

@@ -22,7 +22,7 @@ from conftest import CLIENT_SECRET, profile_toml
 from daemonproc import DaemonProcess
 from edge_token import __version__
 from edge_token.localauth import Fault, LocalAuthServer
-from edge_token.verify import decode_unverified
+from edge_token.provider.verify import decode_unverified
 from promsample import sample
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("live_auth")]

@@ -8,7 +8,7 @@ from typing import Any
 
 from conftest import CLIENT_ID, FakeClock
 from edge_token.app import exit_code, run_once
-from edge_token.config import Config
+from edge_token.core.settings import Config
 from edge_token.localauth import Fault, LocalAuthServer
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import CLIENT_ID, FakeClock
 from corpus import ANSWERS, BAD_TOKENS, good_claims, snapshot, stranger_key
-from edge_token.errors import CredentialsRejected, TransientError, VerificationError
+from edge_token.core.errors import CredentialsRejected, TransientError, VerificationError
 from edge_token.localauth import Fault, LocalAuthServer
 from edge_token.renewer import Renewer
 

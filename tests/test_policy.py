@@ -8,8 +8,8 @@ from email.utils import format_datetime
 
 import pytest
 
-from edge_token.errors import CredentialsRejected, ProtocolError, TransientError, VerificationError
-from edge_token.policy import (
+from edge_token.core.errors import CredentialsRejected, ProtocolError, TransientError, VerificationError
+from edge_token.core.policy import (
     BACKOFF_CAP,
     MAX_RETRY_AFTER,
     RefreshSettings,
@@ -21,7 +21,7 @@ from edge_token.policy import (
     refresh_due_at,
     token_state,
 )
-from edge_token.token import Token
+from edge_token.core.token import Token
 
 NOW = 1_800_000_000.0
 SETTINGS = RefreshSettings(refresh_at=0.8, jitter=0.05)

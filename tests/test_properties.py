@@ -18,10 +18,10 @@ from joserfc.jwk import RSAKey
 
 from conftest import CLIENT_ID, FIGURES, SOAK
 from edge_token.config import load_config
-from edge_token.errors import ConfigError, EdgeTokenError, VerificationError
-from edge_token.jwks import build_key_set
-from edge_token.oauth import parse_token_answer
-from edge_token.verify import Rules, decode_unverified, verify_token
+from edge_token.core.errors import ConfigError, EdgeTokenError, VerificationError
+from edge_token.provider.jwks import build_key_set
+from edge_token.provider.oauth import parse_token_answer
+from edge_token.provider.verify import Rules, decode_unverified, verify_token
 
 EXAMPLES = 5000 if SOAK else 200
 PROFILE = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -20,10 +20,10 @@ from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
 
 from conftest import CLIENT_ID, FakeClock
-from edge_token.errors import TransientError, VerificationError
+from edge_token.core.errors import TransientError, VerificationError
+from edge_token.core.ratelimit import MAX_WAIT, Quota, RateLimit, parse, parse_quota
 from edge_token.localauth import Fault, LocalAuthServer
-from edge_token.metrics import Metrics
-from edge_token.ratelimit import MAX_WAIT, Quota, RateLimit, parse, parse_quota
+from edge_token.observe.metrics import Metrics
 from edge_token.renewer import Renewer
 
 TENANT = "https://auth.sitecorecloud.io/claims/tenant_id"

@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_token.config import SecretSource
-from edge_token.secretfiles import SecretCache
+from edge_token.core.settings import SecretSource
+from edge_token.secrets import SecretCache
 
 
 @dataclass(frozen=True)

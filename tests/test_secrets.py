@@ -23,10 +23,14 @@ from hypothesis import strategies as st
 from conftest import CLIENT_SECRET, profile_toml
 from daemonproc import DaemonProcess
 from edge_token import config as config_module
-from edge_token import logs, oauth
-from edge_token.errors import ConfigError
+from edge_token.config.trust import listen_exposure
+from edge_token.core.errors import ConfigError
+from edge_token.core.scrub import JWT, MAX_SECRETS, Scrubber
+from edge_token.core.settings import SecretSource
 from edge_token.localauth import Fault, LocalAuthServer
-from edge_token.scrub import JWT, MAX_SECRETS, Scrubber
+from edge_token.observe import logs
+from edge_token.provider import oauth
+from edge_token.secrets import read_secret
 from fakestores import FakeEtcdEcho, FakeKubernetes, FakeVault
 from leakscan import ENCODINGS, Echoes, echoing_provider, leaks
 from unprivileged import as_user
@@ -235,12 +239,12 @@ def test_a_secret_file_every_user_can_read_is_refused(
     secret.write_text("a-real-secret-value\n")
     secret.chmod(file_mode)
     secrets_dir.chmod(dir_mode)
-    source = config_module.SecretSource("file", str(secret))
+    source = SecretSource("file", str(secret))
     if not refused:
-        assert source.read({}) == "a-real-secret-value"
+        assert read_secret(source, {}) == "a-real-secret-value"
         return
     with pytest.raises(ConfigError, match=rf"client secret: {secret} is readable by every local user") as caught:
-        source.read({})
+        read_secret(source, {})
     assert f"chmod o-r {secret}" in str(caught.value)
 
 
@@ -252,7 +256,7 @@ def test_a_secret_file_every_user_can_read_is_refused(
 )  # fmt: skip
 def test_a_non_loopback_listen_is_named_as_an_exposure(listen: str, exposed: bool) -> None:
     """Loopback is quiet; anything else gets a warning naming /status and what it reveals."""
-    warning = config_module.listen_exposure(listen)
+    warning = listen_exposure(listen)
     if not exposed:
         assert warning is None
         return
@@ -634,7 +638,7 @@ def test_printed_lines_are_scrubbed_however_they_are_written(secret: str, encodi
     scrubbed whole; a partial line is scrubbed on flush."""
     import io
 
-    from edge_token.scrub import ScrubbingStream
+    from edge_token.core.scrub import ScrubbingStream
 
     scrubber = Scrubber()
     scrubber.register(secret)

@@ -21,10 +21,10 @@ from structlog.testing import capture_logs
 
 from conftest import profile_toml
 from daemonproc import DaemonProcess, reference_check
-from edge_token.atomicfile import BlockingCalls, read_regular, write_atomic
-from edge_token.config import SinkConfig
-from edge_token.errors import SinkError
+from edge_token.core.errors import SinkError
+from edge_token.core.settings import SinkConfig
 from edge_token.localauth import LocalAuthServer
+from edge_token.sinks.atomicfile import BlockingCalls, read_regular, write_atomic
 from edge_token.sinks.file import FileSink
 
 NOBODY = 65534
@@ -161,8 +161,8 @@ def test_a_planted_file_in_a_sticky_directory_gets_the_right_hint(public_dir: Pa
     target = directory / "t.jwt"
     assert as_nobody(sys.executable, "-c", f"open({str(target)!r}, 'w').write('forged')").returncode == 0
     code = (
-        "import sys; from pathlib import Path; from edge_token.atomicfile import write_atomic\n"
-        "from edge_token.errors import SinkError\n"
+        "import sys; from pathlib import Path; from edge_token.sinks.atomicfile import write_atomic\n"
+        "from edge_token.core.errors import SinkError\n"
         "try:\n    write_atomic(Path(sys.argv[1]), b'ours')\nexcept SinkError as e:\n    print(e); sys.exit(3)\n"
     )
     package = public_dir / "lib"

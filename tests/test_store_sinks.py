@@ -11,11 +11,11 @@ import pytest
 
 from conftest import FakeClock
 from edge_token.app import exit_code, make_session, run_once
-from edge_token.config import Config, KubernetesSecretOptions, SecretSource, SinkConfig, VaultKvOptions
-from edge_token.errors import SinkError
+from edge_token.core.errors import SinkError
+from edge_token.core.settings import Config, KubernetesSecretOptions, SecretSource, SinkConfig, VaultKvOptions
+from edge_token.core.token import Token
 from edge_token.sinks.kubernetes import EXPIRY_ANNOTATION, KubernetesSecretSink
 from edge_token.sinks.vault import VaultKvSink
-from edge_token.token import Token
 from fakestores import FakeKubernetes, FakeVault
 
 

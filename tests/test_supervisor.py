@@ -25,13 +25,13 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from conftest import SOAK, FakeClock, profile_toml
 from edge_token.config import load_config
+from edge_token.core.health import readiness
+from edge_token.core.policy import MIN_RUN_GAP
+from edge_token.core.token import Token
 from edge_token.daemon import Daemon
-from edge_token.health import readiness
 from edge_token.localauth import Fault, LocalAuthServer
-from edge_token.policy import MIN_RUN_GAP
+from edge_token.provider.verify import decode_unverified
 from edge_token.supervisor import job_id
-from edge_token.token import Token
-from edge_token.verify import decode_unverified
 from harness import LoopDaemon
 
 NAMES = ("p0", "p1", "p2")

@@ -16,7 +16,7 @@ import pytest
 from conftest import profile_toml
 from daemonproc import DaemonProcess
 from edge_token.localauth import Fault, LocalAuthServer
-from edge_token.systemd import Notifier, watchdog_interval
+from edge_token.observe.systemd import Notifier, watchdog_interval
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("live_auth")]
 

@@ -35,8 +35,8 @@ import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_token import logs
-from edge_token.journal import PRIORITIES
+from edge_token.observe import logs
+from edge_token.observe.journal import PRIORITIES
 from system.nspawn import Machine, unavailable_reason
 
 pytestmark = pytest.mark.slow

@@ -14,15 +14,14 @@ from typing import Any
 import aiohttp
 
 from edge_token import __version__
-from edge_token.clock import Clock
-from edge_token.config import Config, ProfileConfig
-from edge_token.egress import Egress
-from edge_token.errors import ConfigError, EdgeTokenError, PermanentError
-from edge_token.jwks import JwksCache
-from edge_token.outcome import RenewalOutcome
-from edge_token.policy import TokenState
+from edge_token.core.clock import Clock
+from edge_token.core.errors import ConfigError, EdgeTokenError, PermanentError
+from edge_token.core.outcome import RenewalOutcome
+from edge_token.core.policy import TokenState
+from edge_token.core.settings import Config, Egress, ProfileConfig
+from edge_token.provider.jwks import JwksCache
 from edge_token.renewer import Renewer
-from edge_token.secretfiles import SecretCache
+from edge_token.secrets import SecretCache
 
 Sleep = Callable[[float], Awaitable[None]]
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_token import __version__
-from edge_token.errors import EX_CONFIG, EX_NOINPUT, EX_SOFTWARE, EdgeTokenError
+from edge_token.core.errors import EX_CONFIG, EX_NOINPUT, EX_SOFTWARE, EdgeTokenError
+from edge_token.secrets import read_secret
 
 CONFIG_ENV = "EDGE_TOKEN_CONFIG"
 DEFAULT_CONFIG = os.environ.get(CONFIG_ENV, "/etc/edge-token/config.toml")
@@ -133,7 +134,7 @@ HOLDS_SECRETS = frozenset({"run", "once", "exec", "check"})
 def say(text: str, *, err: bool = False) -> None:
     """Print one line through the process scrubber: a server that echoed a secret (in any encoding) or a token
     in an error message must not get it onto a terminal or into a CI log."""
-    from edge_token.scrub import scrub_text
+    from edge_token.core.scrub import scrub_text
 
     print(scrub_text(text), file=sys.stderr if err else sys.stdout, flush=True)
 
@@ -141,7 +142,7 @@ def say(text: str, *, err: bool = False) -> None:
 def _scrub_std_streams() -> None:
     """Every line anyone in this process prints (the exec wrapper, a library, a future command) is scrubbed
     too, not only the lines `say` prints; children keep the raw file descriptors."""
-    from edge_token.scrub import ScrubbingStream
+    from edge_token.core.scrub import ScrubbingStream
 
     if not isinstance(sys.stdout, ScrubbingStream):
         sys.stdout = ScrubbingStream(sys.stdout)
@@ -192,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return demo_main(args.dir, args.ttl, args.duration)
     except EdgeTokenError as exc:
-        from edge_token.journal import stream_prefix
+        from edge_token.observe.journal import stream_prefix
 
         say(f"{stream_prefix('error', sys.stderr)}edge-token: {exc}", err=True)
         return exc.exit_code
@@ -212,16 +213,16 @@ def _load(args: argparse.Namespace) -> Any:
     config = load_config(args.config)
     for name in getattr(args, "profile", None) or []:
         if name not in config.profiles:
-            from edge_token.errors import ConfigError
+            from edge_token.core.errors import ConfigError
 
             raise ConfigError(f"{args.config}: no profile {name!r} (have: {', '.join(config.profiles)})")
     return config
 
 
 def _once(args: argparse.Namespace) -> int:
-    from edge_token import logs
     from edge_token.app import exit_code, run_once
-    from edge_token.clock import SystemClock
+    from edge_token.core.clock import SystemClock
+    from edge_token.observe import logs
 
     config = _load(args)
     redactor = logs.configure(config.daemon.log_format, config.daemon.log_level)
@@ -245,7 +246,7 @@ def _once(args: argparse.Namespace) -> int:
 
 
 def _exec(args: argparse.Namespace) -> int:
-    from edge_token.errors import ConfigError
+    from edge_token.core.errors import ConfigError
     from edge_token.wrapper import main as exec_main
 
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
@@ -292,7 +293,7 @@ def _check_as(args: argparse.Namespace) -> int:
     import grp
     import pwd
 
-    from edge_token.errors import ConfigError
+    from edge_token.core.errors import ConfigError
 
     user, _, group = args.as_user.partition(":")
     try:
@@ -310,8 +311,8 @@ def _check_as(args: argparse.Namespace) -> int:
 
     if args.online:
         import edge_token.app
-        import edge_token.logs
-        import edge_token.verify  # noqa: F401
+        import edge_token.observe.logs
+        import edge_token.provider.verify  # noqa: F401
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -344,12 +345,12 @@ async def _check_online(config: Any, selected: list[str] | None) -> int:
     format; the summary says what was checked, not a repr, and claims no renewal (nothing is written)."""
     from datetime import UTC, datetime
 
-    from edge_token import logs
     from edge_token.app import Parts, make_session
-    from edge_token.clock import SystemClock
-    from edge_token.errors import EdgeTokenError
-    from edge_token.oauth import request_token
-    from edge_token.verify import verify_token
+    from edge_token.core.clock import SystemClock
+    from edge_token.core.errors import EdgeTokenError
+    from edge_token.observe import logs
+    from edge_token.provider.oauth import request_token
+    from edge_token.provider.verify import verify_token
 
     logs.configure(config.daemon.log_format, config.daemon.log_level)
     import structlog
@@ -363,7 +364,7 @@ async def _check_online(config: Any, selected: list[str] | None) -> int:
                 continue
             cache, rules = parts.jwks_for(profile), parts.renewer(profile, sinks=[]).rules
             try:
-                secret = profile.secret.read(os.environ)
+                secret = read_secret(profile.secret, os.environ)
                 answer = await request_token(session, profile, secret, clock, os.environ)
                 token = await verify_token(answer.access_token, cache.key_set, rules, clock.time(),
                                            received_at=answer.received_at, expires_in=answer.expires_in)  # fmt: skip
@@ -388,7 +389,7 @@ def _read_token_arg(source: str) -> str:
         token = extract(text, fmt)
         if token:
             return token
-    from edge_token.errors import VerificationError
+    from edge_token.core.errors import VerificationError
 
     raise VerificationError("no JWT found in the input (expected a raw JWT, or a json or env sink file)", "malformed")
 
@@ -396,7 +397,7 @@ def _read_token_arg(source: str) -> str:
 def _inspect(args: argparse.Namespace) -> int:
     import time
 
-    from edge_token.verify import decode_unverified
+    from edge_token.provider.verify import decode_unverified
 
     try:
         token = _read_token_arg(args.token)
@@ -429,8 +430,8 @@ async def _verify_one(args: argparse.Namespace, token: str) -> tuple[list[str], 
     import time
 
     from edge_token.app import Parts, make_session
-    from edge_token.clock import SystemClock
-    from edge_token.verify import verify_token
+    from edge_token.core.clock import SystemClock
+    from edge_token.provider.verify import verify_token
 
     config = _load(args)
     names = args.profile or list(config.profiles)
@@ -453,7 +454,7 @@ async def _verify_one(args: argparse.Namespace, token: str) -> tuple[list[str], 
 
 
 def _local_auth(args: argparse.Namespace) -> int:
-    from edge_token.config import is_loopback_host
+    from edge_token.config.trust import is_loopback_host
     from edge_token.localauth import LocalAuthServer, load_client_secret
 
     if not is_loopback_host(args.host):

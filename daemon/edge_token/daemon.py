@@ -22,28 +22,31 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from edge_token import health, logs
 from edge_token.app import Parts, make_session
-from edge_token.clock import Clock, SystemClock
-from edge_token.config import Config, ProfileConfig, listen_exposure, load_config
-from edge_token.errors import ConfigError
-from edge_token.health import ProfileStatus, readiness, state_name
-from edge_token.httpserver import HealthSource, start_http
-from edge_token.metrics import Metrics
-from edge_token.notify import run_on_update, secret_variables, signal_pid_file
-from edge_token.outcome import RenewalOutcome
+from edge_token.config import load_config
+from edge_token.config.trust import listen_exposure
+from edge_token.core import health
+from edge_token.core.clock import Clock, SystemClock
+from edge_token.core.errors import ConfigError
+from edge_token.core.health import ProfileStatus, readiness, state_name
+from edge_token.core.outcome import RenewalOutcome
+from edge_token.core.policy import backoff_delay, next_run_at
+from edge_token.core.settings import Config, ProfileConfig
+from edge_token.core.token import Token
+from edge_token.observe import logs
+from edge_token.observe.hooks import run_on_update, secret_variables, signal_pid_file
+from edge_token.observe.httpserver import HealthSource, start_http
+from edge_token.observe.metrics import Metrics
+from edge_token.observe.systemd import Notifier
 from edge_token.pid1 import OrphanReaper
-from edge_token.policy import backoff_delay, next_run_at
 from edge_token.renewer import Renewer
 from edge_token.scheduler import Scheduler
 from edge_token.sinks import Sink
 from edge_token.supervisor import JobScheduler, Supervisor, job_id
-from edge_token.systemd import Notifier
-from edge_token.token import Token
 
 if TYPE_CHECKING:
-    from edge_token.fleet import Fleet
-    from edge_token.fleetstep import FleetStep
+    from edge_token.fleet.coordinator import FleetStep
+    from edge_token.fleet.etcd import Fleet
 
 TICK_SECONDS = 5.0  # scheduler wake-up (suspend / clock jumps) and liveness tick
 SHUTDOWN_GRACE_SECONDS = 10.0
@@ -119,8 +122,8 @@ class Daemon:
                 on_secret=self.redactor.add_secret, jwks_on_fetch=self.metrics.jwks_fetched,
             )  # fmt: skip
             if self.config.fleet is not None:
-                from edge_token.fleet import Fleet
-                from edge_token.fleetstep import FleetStep
+                from edge_token.fleet.coordinator import FleetStep
+                from edge_token.fleet.etcd import Fleet
 
                 self.fleet = Fleet(self.config.fleet, session, self.log)
                 self.fleet_step = FleetStep(self.fleet, self.metrics, self.log)

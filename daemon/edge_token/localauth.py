@@ -54,7 +54,7 @@ class Fault:
 def load_client_secret(path: Path) -> str:
     """The `local-auth` client secret: created (random, mode 0600) when the file is missing; refused (exit 78)
     when empty or whitespace only, since the server would then issue tokens to clients that send no secret."""
-    from edge_token.errors import ConfigError
+    from edge_token.core.errors import ConfigError
 
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -31,19 +31,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_token.atomicfile import check_directory, describe_os_error, not_regular, temp_name
-from edge_token.config import (
-    SA_DIR,
-    Config,
-    KubernetesSecretOptions,
-    SecretSource,
-    SinkConfig,
-    VaultKvOptions,
-    parse_listen,
-)
-from edge_token.errors import EX_CANTCREAT, EX_CONFIG, ConfigError, SinkError
-from edge_token.notify import hook_environment
-from edge_token.tlsfiles import regular_file
+from edge_token.config.trust import parse_listen
+from edge_token.core.errors import EX_CANTCREAT, EX_CONFIG, ConfigError, SinkError
+from edge_token.core.settings import SA_DIR, Config, KubernetesSecretOptions, SecretSource, SinkConfig, VaultKvOptions
+from edge_token.net.tls import regular_file
+from edge_token.observe.hooks import hook_environment
+from edge_token.secrets import read_secret
+from edge_token.sinks.atomicfile import check_directory, describe_os_error, not_regular, temp_name
 
 
 @dataclass(frozen=True)
@@ -96,7 +90,7 @@ def _secret(
                    "(the unit's ExecStartPre=edge-token check checks it)")  # fmt: skip
         return
     try:
-        source.read(environ, what)
+        read_secret(source, environ, what)
     except ConfigError as exc:
         fix = {
             "file": "; create it (mode 0600, readable by the service user) or fix the path",

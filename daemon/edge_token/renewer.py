@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from edge_token.clock import Clock
-from edge_token.config import ProfileConfig
-from edge_token.errors import (
+from edge_token.core.clock import Clock
+from edge_token.core.errors import (
     CredentialsRejected,
     EdgeTokenError,
     InternalError,
@@ -25,18 +24,19 @@ from edge_token.errors import (
     TransientError,
     VerificationError,
 )
-from edge_token.jwks import JwksCache
-from edge_token.oauth import request_token
-from edge_token.outcome import RenewalOutcome, Result
-from edge_token.policy import RefreshSettings, TokenState, next_attempt_at, refresh_due_at, token_state
-from edge_token.ratelimit import RateLimit
-from edge_token.secretfiles import SecretCache
+from edge_token.core.outcome import RenewalOutcome, Result
+from edge_token.core.policy import RefreshSettings, TokenState, next_attempt_at, refresh_due_at, token_state
+from edge_token.core.ratelimit import RateLimit
+from edge_token.core.settings import ProfileConfig
+from edge_token.core.token import Token
+from edge_token.provider.jwks import JwksCache
+from edge_token.provider.oauth import request_token
+from edge_token.provider.verify import Rules, verify_token
+from edge_token.secrets import SecretCache, read_secret
 from edge_token.sinks import Sink, build_sink
-from edge_token.token import Token
-from edge_token.verify import Rules, verify_token
 
 if TYPE_CHECKING:
-    from edge_token.health import ProfileStatus
+    from edge_token.core.health import ProfileStatus
 
 
 __all__ = ["RenewalOutcome", "Renewer", "Result"]
@@ -131,7 +131,7 @@ class Renewer:
 
     def status(self, next_attempt_at: float | None) -> ProfileStatus:
         """The operator-facing snapshot (no token, no secret)."""
-        from edge_token.health import ProfileStatus, state_name  # daemon only: keep `once` start-up lean
+        from edge_token.core.health import ProfileStatus, state_name  # daemon only: keep `once` start-up lean
 
         token = self.current
         return ProfileStatus(
@@ -198,7 +198,7 @@ class Renewer:
             secret = (
                 self._secrets.read(self.profile.secret, fresh)
                 if self._secrets
-                else self.profile.secret.read(self._environ)
+                else read_secret(self.profile.secret, self._environ)
             )
             if self._on_secret is not None:
                 self._on_secret(secret)  # the log redactor learns it before anything could echo it

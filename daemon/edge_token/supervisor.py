@@ -18,10 +18,10 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from edge_token.clock import Clock
-from edge_token.outcome import RenewalOutcome, Result
+from edge_token.core.clock import Clock
+from edge_token.core.outcome import RenewalOutcome, Result
+from edge_token.core.token import Token
 from edge_token.renewer import Renewer
-from edge_token.token import Token
 
 #: a cycle's work for one renewer: appends its outcomes (so they survive an exception part-way)
 Step = Callable[[Renewer, bool, list[RenewalOutcome]], Awaitable[None]]

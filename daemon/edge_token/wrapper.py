@@ -28,13 +28,13 @@ from typing import Any
 
 import structlog
 
-from edge_token import logs
 from edge_token.app import exit_code, run_once
-from edge_token.clock import SystemClock
-from edge_token.config import Config, env_prefix
+from edge_token.core.clock import SystemClock
+from edge_token.core.errors import EdgeTokenError
+from edge_token.core.settings import Config, env_prefix
 from edge_token.daemon import Daemon
-from edge_token.errors import EdgeTokenError
-from edge_token.notify import secret_variables
+from edge_token.observe import logs
+from edge_token.observe.hooks import secret_variables
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

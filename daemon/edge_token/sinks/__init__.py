@@ -7,8 +7,8 @@ from typing import Protocol
 
 import aiohttp
 
-from edge_token.config import KubernetesSecretOptions, SinkConfig, VaultKvOptions
-from edge_token.token import Token
+from edge_token.core.settings import KubernetesSecretOptions, SinkConfig, VaultKvOptions
+from edge_token.core.token import Token
 
 
 class Sink(Protocol):

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import structlog
 
-from edge_token.atomicfile import BlockingCalls, read_regular, remove_stale_temps, write_atomic
-from edge_token.config import SinkConfig
-from edge_token.errors import SinkError
-from edge_token.token import Token
+from edge_token.core.errors import SinkError
+from edge_token.core.settings import SinkConfig
+from edge_token.core.token import Token
+from edge_token.sinks.atomicfile import BlockingCalls, read_regular, remove_stale_temps, write_atomic
 
 MAX_READ_BYTES = 64 * 1024
 #: a write or read-back that takes longer is abandoned (hung NFS/FUSE): well below the daemon's cycle budget

@@ -20,12 +20,12 @@ from urllib.parse import quote
 
 import aiohttp
 
-from edge_token.config import SA_DIR, KubernetesSecretOptions, SinkConfig
-from edge_token.errors import SinkError
-from edge_token.oauth import sanitize
+from edge_token.core.errors import SinkError
+from edge_token.core.settings import SA_DIR, KubernetesSecretOptions, SinkConfig
+from edge_token.core.strictnum import ascii_uint
+from edge_token.core.token import Token
+from edge_token.provider.oauth import sanitize
 from edge_token.sinks.storehttp import Answer, call, tls_context
-from edge_token.strictnum import ascii_uint
-from edge_token.token import Token
 
 EXPIRY_ANNOTATION = "edge-token.io/expires-at"
 MAX_CONFLICT_RETRIES = 4

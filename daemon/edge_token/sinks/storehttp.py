@@ -11,10 +11,11 @@ from typing import Any
 
 import aiohttp
 
-from edge_token import egress
-from edge_token.errors import EdgeTokenError, SinkError
-from edge_token.httpcall import exchange
-from edge_token.tlsfiles import regular_file
+from edge_token.core.errors import EdgeTokenError, SinkError
+from edge_token.core.settings import DIRECT, Egress
+from edge_token.net import egress
+from edge_token.net.http import exchange
+from edge_token.net.tls import regular_file
 
 MAX_STORE_BYTES = 1024 * 1024
 
@@ -48,7 +49,7 @@ async def call(
     tls: ssl.SSLContext | bool = True,
     body: Any = None,
     secrets: tuple[str, ...] = (),
-    egress_settings: egress.Egress = egress.DIRECT,
+    egress_settings: Egress = DIRECT,
     environ: Mapping[str, str] | None = None,
 ) -> Answer:
     """One JSON request; network trouble, timeouts and oversized answers become SinkError naming `what`.

@@ -18,12 +18,13 @@ from typing import Any
 
 import aiohttp
 
-from edge_token.config import SinkConfig, VaultKvOptions
-from edge_token.errors import ConfigError, SinkError
-from edge_token.oauth import sanitize
+from edge_token.core.errors import ConfigError, SinkError
+from edge_token.core.settings import SinkConfig, VaultKvOptions
+from edge_token.core.strictnum import finite, whole
+from edge_token.core.token import Token
+from edge_token.provider.oauth import sanitize
+from edge_token.secrets import read_secret
 from edge_token.sinks.storehttp import Answer, call, tls_context
-from edge_token.strictnum import finite, whole
-from edge_token.token import Token
 
 MAX_CAS_RETRIES = 4
 MAX_VERSION = 2**53  # Vault versions are JSON integers; anything beyond is not one
@@ -57,7 +58,7 @@ class VaultKvSink:
     async def _vault_token(self, fresh_login: bool = False) -> str:
         if self.options.token is not None:
             try:
-                return self._secret(self.options.token.read(self._environ, "Vault token"))
+                return self._secret(read_secret(self.options.token, self._environ, "Vault token"))
             except ConfigError as exc:
                 raise SinkError(f"{self.name}: {exc}") from None
         now = self._monotonic()
@@ -71,7 +72,7 @@ class VaultKvSink:
     async def _approle_login(self) -> str:
         assert self.options.role_id is not None and self.options.secret_id is not None
         try:
-            secret_id = self._secret(self.options.secret_id.read(self._environ, "AppRole secret_id"))
+            secret_id = self._secret(read_secret(self.options.secret_id, self._environ, "AppRole secret_id"))
         except ConfigError as exc:
             raise SinkError(f"{self.name}: {exc}") from None
         url = f"{self.options.address}/v1/auth/{self.options.approle_mount}/login"

@@ -28,10 +28,10 @@ import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from edge_token.config import parse_listen
-from edge_token.errors import ConfigError
-from edge_token.health import ProfileStatus, readiness
-from edge_token.metrics import Metrics
+from edge_token.config.trust import parse_listen
+from edge_token.core.errors import ConfigError
+from edge_token.core.health import ProfileStatus, readiness
+from edge_token.observe.metrics import Metrics
 
 
 class HealthSource:

@@ -18,8 +18,8 @@ from typing import Any, TextIO
 
 import structlog
 
-from edge_token import journal
-from edge_token import scrub as scrubbing
+from edge_token.core import scrub as scrubbing
+from edge_token.observe import journal
 
 REDACTED = scrubbing.REDACTED
 SECRET_KEY = re.compile(r"(secret|password|passwd|authorization|access_token|^token$|^jwt$|credential_value)", re.I)

@@ -17,13 +17,14 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 import aiohttp
 
-from edge_token import egress, ratelimit, scrub, strictjson
-from edge_token.clock import Clock
-from edge_token.config import ProfileConfig
-from edge_token.errors import CredentialsRejected, ProtocolError, TransientError
-from edge_token.neterrors import unreachable
-from edge_token.policy import parse_retry_after
-from edge_token.strictnum import ascii_uint, finite
+from edge_token.core import ratelimit, scrub, strictjson
+from edge_token.core.clock import Clock
+from edge_token.core.errors import CredentialsRejected, ProtocolError, TransientError
+from edge_token.core.policy import parse_retry_after
+from edge_token.core.settings import ProfileConfig
+from edge_token.core.strictnum import ascii_uint, finite
+from edge_token.net import egress
+from edge_token.net.reasons import unreachable
 
 MAX_RESPONSE_BYTES = 64 * 1024
 MAX_EXPIRES_IN = 10 * 365 * 86400.0

@@ -13,7 +13,7 @@ import ssl
 
 import aiohttp
 
-from edge_token import scrub
+from edge_token.core import scrub
 
 _ERRNO = {
     errno.ECONNREFUSED: "connection refused (nothing listens on that port)",

@@ -30,9 +30,9 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPEN
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
 from edge_token import __version__
-from edge_token.errors import VerificationError
-from edge_token.outcome import RenewalOutcome, Result
-from edge_token.ratelimit import RateLimit
+from edge_token.core.errors import VerificationError
+from edge_token.core.outcome import RenewalOutcome, Result
+from edge_token.core.ratelimit import RateLimit
 
 STATES = ("fresh", "stale", "expired", "credentials_rejected")
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

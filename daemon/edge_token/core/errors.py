@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from edge_token.ratelimit import RateLimit
+    from edge_token.core.ratelimit import RateLimit
 
 EX_DATAERR = 65  # a token failed verification
 EX_NOINPUT = 66  # an input file does not exist or cannot be read

@@ -25,37 +25,18 @@ import os
 import ssl
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
 
-from edge_token import scrub
-from edge_token.errors import ConfigError, CredentialsRejected, EdgeTokenError
+from edge_token.core import scrub
+from edge_token.core.errors import ConfigError, CredentialsRejected, EdgeTokenError
+from edge_token.core.settings import Egress
+from edge_token.secrets import read_secret
 
 MAX_NO_PROXY_ENTRIES = 256
-
-
-class SecretReader(Protocol):
-    """What a proxy credential source offers (config.SecretSource satisfies it)."""
-
-    def read(self, environ: Mapping[str, str], what: str = ...) -> str: ...
-
-    def describe(self) -> str: ...
-
-
-@dataclass(frozen=True)
-class Egress:
-    """One destination's egress settings: `proxy` is "none", "env" or an http:// proxy URL without user info."""
-
-    proxy: str = "none"
-    proxy_auth: SecretReader | None = field(default=None, repr=False)
-    ca_file: Path | None = None
-
-
-DIRECT = Egress()
 
 
 @dataclass(frozen=True, repr=False)
@@ -94,7 +75,7 @@ def route(egress: Egress, url: str, environ: Mapping[str, str]) -> Route:
         return Route(None, None, tls)
     headers: dict[str, str] | None = None
     if egress.proxy_auth is not None:
-        credentials = egress.proxy_auth.read(environ, "proxy credentials")
+        credentials = read_secret(egress.proxy_auth, environ, "proxy credentials")
         if ":" not in credentials:
             raise ConfigError(f"proxy credentials from {egress.proxy_auth.describe()} must be one line 'user:password'")
         value = "Basic " + base64.b64encode(credentials.encode()).decode()

@@ -26,11 +26,12 @@ import aiohttp
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from edge_token import egress
-from edge_token.clock import Clock
-from edge_token.errors import EdgeTokenError, JwksAnswerError, JwksError
-from edge_token.httpcall import exchange
-from edge_token.oauth import sanitize
+from edge_token.core.clock import Clock
+from edge_token.core.errors import EdgeTokenError, JwksAnswerError, JwksError
+from edge_token.core.settings import DIRECT, Egress
+from edge_token.net import egress
+from edge_token.net.http import exchange
+from edge_token.provider.oauth import sanitize
 
 MAX_JWKS_BYTES = 256 * 1024
 MAX_KEYS = 64
@@ -132,7 +133,7 @@ class JwksCache:
         timeout_seconds: float = 10.0,
         rng: random.Random | None = None,
         on_fetch: Callable[[str, str, int], None] | None = None,
-        egress_settings: egress.Egress = egress.DIRECT,
+        egress_settings: Egress = DIRECT,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self.url = url

@@ -10,8 +10,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_token.errors import CredentialsRejected, EdgeTokenError
-from edge_token.policy import TokenState
+from edge_token.core.errors import CredentialsRejected, EdgeTokenError
+from edge_token.core.policy import TokenState
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from edge_token.errors import SinkError
+from edge_token.core.errors import SinkError
 
 TEMP_PREFIX = "."
 TEMP_SUFFIX = ".edge-token-tmp"

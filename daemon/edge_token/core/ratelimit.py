@@ -16,8 +16,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from edge_token.errors import TransientError
-from edge_token.strictnum import ascii_uint
+from edge_token.core.errors import TransientError
+from edge_token.core.strictnum import ascii_uint
 
 MAX_HEADER_CHARS = 512
 MAX_BUCKETS = 8

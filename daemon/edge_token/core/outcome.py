@@ -11,9 +11,9 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from edge_token.errors import EdgeTokenError, SinkError
-from edge_token.ratelimit import RateLimit
-from edge_token.token import Token
+from edge_token.core.errors import EdgeTokenError, SinkError
+from edge_token.core.ratelimit import RateLimit
+from edge_token.core.token import Token
 
 
 class Result(enum.Enum):

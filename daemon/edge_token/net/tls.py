@@ -12,7 +12,7 @@ import ssl
 import stat
 from pathlib import Path
 
-from edge_token.errors import ConfigError
+from edge_token.core.errors import ConfigError
 
 
 def client_context(

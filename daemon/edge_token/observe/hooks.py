@@ -18,7 +18,7 @@ import signal
 from collections.abc import Mapping
 from typing import Any
 
-from edge_token.config import Config, SecretSource, SinkConfig, env_prefix
+from edge_token.core.settings import Config, SecretSource, SinkConfig, env_prefix
 
 PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "USER", "LOGNAME")
 # the per-profile overrides that can carry a secret or point at one (config.SECRET_KEYS, upper-cased)

@@ -34,11 +34,13 @@ from typing import Any
 
 import aiohttp
 
-from edge_token import egress, scrub
-from edge_token.config import FleetConfig
-from edge_token.errors import EdgeTokenError
-from edge_token.oauth import read_limited, sanitize
-from edge_token.tlsfiles import client_context
+from edge_token.core import scrub
+from edge_token.core.errors import EdgeTokenError
+from edge_token.core.settings import FleetConfig
+from edge_token.net import egress
+from edge_token.net.tls import client_context
+from edge_token.provider.oauth import read_limited, sanitize
+from edge_token.secrets import read_secret
 
 LEADER, FOLLOWER, STANDALONE = "leader", "follower", "standalone"
 AUTHENTICATE = "/v3/auth/authenticate"
@@ -157,7 +159,7 @@ class Etcd:
         if self.config.password is None:
             raise EtcdAuthRejected("etcd asks for authentication but fleet.password_file is not set")
         self.authentications += 1
-        password = self.config.password.read(os.environ, "etcd password")
+        password = read_secret(self.config.password, os.environ, "etcd password")
         answer = await self._post(endpoint, AUTHENTICATE, {"name": self.config.username, "password": password})
         token = answer.get("token")
         if not isinstance(token, str) or not token:

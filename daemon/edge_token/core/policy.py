@@ -12,9 +12,9 @@ import math
 import random
 from dataclasses import dataclass
 
-from edge_token.errors import CredentialsRejected, EdgeTokenError, TransientError
-from edge_token.strictnum import ascii_uint
-from edge_token.token import Token
+from edge_token.core.errors import CredentialsRejected, EdgeTokenError, TransientError
+from edge_token.core.strictnum import ascii_uint
+from edge_token.core.token import Token
 
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 300.0

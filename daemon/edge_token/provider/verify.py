@@ -26,10 +26,10 @@ from joserfc.errors import (
 )
 from joserfc.jwk import KeySet
 
-from edge_token.errors import VerificationError
-from edge_token.strictjson import StrictDecoder
-from edge_token.strictnum import finite
-from edge_token.token import Token
+from edge_token.core.errors import VerificationError
+from edge_token.core.strictjson import StrictDecoder
+from edge_token.core.strictnum import finite
+from edge_token.core.token import Token
 
 MAX_TOKEN_BYTES = 16 * 1024
 PLAUSIBLE_SECONDS = 100 * 365 * 86400.0  # a NumericDate further than this from now is garbage

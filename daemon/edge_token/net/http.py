@@ -12,10 +12,11 @@ from typing import Any
 
 import aiohttp
 
-from edge_token import egress, scrub
-from edge_token.errors import EdgeTokenError, ProtocolError
-from edge_token.neterrors import describe
-from edge_token.oauth import read_limited, sanitize
+from edge_token.core import scrub
+from edge_token.core.errors import EdgeTokenError, ProtocolError
+from edge_token.net import egress
+from edge_token.net.reasons import describe
+from edge_token.provider.oauth import read_limited, sanitize
 
 
 async def exchange(

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge_token.fleet import LEADER, STANDALONE, EtcdUnavailable, Fleet
-from edge_token.metrics import Metrics
-from edge_token.outcome import RenewalOutcome
-from edge_token.policy import TokenState
+from edge_token.core.outcome import RenewalOutcome
+from edge_token.core.policy import TokenState
+from edge_token.fleet.etcd import LEADER, STANDALONE, EtcdUnavailable, Fleet
+from edge_token.observe.metrics import Metrics
 from edge_token.renewer import Renewer
 
 

@@ -1,0 +1,187 @@
+"""Validating one TOML table: typed getters that name the key path, unknown keys rejected with a suggestion, and
+the field parsers the profile, sink and fleet tables share (URLs, modes, owners, paths, egress)."""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import stat
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from edge_token.config.trust import is_loopback_host
+from edge_token.core.errors import ConfigError
+from edge_token.core.settings import Egress, SecretSource
+from edge_token.net.egress import check_proxy_url, tls_context
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+T = TypeVar("T")
+
+
+class Table:
+    """A TOML table being validated: typed getters that name the key path, and unknown-key detection."""
+
+    def __init__(self, data: Mapping[str, Any], where: str, file: Path) -> None:
+        self.data, self.where, self.file, self.used = data, where, file, set[str]()
+
+    def path(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def fail(self, key: str, expected: str) -> ConfigError:
+        return ConfigError(f"{self.file}: {self.path(key)}: expected {expected}, got {self.data.get(key)!r}")
+
+    def get(self, key: str, kind: type[T], default: T, expected: str) -> T:
+        self.used.add(key)
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise self.fail(key, expected)
+        return value
+
+    def text(self, key: str, default: str | None = None, *, choices: tuple[str, ...] = ()) -> str | None:
+        expected = f"one of {', '.join(map(repr, choices))}" if choices else "a non-empty string"
+        value = self.get(key, str, default, expected)
+        if value is not None and (not value or (choices and value not in choices)):
+            raise self.fail(key, expected)
+        return value
+
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        expected = f"a number from {low:g} to {high:g}"
+        value = self.get(key, float, default, expected)
+        if not (math.isfinite(value) and low <= value <= high):
+            raise self.fail(key, expected)
+        return value
+
+    def table(self, key: str) -> Table:
+        value = self.get(key, dict, {}, "a table")
+        return Table(value, self.path(key), self.file)
+
+    def only(self, known: frozenset[str]) -> None:
+        """Reject unknown keys first, so a misspelt required key is reported as the typo it is."""
+        self.used |= known
+        self.finish()
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            where = self.where or "the top level"
+            close = difflib.get_close_matches(unknown[0], sorted(self.used), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}?" if close else f"valid keys here: {', '.join(sorted(self.used))}"
+            raise ConfigError(f"{self.file}: unknown key {self.path(unknown[0])!r} in {where}; {hint}")
+
+
+def url_setting(table: Table, key: str, default: str) -> str:
+    value = table.text(key, default)
+    assert value is not None
+    return checked_url(table, key, value)
+
+
+def checked_url(table: Table, key: str, value: str) -> str:
+    parts = urlsplit(value)
+    expected = "an https:// URL (http:// only for a loopback host) without user info or fragment"
+    try:
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise table.fail(key, expected) from None
+    if not host or parts.username or parts.password or parts.fragment or parts.scheme not in ("https", "http"):
+        raise table.fail(key, expected)
+    if parts.scheme == "http" and not is_loopback_host(host):
+        raise ConfigError(
+            f"{table.file}: {table.path(key)}: plain http:// is refused for {host!r} (tokens and secrets would "
+            "travel unencrypted); use https://, or a loopback address for local testing"
+        )
+    return value
+
+
+def file_mode(table: Table, key: str) -> int:
+    table.used.add(key)
+    raw = table.data.get(key, "0600")
+    expected = 'an octal mode string such as "0600" or "0640" (not writable by group or others)'
+    if isinstance(raw, str) and re.fullmatch(r"0?[0-7]{3}", raw):
+        mode = int(raw, 8)
+    elif isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw <= 0o777:
+        mode = raw
+    else:
+        raise table.fail(key, expected)
+    if mode & 0o022 or not mode & stat.S_IRUSR:
+        raise table.fail(key, expected)
+    return mode
+
+
+def owner_id(table: Table, key: str, lookup: Callable[[str], int]) -> int:
+    value = table.data.get(key)
+    table.used.add(key)
+    if value is None:
+        return -1
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value:
+        try:
+            return lookup(value)
+        except KeyError:
+            raise ConfigError(f"{table.file}: {table.path(key)}: no such {key} {value!r} on this system") from None
+    raise table.fail(key, f"a {key} name or a numeric id")
+
+
+def string_list(table: Table, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    value = table.get(key, list, list(default), "a list of non-empty strings")
+    if not all(isinstance(item, str) and item for item in value):
+        raise table.fail(key, "a list of non-empty strings")
+    return tuple(value)
+
+
+PROXY_KEYS = frozenset({"proxy", "proxy_auth_file", "proxy_auth_credential"})
+
+
+def string_table(table: Table, key: str) -> dict[str, str]:
+    value = table.get(key, dict, {}, "a table of strings")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise table.fail(key, "a table of strings")
+    return dict(value)
+
+
+def optional_path(table: Table, key: str, default: Path | None) -> Path | None:
+    text = table.text(key, None)
+    return Path(text) if text else default
+
+
+def absolute_path(table: Table, path: Path | None) -> Path | None:
+    return path if path is None or path.is_absolute() else table.file.parent / path
+
+
+def ca_bundle(table: Table) -> Path | None:
+    """A profile's `ca_file`, loaded once now so a typo or a non-PEM file fails `check` and the start (exit 78)."""
+    path = absolute_path(table, optional_path(table, "ca_file", None))
+    if path is not None:
+        try:
+            tls_context(path)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"{table.file}: {table.path('ca_file')}: {exc}; give a PEM bundle of CA certificates"
+            ) from None
+    return path
+
+
+def egress_setting(table: Table, ca_file: Path | None) -> Egress:
+    """`proxy` ("none" default, "env", or "http://host:port") and its credentials file or systemd credential."""
+    setting = table.text("proxy", "none") or "none"
+    if setting not in ("none", "env"):
+        setting = check_proxy_url(setting, f"{table.file}: {table.path('proxy')}")
+    auth_file, auth_credential = table.text("proxy_auth_file", None), table.text("proxy_auth_credential", None)
+    if auth_file and auth_credential:
+        raise ConfigError(f"{table.file}: {table.where}: set proxy_auth_file or proxy_auth_credential, not both")
+    auth = None
+    if auth_file or auth_credential:
+        if setting == "none":
+            raise ConfigError(f'{table.file}: {table.where}: proxy credentials are set but proxy is "none"; set proxy')
+        auth = SecretSource("file", str(absolute_path(table, Path(auth_file)))) if auth_file else None
+        auth = auth or SecretSource("credential", auth_credential or "")
+    return Egress(proxy=setting, proxy_auth=auth, ca_file=ca_file)

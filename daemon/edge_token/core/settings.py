@@ -1,0 +1,188 @@
+"""The runtime configuration: frozen dataclasses, validated by config/ and read by everything else.
+
+Pure values: nothing here reads a file or the environment. A secret appears only as a `SecretSource` (where it
+lives); `secrets.read_secret()` is the one place that reads it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SITECORE_TOKEN_URL = "https://auth.sitecorecloud.io/oauth/token"
+
+SITECORE_AUDIENCE = "https://api.sitecorecloud.io"
+
+SITECORE_ISSUER = "https://auth.sitecorecloud.io/"
+
+SITECORE_JWKS_URL = "https://auth.sitecorecloud.io/.well-known/jwks.json"
+
+ALLOWED_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+
+@dataclass(frozen=True)
+class SecretSource:
+    """Where a profile's client secret lives. A reference only: secrets.read_secret() does the reading."""
+
+    kind: str  # file | env | credential | inline
+    ref: str = field(repr=False)  # path, variable name, credential name, or (inline) the secret itself
+
+    def describe(self) -> str:
+        """Where the secret comes from, for `check` and logs; never the secret."""
+        if self.kind == "inline":
+            return "inline in the config file"
+        return f"{self.kind} {self.ref}"
+
+
+@dataclass(frozen=True)
+class Egress:
+    """One destination's egress settings: `proxy` is "none", "env" or an http:// proxy URL without user info."""
+
+    proxy: str = "none"
+    proxy_auth: SecretSource | None = field(default=None, repr=False)
+    ca_file: Path | None = None
+
+
+DIRECT = Egress()
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    """One destination of a profile's token. `type = "file"` is the only sink type so far."""
+
+    type: str
+    path: Path | None = None  # file sinks only
+    format: str = "raw"
+    mode: int = 0o600
+    uid: int = -1
+    gid: int = -1
+    env_name: str = "EDGE_TOKEN"
+    on_update: tuple[str, ...] = ()
+    on_update_timeout: float = 30.0
+    signal: str | None = None
+    pid_file: Path | None = None
+    store: KubernetesSecretOptions | VaultKvOptions | None = None  # secret-store sinks only
+
+    @property
+    def name(self) -> str:
+        """Stable, bounded label for logs and metrics (never a secret)."""
+        return self.store.label if self.store is not None else f"{self.type}:{self.path}"
+
+
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+@dataclass(frozen=True)
+class KubernetesSecretOptions:
+    """`type = "kubernetes_secret"`: one key of one Secret, written over the Kubernetes REST API."""
+
+    secret_name: str
+    namespace: str | None = None  # None: the pod's own namespace (service-account namespace file)
+    key: str = "token"
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    api_url: str | None = None  # None: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT
+    token_file: Path = SA_DIR / "token"
+    ca_file: Path | None = SA_DIR / "ca.crt"
+    timeout_seconds: float = 10.0
+    egress: Egress = DIRECT  # proxy only; ca_file above decides TLS trust
+
+    @property
+    def label(self) -> str:
+        return f"kubernetes_secret:{self.namespace or '(pod namespace)'}/{self.secret_name}#{self.key}"
+
+
+@dataclass(frozen=True)
+class VaultKvOptions:
+    """`type = "vault_kv"`: a HashiCorp Vault KV v2 secret {token, expires_at, token_type}, check-and-set."""
+
+    address: str
+    path: str
+    mount: str = "secret"
+    namespace: str | None = None
+    token: SecretSource | None = None  # a Vault token (file or env), or AppRole below
+    role_id: str | None = None
+    secret_id: SecretSource | None = None
+    approle_mount: str = "approle"
+    ca_file: Path | None = None
+    timeout_seconds: float = 10.0
+    egress: Egress = DIRECT  # proxy only; ca_file above decides TLS trust
+
+    @property
+    def label(self) -> str:
+        return f"vault_kv:{self.mount}/{self.path}"
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """One client id + secret + audience, and where its token goes."""
+
+    name: str
+    client_id: str
+    secret: SecretSource
+    sinks: tuple[SinkConfig, ...]
+    token_url: str = SITECORE_TOKEN_URL
+    audience: str = SITECORE_AUDIENCE
+    issuer: str = SITECORE_ISSUER
+    jwks_url: str = SITECORE_JWKS_URL
+    request_format: str = "json"  # json | form
+    auth_method: str = "client_secret_post"  # client_secret_post | client_secret_basic
+    scope: str | None = None
+    algorithms: tuple[str, ...] = ("RS256",)
+    leeway_seconds: float = 60.0
+    refresh_at: float = 0.8
+    jitter: float = 0.05
+    timeout_seconds: float = 10.0
+    retry_max_seconds: float = 300.0
+    egress: Egress = DIRECT  # proxy and CA bundle for the token endpoint and the JWKS (egress.py)
+    required_claims: tuple[tuple[str, str], ...] = ()  # (claim, value) pins, e.g. Sitecore's tenant_id
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Process-wide settings (`[daemon]`)."""
+
+    listen: str = "127.0.0.1:9464"
+    log_format: str = "auto"  # auto | json | console
+    log_level: str = "info"
+    max_concurrent_renewals: int = 16
+    jwks_refresh_seconds: float = 3600.0
+    jwks_min_refetch_seconds: float = 30.0
+    ready_timeout_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """`[fleet]`: share one token per profile across daemons through etcd (see fleet.py)."""
+
+    etcd_endpoints: tuple[str, ...]
+    key_prefix: str = "/edge-token"
+    lease_ttl_seconds: float = 15.0
+    poll_seconds: float = 5.0
+    timeout_seconds: float = 2.0
+    node_name: str | None = None
+    username: str | None = None
+    password: SecretSource | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    egress: Egress = DIRECT  # proxy only; ca_file above decides TLS trust
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration."""
+
+    path: Path
+    daemon: DaemonConfig
+    profiles: Mapping[str, ProfileConfig]
+    fleet: FleetConfig | None = None
+
+
+def env_prefix(profile: str) -> str:
+    """`EDGE_TOKEN_<PROFILE>_`: the prefix of a profile's environment overrides (`prod-eu.1` -> `PROD_EU_1`)."""
+    return "EDGE_TOKEN_" + re.sub(r"[^A-Za-z0-9]", "_", profile).upper() + "_"

@@ -1,0 +1,1 @@
+"""Fleet mode: etcd leases and the per-cycle fleet step."""

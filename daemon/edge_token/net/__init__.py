@@ -1,0 +1,1 @@
+"""HTTP plumbing shared by every client: sessions, bounded exchanges, egress, TLS, failure text."""

@@ -1,0 +1,1 @@
+"""What reports: logs, metrics, the HTTP endpoints, systemd, consumer hooks."""
