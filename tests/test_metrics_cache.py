@@ -23,15 +23,15 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-import edge_token.metrics as metrics_module
+import edge_token.observe.metrics as metrics_module
 from conftest import profile_toml
 from daemonproc import DaemonProcess
-from edge_token.errors import SinkError, TransientError, VerificationError
+from edge_token.core.errors import SinkError, TransientError, VerificationError
+from edge_token.core.outcome import RenewalOutcome, Result
+from edge_token.core.token import Token
 from edge_token.localauth import LocalAuthServer
-from edge_token.metrics import Metrics
-from edge_token.outcome import RenewalOutcome, Result
-from edge_token.token import Token
-from edge_token.verify import decode_unverified
+from edge_token.observe.metrics import Metrics
+from edge_token.provider.verify import decode_unverified
 
 PROFILES = ("a", "b", 'c"quoted\\', "d\nnewline")  # label values that need escaping
 SINKS = ("file:/run/t/one.jwt", "file:/run/t/two.jwt")
