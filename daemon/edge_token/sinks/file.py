@@ -6,8 +6,7 @@ import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-
-import structlog
+from typing import Any
 
 from edge_token.core.errors import SinkError
 from edge_token.core.settings import SinkConfig
@@ -58,14 +57,18 @@ class FileSink:
     if it is not a regular file).
     """
 
-    def __init__(self, config: SinkConfig, timeout: float = FILE_IO_TIMEOUT_SECONDS) -> None:
+    def __init__(self, config: SinkConfig, timeout: float = FILE_IO_TIMEOUT_SECONDS, log: Any = None) -> None:
         if config.path is None:
             raise ValueError("a file sink needs a path")
         self.config = config
         self.name = config.name
         self.path: Path = config.path
         self._calls = BlockingCalls(self.name, timeout)
-        self.log = structlog.get_logger("edge_token")
+        if log is None:  # `once` passes its structlog-free logger (observe/plainlog.py); everyone else: structlog's
+            import structlog
+
+            log = structlog.get_logger("edge_token")
+        self.log = log
 
     async def write(self, token: Token) -> bool:
         data = render(token, self.config.format, self.config.env_name)
