@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import structlog
 
-from edge_token.app import Parts, make_session
+from edge_token.app import Parts
 from edge_token.config import load_config
 from edge_token.core.settings import Config
 from edge_token.localauth import LocalAuthServer
+from edge_token.net.http import make_session
 from edge_token.renewer import Renewer
 
 if TYPE_CHECKING:

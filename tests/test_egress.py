@@ -12,13 +12,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import CLIENT_ID, CLIENT_SECRET, FakeClock, profile_toml
-from edge_token.app import Parts, make_session
+from edge_token.app import Parts
 from edge_token.config import load_config
 from edge_token.core import scrub
 from edge_token.core.errors import EX_NOPERM, ConfigError, JwksError, TransientError
 from edge_token.core.outcome import RenewalOutcome
 from edge_token.localauth import LocalAuthServer
 from edge_token.net.egress import ProxyRejected, bypassed
+from edge_token.net.http import make_session
 from egressparts import TINYPROXY, PrivateCA, TinyProxy, free_port, make_ca
 
 pytestmark = pytest.mark.skipif(not Path(TINYPROXY).exists(), reason="tinyproxy not installed (.ci/run installs it)")

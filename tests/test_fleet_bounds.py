@@ -23,11 +23,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import profile_toml
-from edge_token.app import make_session
 from edge_token.core.errors import ConfigError
 from edge_token.core.settings import FleetConfig, SecretSource
 from edge_token.fleet.etcd import Etcd, EtcdAuthRejected, EtcdUnavailable
 from edge_token.localauth import LocalAuthServer
+from edge_token.net.http import make_session
 from unprivileged import as_user
 
 Answer = tuple[int, Any]  # (status, JSON body or raw text)

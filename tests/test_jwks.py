@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from joserfc.jwk import OctKey, RSAKey
 
 from conftest import FakeClock
-from edge_token.app import make_session
 from edge_token.core.errors import JwksError
 from edge_token.localauth import Fault, LocalAuthServer
+from edge_token.net.http import make_session
 from edge_token.provider.jwks import JwksCache, usable_keys
 
 

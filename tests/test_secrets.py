@@ -28,8 +28,8 @@ from edge_token.core.errors import ConfigError
 from edge_token.core.scrub import JWT, MAX_SECRETS, Scrubber
 from edge_token.core.settings import SecretSource
 from edge_token.localauth import Fault, LocalAuthServer
+from edge_token.net import http
 from edge_token.observe import logs
-from edge_token.provider import oauth
 from edge_token.secrets import read_secret
 from fakestores import FakeEtcdEcho, FakeKubernetes, FakeVault
 from leakscan import ENCODINGS, Echoes, echoing_provider, leaks
@@ -49,7 +49,7 @@ def through_log_redactor(secret: str, text: str) -> str:
 
 
 def through_sanitize(secret: str, text: str) -> str:
-    return oauth.sanitize(text, (secret,), limit=100_000)
+    return http.sanitize(text, (secret,), limit=100_000)
 
 
 def through_scrubber(secret: str, text: str) -> str:
@@ -58,7 +58,7 @@ def through_scrubber(secret: str, text: str) -> str:
     return scrubber.scrub_text(text)
 
 
-CONSUMERS = {"log redactor": through_log_redactor, "oauth.sanitize": through_sanitize, "Scrubber": through_scrubber}
+CONSUMERS = {"log redactor": through_log_redactor, "http.sanitize": through_sanitize, "Scrubber": through_scrubber}
 
 
 # ---- the scrubber, as a property ----------------------------------------------------------------------------
@@ -564,7 +564,7 @@ def test_a_long_message_is_cut_without_leaving_part_of_a_secret(secret: str, enc
     straddles the limit leaves no prefix behind (scrubbed before the final cut)."""
     echoed = ENCODINGS[encoding]("client", secret)
     text = "x" * position + " " + echoed + " " + "y " * 32_000
-    out = oauth.sanitize(text, (secret,), limit=200)
+    out = http.sanitize(text, (secret,), limit=200)
     assert len(out) <= 203 and leaks(out, [secret]) == []
     tail = out.removesuffix("...")
     forms = {ENCODINGS[name]("client", secret) for name in ("raw", "quote", "quote_plus", "json escaped", "base64")}

@@ -10,10 +10,11 @@ import aiohttp
 import pytest
 
 from conftest import FakeClock
-from edge_token.app import exit_code, make_session, run_once
+from edge_token.app import exit_code, run_once
 from edge_token.core.errors import SinkError
 from edge_token.core.settings import Config, KubernetesSecretOptions, SecretSource, SinkConfig, VaultKvOptions
 from edge_token.core.token import Token
+from edge_token.net.http import make_session
 from edge_token.sinks.kubernetes import EXPIRY_ANNOTATION, KubernetesSecretSink
 from edge_token.sinks.vault import VaultKvSink
 from fakestores import FakeKubernetes, FakeVault

@@ -13,27 +13,17 @@ from typing import Any
 
 import aiohttp
 
-from edge_token import __version__
 from edge_token.core.clock import Clock
 from edge_token.core.errors import ConfigError, EdgeTokenError, PermanentError
 from edge_token.core.outcome import RenewalOutcome
 from edge_token.core.policy import TokenState
 from edge_token.core.settings import Config, Egress, ProfileConfig
+from edge_token.net.http import make_session
 from edge_token.provider.jwks import JwksCache
 from edge_token.renewer import Renewer
 from edge_token.secrets import SecretCache
 
 Sleep = Callable[[float], Awaitable[None]]
-
-
-def make_session(limit: int = 32) -> aiohttp.ClientSession:
-    """The one HTTP client session of the process: connection reuse, no proxy env surprises, TLS verified."""
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=limit),
-        headers={"User-Agent": f"edge-token/{__version__}"},
-        timeout=aiohttp.ClientTimeout(total=60),
-        trust_env=False,
-    )
 
 
 class Parts:

@@ -179,9 +179,10 @@ async def check_online(config: Any, selected: list[str] | None) -> int:
     format; the summary says what was checked, not a repr, and claims no renewal (nothing is written)."""
     from datetime import UTC, datetime
 
-    from edge_token.app import Parts, make_session
+    from edge_token.app import Parts
     from edge_token.core.clock import SystemClock
     from edge_token.core.errors import EdgeTokenError
+    from edge_token.net.http import make_session
     from edge_token.observe import logs
     from edge_token.provider.oauth import request_token
     from edge_token.provider.verify import verify_token
@@ -264,8 +265,9 @@ async def verify_one(args: argparse.Namespace, token: str) -> tuple[list[str], d
     refuse. A token belongs to one profile, so with several the question is "whose is it?", not an error."""
     import time
 
-    from edge_token.app import Parts, make_session
+    from edge_token.app import Parts
     from edge_token.core.clock import SystemClock
+    from edge_token.net.http import make_session
     from edge_token.provider.verify import verify_token
 
     config = load(args)

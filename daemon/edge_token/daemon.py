@@ -22,7 +22,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from edge_token.app import Parts, make_session
+from edge_token.app import Parts
 from edge_token.config import load_config
 from edge_token.config.trust import listen_exposure
 from edge_token.core import health
@@ -33,6 +33,7 @@ from edge_token.core.outcome import RenewalOutcome
 from edge_token.core.policy import backoff_delay, next_run_at
 from edge_token.core.settings import Config, ProfileConfig
 from edge_token.core.token import Token
+from edge_token.net.http import make_session
 from edge_token.observe import logs
 from edge_token.observe.hooks import run_on_update, secret_variables, signal_pid_file
 from edge_token.observe.httpserver import HealthSource, start_http

@@ -38,8 +38,8 @@ from edge_token.core import scrub
 from edge_token.core.errors import EdgeTokenError
 from edge_token.core.settings import FleetConfig
 from edge_token.net import egress
+from edge_token.net.http import read_limited, sanitize
 from edge_token.net.tls import client_context
-from edge_token.provider.oauth import read_limited, sanitize
 from edge_token.secrets import read_secret
 
 LEADER, FOLLOWER, STANDALONE = "leader", "follower", "standalone"

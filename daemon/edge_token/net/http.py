@@ -1,4 +1,6 @@
-"""One bounded HTTP exchange, with every network failure turned into the caller's error class.
+"""HTTP plumbing every client shares: one bounded exchange, bounded body reads, safe server text.
+
+One bounded HTTP exchange, with every network failure turned into the caller's error class.
 
 Shared by the JWKS cache and the secret-store sinks: a timeout, a refused or reset connection, or an answer over
 the size cap becomes `error(message)` naming `what` — never an aiohttp exception and never a response body.
@@ -7,16 +9,54 @@ the size cap becomes `error(message)` naming `what` — never an aiohttp excepti
 
 from __future__ import annotations
 
+import re
 import ssl
 from typing import Any
 
 import aiohttp
 
+from edge_token import __version__
 from edge_token.core import scrub
 from edge_token.core.errors import EdgeTokenError, ProtocolError
 from edge_token.net import egress
 from edge_token.net.reasons import describe
-from edge_token.provider.oauth import read_limited, sanitize
+
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+def make_session(limit: int = 32) -> aiohttp.ClientSession:
+    """The one HTTP client session of the process: connection reuse, no proxy env surprises, TLS verified."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit),
+        headers={"User-Agent": f"edge-token/{__version__}"},
+        timeout=aiohttp.ClientTimeout(total=60),
+        trust_env=False,
+    )
+
+
+async def read_limited(response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
+    """Read at most `limit` bytes of a body (aiohttp has no client-side cap); ProtocolError beyond it."""
+    declared = response.content_length
+    if declared is not None and declared > limit:
+        raise ProtocolError(f"{what} is {declared} bytes, more than the {limit} byte limit")
+    chunks, size = [], 0
+    async for chunk in response.content.iter_chunked(16 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise ProtocolError(f"{what} exceeded the {limit} byte limit; refusing to read more")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def sanitize(text: object, secrets: tuple[str, ...] = (), limit: int = 200) -> str:
+    """Make server-supplied text safe to show: every known secret in any encoding and every JWT scrubbed (see
+    scrub.py; `secrets` are registered there too), then printable ASCII, bounded. Scrub before the final cut
+    (a cut first could leave a secret's prefix behind), but only as far as anything we keep could reach: a
+    64 KiB error body is not worth scrubbing whole."""
+    for secret in secrets:
+        scrub.register(secret)
+    value = _UNPRINTABLE.sub("?", scrub.scrub_text(str(text)[: limit + scrub.reach()]))
+    return value if len(value) <= limit else value[:limit] + "..."
 
 
 async def exchange(

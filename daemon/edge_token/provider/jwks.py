@@ -30,8 +30,7 @@ from edge_token.core.clock import Clock
 from edge_token.core.errors import EdgeTokenError, JwksAnswerError, JwksError
 from edge_token.core.settings import DIRECT, Egress
 from edge_token.net import egress
-from edge_token.net.http import exchange
-from edge_token.provider.oauth import sanitize
+from edge_token.net.http import exchange, sanitize
 
 MAX_JWKS_BYTES = 256 * 1024
 MAX_KEYS = 64

@@ -9,7 +9,6 @@ with our own secret scrubbed in case a hostile server echoes it), never the requ
 from __future__ import annotations
 
 import base64
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -17,13 +16,14 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 import aiohttp
 
-from edge_token.core import ratelimit, scrub, strictjson
+from edge_token.core import ratelimit, strictjson
 from edge_token.core.clock import Clock
 from edge_token.core.errors import CredentialsRejected, ProtocolError, TransientError
 from edge_token.core.policy import parse_retry_after
 from edge_token.core.settings import ProfileConfig
 from edge_token.core.strictnum import ascii_uint, finite
 from edge_token.net import egress
+from edge_token.net.http import read_limited, sanitize
 from edge_token.net.reasons import unreachable
 
 MAX_RESPONSE_BYTES = 64 * 1024
@@ -34,7 +34,6 @@ REJECTING_ERRORS = frozenset(
 )  # fmt: skip
 TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error", "slow_down"})
 KNOWN_ERRORS = REJECTING_ERRORS | TRANSIENT_ERRORS | {"too_many_requests", "invalid_token", "insufficient_scope"}
-_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
 @dataclass(frozen=True, repr=False)
@@ -50,31 +49,6 @@ class TokenAnswer:
 
     def __repr__(self) -> str:
         return f"TokenAnswer(expires_in={self.expires_in}, token_type={self.token_type!r})"
-
-
-async def read_limited(response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
-    """Read at most `limit` bytes of a body (aiohttp has no client-side cap); ProtocolError beyond it."""
-    declared = response.content_length
-    if declared is not None and declared > limit:
-        raise ProtocolError(f"{what} is {declared} bytes, more than the {limit} byte limit")
-    chunks, size = [], 0
-    async for chunk in response.content.iter_chunked(16 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise ProtocolError(f"{what} exceeded the {limit} byte limit; refusing to read more")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def sanitize(text: object, secrets: tuple[str, ...] = (), limit: int = 200) -> str:
-    """Make server-supplied text safe to show: every known secret in any encoding and every JWT scrubbed (see
-    scrub.py; `secrets` are registered there too), then printable ASCII, bounded. Scrub before the final cut
-    (a cut first could leave a secret's prefix behind), but only as far as anything we keep could reach: a
-    64 KiB error body is not worth scrubbing whole."""
-    for secret in secrets:
-        scrub.register(secret)
-    value = _UNPRINTABLE.sub("?", scrub.scrub_text(str(text)[: limit + scrub.reach()]))
-    return value if len(value) <= limit else value[:limit] + "..."
 
 
 def _request(profile: ProfileConfig, secret: str) -> tuple[dict[str, str], dict[str, str]]:

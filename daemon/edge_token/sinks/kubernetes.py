@@ -24,7 +24,7 @@ from edge_token.core.errors import SinkError
 from edge_token.core.settings import SA_DIR, KubernetesSecretOptions, SinkConfig
 from edge_token.core.strictnum import ascii_uint
 from edge_token.core.token import Token
-from edge_token.provider.oauth import sanitize
+from edge_token.net.http import sanitize
 from edge_token.sinks.storehttp import Answer, call, tls_context
 
 EXPIRY_ANNOTATION = "edge-token.io/expires-at"

@@ -22,7 +22,7 @@ from edge_token.core.errors import ConfigError, SinkError
 from edge_token.core.settings import SinkConfig, VaultKvOptions
 from edge_token.core.strictnum import finite, whole
 from edge_token.core.token import Token
-from edge_token.provider.oauth import sanitize
+from edge_token.net.http import sanitize
 from edge_token.secrets import read_secret
 from edge_token.sinks.storehttp import Answer, call, tls_context
 
