@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import sys
 from pathlib import Path
@@ -47,3 +49,30 @@ async def test_once_imports_neither_structlog_apscheduler_nor_prometheus_client(
     assert [(e["event"], e["level"]) for e in lines] == [("sink.written", "info"), ("token.renewed", "info")]
     assert list(lines[1]) == ["profile", "fingerprint", "expires_at", "lifetime", "event", "level", "timestamp"]
     assert lines[1]["timestamp"].endswith("Z")
+
+
+ARGVS = [
+    ["once", "-c", "x.toml", "--profile", "a", "--timeout", "5"],
+    ["run", "--profile", "a", "--profile", "b"],
+    ["exec", "-c", "x.toml", "--on-rotation", "signal", "--", "sleep", "1"],
+    ["check", "--online", "--as", "nobody"],
+    ["inspect", "t.jwt", "--verify"],
+    ["local-auth", "--client-secret-file", "s", "--port", "1"],
+    ["demo", "--ttl", "3"],
+]
+
+
+@pytest.mark.parametrize("argv", ARGVS, ids=[argv[0] for argv in ARGVS])
+def test_the_parser_built_for_one_command_parses_and_helps_like_the_full_one(argv: list[str]) -> None:
+    """`once` builds only its own subparser: for every command the arguments parse to the same values and the
+    command's --help is the same text as with every command built."""
+    from edge_token import cli
+
+    full, partial = cli._parser([]), cli._parser(argv)
+    assert vars(partial.parse_args(argv)) == vars(full.parse_args(argv))
+    helps = []
+    for parser in (full, partial):
+        with pytest.raises(SystemExit), contextlib.redirect_stdout(io.StringIO()) as out:
+            parser.parse_args([argv[0], "--help"])
+        helps.append(out.getvalue())
+    assert helps[0] == helps[1] and argv[0] in helps[0]

@@ -45,24 +45,19 @@ def _command(commands: Any, name: str, text: str, description: str = "") -> argp
     return sub
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="edge-token",
-        description="Keep verified OAuth2 client-credentials tokens (Sitecore Experience Edge by default) on disk.",
-        epilog=EPILOG,
-        formatter_class=_Help,
-    )
-    parser.add_argument("--version", action="version", version=f"edge-token {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _with_config(sub: argparse.ArgumentParser, profiles: bool = True) -> argparse.ArgumentParser:
+    sub.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (${CONFIG_ENV} sets the default)")
+    if profiles:
+        sub.add_argument("--profile", action="append", metavar="NAME", help=PROFILE_HELP)
+    return sub
 
-    def with_config(sub: argparse.ArgumentParser, profiles: bool = True) -> argparse.ArgumentParser:
-        sub.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (${CONFIG_ENV} sets the default)")
-        if profiles:
-            sub.add_argument("--profile", action="append", metavar="NAME", help=PROFILE_HELP)
-        return sub
 
-    with_config(_command(commands, "run", "run the daemon: keep every profile's sinks fresh"))
-    wrap = with_config(
+def _run(commands: Any) -> None:
+    _with_config(_command(commands, "run", "run the daemon: keep every profile's sinks fresh"))
+
+
+def _exec(commands: Any) -> None:
+    wrap = _with_config(
         _command(
             commands, "exec", "obtain tokens, then run CMD as a child and keep them fresh",
             "Obtain every profile's token (like `once`), then run CMD with EDGE_TOKEN_PATH_<PROFILE> (and, with a "
@@ -81,7 +76,10 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=60.0, help="total seconds of retries to obtain the tokens before CMD starts"
     )
     wrap.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
-    once = with_config(
+
+
+def _once(commands: Any) -> None:
+    once = _with_config(
         _command(
             commands, "once", "make every profile's sinks hold a verified token, exit",
             "Make every selected profile's sinks hold a verified token, then exit. A FRESH token already in the "
@@ -90,7 +88,10 @@ def _parser() -> argparse.ArgumentParser:
         )
     )  # fmt: skip
     once.add_argument("--timeout", type=float, default=60.0, help="total seconds of retries of transient failures")
-    check = with_config(
+
+
+def _check(commands: Any) -> None:
+    check = _with_config(
         _command(
             commands, "check", "validate the config and everything `run` needs at start (offline unless --online)",
             "Validate the config and what `run` needs at start: each secret readable and non-empty, each sink "
@@ -103,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
         "--as", dest="as_user", metavar="USER[:GROUP]",
         help="run the checks as this user (and group), as the service does; needs root",
     )  # fmt: skip
+
+
+def _inspect(commands: Any) -> None:
     inspect = _command(commands, "inspect", "decode a token (never prints the signature)")
     inspect.add_argument(
         "token", nargs="?", default="-", help="token file (raw, json or env format), or - for stdin (the default)"
@@ -111,7 +115,10 @@ def _parser() -> argparse.ArgumentParser:
         "--verify", action="store_true",
         help="verify against each selected profile's JWKS and rules (exit 0 if one accepts it)",
     )  # fmt: skip
-    with_config(inspect)
+    _with_config(inspect)
+
+
+def _local_auth(commands: Any) -> None:
     local = _command(commands, "local-auth", "run the bundled local OAuth2 + JWKS server")
     local.add_argument("--host", default="127.0.0.1", help="loopback address to listen on")
     local.add_argument("--port", type=int, default=8400, help="port to listen on")
@@ -123,10 +130,38 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         help="the client's secret; a random one is created (mode 0600) if the file is missing",
     )
+
+
+def _demo(commands: Any) -> None:
     demo = _command(commands, "demo", "run edge-token against the bundled local auth server")
     demo.add_argument("--dir", type=Path, default=Path("edge-token-demo"), help="where to write")
     demo.add_argument("--ttl", type=float, default=20.0, help="token lifetime in seconds (short to see rotations)")
     demo.add_argument("--duration", type=float, default=45.0, help="seconds to run the daemon (0: until Ctrl-C)")
+
+
+# every subcommand's arguments, in --help order
+SUBCOMMANDS = {
+    "run": _run, "exec": _exec, "once": _once, "check": _check, "inspect": _inspect, "local-auth": _local_auth,
+    "demo": _demo,
+}  # fmt: skip
+
+
+def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser. With a command name first in `argv`, only that command's parser is built (a third of
+    the parser's cost, on the path of `once`); its help, usage and errors are the same, the top-level ones (no
+    command, an unknown one, --help, --version) get every command."""
+    parser = argparse.ArgumentParser(
+        prog="edge-token",
+        description="Keep verified OAuth2 client-credentials tokens (Sitecore Experience Edge by default) on disk.",
+        epilog=EPILOG,
+        formatter_class=_Help,
+    )
+    parser.add_argument("--version", action="version", version=f"edge-token {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    first = (list(sys.argv[1:] if argv is None else argv) or [""])[0]
+    for name, add in SUBCOMMANDS.items():
+        if first not in SUBCOMMANDS or name == first:
+            add(commands)
     return parser
 
 
@@ -157,7 +192,7 @@ def _exit_on_sigterm_as_pid1() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser(argv).parse_args(argv)
     _scrub_std_streams()
     if args.command in HOLDS_SECRETS:
         from edge_token.hardening import make_non_dumpable
