@@ -239,6 +239,9 @@ async def test_scrape_of_1000_profiles_is_valid_and_matches_what_the_daemon_did(
                 assert (headers.get("Content-Encoding") == "gzip") is (encoding == "gzip")
                 other = _families(body, accept == OPENMETRICS, encoding == "gzip")
                 assert _per_profile(other) == _per_profile(samples)
+            async with http.head(url, headers={"Accept-Encoding": "identity"}) as head:
+                assert head.status == 200 and await head.read() == b""
+                assert int(head.headers["Content-Length"]) > len(text) // 2  # the length of the body it would send
             daemon.send(signal.SIGUSR1)  # renew every profile now: every counter must move
     assert await daemon.stop() == 0
 

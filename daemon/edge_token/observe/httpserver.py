@@ -227,11 +227,20 @@ class AcceptErrorLog:
 def build_app(metrics: Metrics, source: HealthSource, middlewares: tuple[Any, ...] = ()) -> web.Application:
     app = web.Application(middlewares=middlewares)
 
-    async def metrics_handler(request: web.Request) -> web.Response:
-        body, headers = metrics.exposition(
+    async def metrics_handler(request: web.Request) -> web.StreamResponse:
+        parts, headers = metrics.exposition_parts(
             request.headers.get("Accept", ""), request.headers.get("Accept-Encoding", "")
         )
-        return web.Response(body=body, headers=headers)
+        if request.method == "HEAD":
+            return web.Response(body=b"".join(parts), headers=headers)  # aiohttp sends a HEAD answer's headers only
+        # the cached chunks go out as they are (no joined copy per scrape); Content-Length keeps keep-alive simple
+        response = web.StreamResponse(headers=headers)
+        response.content_length = sum(len(part) for part in parts)
+        await response.prepare(request)
+        for part in parts:
+            await response.write(part)
+        await response.write_eof()
+        return response
 
     async def healthz(request: web.Request) -> web.Response:
         ok = source.alive()

@@ -109,7 +109,7 @@ class Metrics:
         self.profiles: dict[str, ProfileSeries] = {}
         self._external: list[tuple[str, str, Callable[[], dict[str, int]]]] = []
         # the render cache (see the module docstring); `renders` counts per-profile renders (tests count work)
-        self._dirty: set[str] = set()  # profiles changed (or forgotten) since the last render
+        self._dirty: dict[str, None] = {}  # profiles changed (or forgotten) since the last render, in order
         self._samples: dict[str, dict[str, bytes]] = {name: {} for name, _kind, _doc in FAMILIES}  # family->profile
         self._sections: dict[bool, bytes] = {}  # openmetrics? -> every per-profile family, headers included
         self._compressed: dict[bool, tuple[bytes, bytes, zlib._Compress]] = {}  # section, its gzip, compressor
@@ -117,7 +117,7 @@ class Metrics:
 
     def _changed(self, series: ProfileSeries) -> ProfileSeries:
         """Every update of a profile's series passes here: its lines are rebuilt at the next scrape."""
-        self._dirty.add(series.name)
+        self._dirty[series.name] = None
         self._sections.clear()
         return series
 
@@ -186,7 +186,7 @@ class Metrics:
     def forget(self, profile: str) -> None:
         """Drop a removed profile's series so dashboards do not show ghosts."""
         if self.profiles.pop(profile, None) is not None:
-            self._dirty.add(profile)
+            self._dirty[profile] = None
             self._sections.clear()
 
     # ---- exposition ------------------------------------------------------------------------------------
@@ -235,9 +235,9 @@ class Metrics:
             out.append(b"# EOF\n")
         return b"".join(out)
 
-    def _gzip(self, openmetrics: bool, section: bytes, rest: bytes) -> bytes:
-        """gzip of section + rest; the section's compressed bytes and compressor state are kept while it is
-        unchanged, so a scrape compresses only `rest` (one gzip member: every client can read it)."""
+    def _gzip(self, openmetrics: bool, section: bytes, rest: bytes) -> list[bytes]:
+        """gzip of section + rest, as two chunks; the section's compressed bytes and compressor state are kept while
+        it is unchanged, so a scrape compresses only `rest` (one gzip member: every client can read it)."""
         cached = self._compressed.get(openmetrics)
         if cached is None or cached[0] is not section:
             compressor = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # 16+: a gzip header and trailer
@@ -245,17 +245,24 @@ class Metrics:
             head = compressor.compress(section) + compressor.flush(zlib.Z_SYNC_FLUSH)
             cached = self._compressed[openmetrics] = (section, head, compressor)
         compressor = cached[2].copy()
-        return cached[1] + compressor.compress(rest) + compressor.flush()
+        return [cached[1], compressor.compress(rest) + compressor.flush()]
 
-    def exposition(self, accept: str, accept_encoding: str) -> tuple[bytes, dict[str, str]]:
-        """(body, headers) for GET /metrics: OpenMetrics when asked for, else text 0.0.4; gzip when accepted."""
+    def exposition_parts(self, accept: str, accept_encoding: str) -> tuple[list[bytes], dict[str, str]]:
+        """The body of GET /metrics as chunks to send one after the other, and its headers: OpenMetrics when asked
+        for, else text 0.0.4; gzip when accepted. The big first chunk is the cached object itself: a fresh 1 MiB
+        copy per scrape cost more than everything else in a scrape (page faults and the copy)."""
         openmetrics = "application/openmetrics-text" in accept
         headers = {"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE}
         section, rest = self.render_profiles(openmetrics), self._rest(openmetrics)
         if "gzip" in accept_encoding:
             headers["Content-Encoding"] = "gzip"
             return self._gzip(openmetrics, section, rest), headers
-        return section + rest, headers
+        return [section, rest], headers
+
+    def exposition(self, accept: str, accept_encoding: str) -> tuple[bytes, dict[str, str]]:
+        """(body, headers) for GET /metrics, in one piece (see `exposition_parts`)."""
+        parts, headers = self.exposition_parts(accept, accept_encoding)
+        return b"".join(parts), headers
 
 
 FAMILIES = (
