@@ -173,7 +173,7 @@ class Wrapper:
 
     def _tokens(self) -> dict[str, str]:
         assert self.daemon is not None
-        held = {name: r.current.jwt for name, r in self.daemon.renewers.items() if r.current is not None}
+        held = {name: r.current.jwt for name, r in self.daemon.profiles.renewers.items() if r.current is not None}
         return {**self._initial, **held}
 
     async def _start(self) -> asyncio.subprocess.Process:

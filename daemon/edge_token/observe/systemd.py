@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
@@ -28,6 +28,7 @@ class Notifier:
         self.dropped = 0
         self.watchdog_interval = watchdog_interval(environ)
         self.ready_sent = False
+        self._status_sent_at = -float("inf")
 
     @property
     def enabled(self) -> bool:
@@ -55,6 +56,17 @@ class Notifier:
                 self._warned = True
             return False
         return True
+
+    def report(self, all_ready: bool, summary: Callable[[], str], now: float, throttle: bool = True) -> None:
+        """READY=1 once `all_ready`; otherwise STATUS=, at most once a second when `throttle`d (after each cycle),
+        always from the daemon's tick. `summary` is built only when something is sent."""
+        if not self.enabled:
+            return
+        becomes_ready = all_ready and not self.ready_sent
+        if throttle and not becomes_ready and now - self._status_sent_at < 1.0:
+            return
+        self._status_sent_at = now
+        (self.ready if becomes_ready else self.status)(summary())
 
     def ready(self, status: str) -> None:
         if not self.ready_sent:
