@@ -108,17 +108,17 @@ class Metrics:
         )
         self.profiles: dict[str, ProfileSeries] = {}
         self._external: list[tuple[str, str, Callable[[], dict[str, int]]]] = []
-        # the render cache (see the module docstring); `renders` counts per-profile renders (tests count work)
+        # the render cache (see the module docstring)
         self._dirty: dict[str, None] = {}  # profiles changed (or forgotten) since the last render, in order
         self._samples: dict[str, dict[str, bytes]] = {name: {} for name, _kind, _doc in FAMILIES}  # family->profile
         self._sections: dict[bool, bytes] = {}  # openmetrics? -> every per-profile family, headers included
         self._compressed: dict[bool, tuple[bytes, bytes, zlib._Compress]] = {}  # section, its gzip, compressor
-        self.renders = 0
 
     def _changed(self, series: ProfileSeries) -> ProfileSeries:
         """Every update of a profile's series passes here: its lines are rebuilt at the next scrape."""
         self._dirty[series.name] = None
         self._sections.clear()
+        self._compressed.clear()
         return series
 
     def _profile(self, name: str) -> ProfileSeries:
@@ -188,6 +188,7 @@ class Metrics:
         if self.profiles.pop(profile, None) is not None:
             self._dirty[profile] = None
             self._sections.clear()
+            self._compressed.clear()
 
     # ---- exposition ------------------------------------------------------------------------------------
     def render_profiles(self, openmetrics: bool) -> bytes:
@@ -210,7 +211,6 @@ class Metrics:
         for name in self._dirty:
             series = self.profiles.get(name)
             lines = _profile_lines(series) if series is not None else {}
-            self.renders += series is not None
             for family, rows in self._samples.items():
                 line = lines.get(family)
                 if line:
@@ -238,7 +238,7 @@ class Metrics:
     def _gzip(self, openmetrics: bool, section: bytes, rest: bytes) -> list[bytes]:
         """gzip of section + rest, as two chunks; the section's compressed bytes and compressor state are kept while
         it is unchanged, so a scrape compresses only `rest` (one gzip member: every client can read it)."""
-        cached = self._compressed.get(openmetrics)
+        cached = self._compressed.get(openmetrics)  # cleared with the section by every change
         if cached is None or cached[0] is not section:
             compressor = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # 16+: a gzip header and trailer
             # a sync flush ends the section's output on a byte boundary, so the rest can follow from a copy
