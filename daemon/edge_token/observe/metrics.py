@@ -51,7 +51,7 @@ def escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-@dataclass
+@dataclass(slots=True)
 class SinkSeries:
     labels: str
     writes: dict[str, float] = field(default_factory=dict)  # result -> count
@@ -59,7 +59,7 @@ class SinkSeries:
     healthy: float | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class ProfileSeries:
     name: str
     labels: str  # 'profile="x"', escaped once
