@@ -30,7 +30,7 @@ from edge_token.core import health
 from edge_token.core.clock import Clock, SystemClock
 from edge_token.core.errors import ConfigError
 from edge_token.core.health import readiness
-from edge_token.core.settings import Config, plan_reload
+from edge_token.core.settings import Config, FleetConfig, plan_reload
 from edge_token.core.token import Token
 from edge_token.net.http import make_session
 from edge_token.observe import logs
@@ -43,7 +43,6 @@ from edge_token.scheduler import Scheduler
 from edge_token.supervisor import JobScheduler
 
 if TYPE_CHECKING:
-    from edge_token.fleet.coordinator import FleetStep
     from edge_token.fleet.etcd import Fleet
 
 TICK_SECONDS = 5.0  # scheduler wake-up (suspend / clock jumps) and liveness tick
@@ -88,7 +87,6 @@ class Daemon:
         self.metrics = Metrics(self.registry)
         self.http_address: str | None = None
         self.fleet: Fleet | None = None  # only when [fleet] is configured (the module is imported only then)
-        self.fleet_step: FleetStep | None = None
         self.metrics.counters(
             "edge_token_notify_dropped_total",
             "sd_notify messages dropped because systemd did not drain its queue.",
@@ -129,7 +127,7 @@ class Daemon:
             on_secret=self.redactor.add_secret, jwks_on_fetch=self.metrics.jwks_fetched,
         )  # fmt: skip
         if self.config.fleet is not None:
-            self._start_fleet(session, stack)
+            self._start_fleet(self.config.fleet, session, stack)
         stack.push_async_callback(self._drain)  # runs after the scheduler stopped: in-flight cycles finish
         self.scheduler.start()
         stack.callback(self.scheduler.shutdown)
@@ -153,16 +151,13 @@ class Daemon:
         self.log.info("daemon.stopping")
         self.notifier.stopping()
 
-    def _start_fleet(self, session: Any, stack: contextlib.AsyncExitStack) -> None:
+    def _start_fleet(self, fleet_config: FleetConfig, session: Any, stack: contextlib.AsyncExitStack) -> None:
         from edge_token.fleet.coordinator import FleetStep  # imported only when [fleet] is configured
         from edge_token.fleet.etcd import Fleet
 
-        fleet_config = self.config.fleet
-        if fleet_config is None:
-            return
         self.fleet = fleet = Fleet(fleet_config, session, self.log)
         stack.push_async_callback(self.fleet.leave)  # before the session closes
-        self.fleet_step = self.profiles.cycle.fleet = FleetStep(self.fleet, self.metrics, self.log)
+        self.profiles.cycle.fleet = FleetStep(self.fleet, self.metrics, self.log)
         self.profiles.roles = lambda: fleet.roles
         etcd = self.fleet.etcd
         self.metrics.counters(
@@ -171,16 +166,14 @@ class Daemon:
             lambda: {"attempted": etcd.authentications, "rejected": etcd.auth_rejections},
         )
         keepalive = fleet_config.lease_ttl_seconds / 3
-        self.scheduler.every("fleet:keepalive", keepalive, lambda: self.spawn(self._keepalive()))
+        self.scheduler.every("fleet:keepalive", keepalive, lambda: self.spawn(fleet.keepalive()))
 
     async def _start_http(self) -> web.AppRunner | None:
         listen = self.config.daemon.listen
         if not listen:
             return None
-        profiles = self.profiles
-        source = HealthSource(
-            profiles.statuses, self.alive, self.redactor.scrub, self.daemon_status, profiles.readiness
-        )
+        statuses, ready = self.profiles.statuses, self.profiles.readiness
+        source = HealthSource(statuses, self.alive, self.redactor.scrub, self.daemon_status, ready)
         runner, self.http_address = await start_http(listen, self.metrics, source)
         limiter = getattr(runner, "limiter", None)
         if limiter is not None:
@@ -194,20 +187,17 @@ class Daemon:
             self.log.warning("http.exposed", address=self.http_address, message=exposure)
         return runner
 
-    async def _keepalive(self) -> None:
-        if self.fleet is not None:
-            await self.fleet.keepalive()
-
     def alive(self) -> bool:
+        """/healthz and the watchdog: the tick ran recently and the scheduler runs."""
         return health.alive(self.last_tick, self.clock.monotonic(), self.tick_seconds, self.scheduler.running)
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.add_signal_handler(signal.SIGTERM, self.stop)
-        loop.add_signal_handler(signal.SIGINT, self._interrupt)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
-        loop.add_signal_handler(signal.SIGUSR1, self.profiles.renew_all)
+        handlers: dict[int, Callable[[], object]] = {signal.SIGTERM: self.stop, signal.SIGINT: self._interrupt}
+        handlers |= {signal.SIGHUP: self.reload, signal.SIGUSR1: self.profiles.renew_all}
         if self.reaper.active:
-            loop.add_signal_handler(signal.SIGCHLD, self.reaper.reap)
+            handlers[signal.SIGCHLD] = self.reaper.reap
+        for signum, handler in handlers.items():
+            loop.add_signal_handler(signum, handler)
 
     @staticmethod
     def _remove_signals(loop: asyncio.AbstractEventLoop) -> None:
@@ -220,19 +210,17 @@ class Daemon:
 
     def _interrupt(self) -> None:
         if self._stop.is_set():
-            # second Ctrl-C: leave now. Atomic writes mean no sink is ever partial; a temp file a write may
-            # leave behind is removed at the next start.
+            # second Ctrl-C: leave now (writes are atomic; a temp file left behind goes at the next start)
             os._exit(130)
         self.stop()
 
     async def _drain(self) -> None:
         pending = [task for task in self._tasks if not task.done()]
-        if pending:
-            _done, late = await asyncio.wait(pending, timeout=SHUTDOWN_GRACE_SECONDS)
-            for task in late:
-                task.cancel()
-            if late:
-                await asyncio.wait(late)
+        late = (await asyncio.wait(pending, timeout=SHUTDOWN_GRACE_SECONDS))[1] if pending else set()
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a coroutine as a tracked task (shutdown waits for it)."""
@@ -285,16 +273,12 @@ class Daemon:
         self.log.info("config.reloaded", added=list(plan.added), removed=list(plan.removed), changed=changed)
         self._reloaded(None)
         self.notifier.reloaded(
-            f"reloaded: {len(plan.added)} added, {len(plan.removed)} removed, {len(plan.changed)} changed"
+            f"reloaded: {len(plan.added)} added, {len(plan.removed)} removed, {len(changed)} changed"
         )
 
     def _reloaded(self, error: ConfigError | None) -> None:
         """Make the reload visible beyond the log line: metrics (alertable) and /status."""
-        self.last_reload = {
-            "at": self.clock.time(),
-            "ok": error is None,
-            "error": None if error is None else str(error),
-        }
+        self.last_reload = {"at": self.clock.time(), "ok": error is None, "error": error and str(error)}
         self.metrics.reloaded(error is None, self.clock.time())
 
     def daemon_status(self) -> dict[str, Any]:
@@ -312,4 +296,5 @@ async def run_daemon(
 
 
 def main(config: Config, profiles: list[str] | None = None) -> int:
+    """`edge-token run`: the daemon until SIGTERM; its exit code."""
     return asyncio.run(run_daemon(config.path, profiles, config=config))

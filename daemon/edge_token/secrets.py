@@ -98,6 +98,7 @@ class SecretCache:
         self._cache: dict[tuple[str, str], tuple[tuple[int, ...], str]] = {}
 
     def read(self, source: SecretSource, fresh: bool = False) -> str:
+        """The secret, from the cache unless the file changed (or `fresh`: after credentials were rejected)."""
         if source.kind not in ("file", "credential"):
             return self._read(source, self._environ)
         directory = self._environ.get("CREDENTIALS_DIRECTORY", "") if source.kind == "credential" else ""

@@ -93,6 +93,7 @@ class KubernetesSecretOptions:
 
     @property
     def label(self) -> str:
+        """The sink's name in logs and metrics: namespace/secret#key."""
         return f"kubernetes_secret:{self.namespace or '(pod namespace)'}/{self.secret_name}#{self.key}"
 
 
@@ -114,6 +115,7 @@ class VaultKvOptions:
 
     @property
     def label(self) -> str:
+        """The sink's name in logs and metrics: mount/path."""
         return f"vault_kv:{self.mount}/{self.path}"
 
 

@@ -32,6 +32,7 @@ class Notifier:
 
     @property
     def enabled(self) -> bool:
+        """True when systemd gave us a NOTIFY_SOCKET."""
         return self._address is not None
 
     def send(self, *lines: str) -> bool:
@@ -69,23 +70,29 @@ class Notifier:
         (self.ready if becomes_ready else self.status)(summary())
 
     def ready(self, status: str) -> None:
+        """READY=1 with a status line, once."""
         if not self.ready_sent:
             self.ready_sent = self.send("READY=1", f"STATUS={_one_line(status)}")
 
     def status(self, text: str) -> None:
+        """STATUS= for `systemctl status`."""
         self.send(f"STATUS={_one_line(text)}")
 
     def watchdog(self) -> None:
+        """WATCHDOG=1: we are alive (sent only while healthy)."""
         self.send("WATCHDOG=1")
 
     def reloading(self) -> None:
         # RELOADING=1 must carry MONOTONIC_USEC (systemd >= 253 checks it; older ones ignore it)
+        """RELOADING=1 at SIGHUP, as Type=notify-reload expects."""
         self.send("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
 
     def reloaded(self, status: str) -> None:
+        """READY=1 after a reload, with what it did."""
         self.send("READY=1", f"STATUS={_one_line(status)}")
 
     def stopping(self) -> None:
+        """STOPPING=1 at the start of shutdown."""
         self.send("STOPPING=1", "STATUS=stopping")
 
 
