@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-import edge_token.observe.metrics as metrics_module
+import edge_token.observe.series as series_module
 from conftest import profile_toml
 from daemonproc import DaemonProcess
 from edge_token.core.errors import SinkError, TransientError, VerificationError
@@ -72,14 +72,14 @@ class MetricsMachine(RuleBasedStateMachine):
         self.updates = 0  # updates of a profile's series: each must render that profile's lines exactly once
         self.clock = START
         self.renders = 0
-        real = metrics_module._profile_lines
+        real = series_module.profile_lines
 
         def counting(series: Any) -> Any:
             self.renders += 1
             return real(series)
 
         self._patch = pytest.MonkeyPatch()
-        self._patch.setattr(metrics_module, "_profile_lines", counting)
+        self._patch.setattr(series_module, "profile_lines", counting)
 
     def teardown(self) -> None:
         self._patch.undo()

@@ -192,6 +192,8 @@ def _exit_on_sigterm_as_pid1() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The `edge-token` command: parse, set the process up (scrubbed output, non-dumpable), run, map errors to
+    sysexits codes; never a traceback (it could carry a secret)."""
     args = _parser(argv).parse_args(argv)
     _scrub_std_streams()
     if args.command in HOLDS_SECRETS:

@@ -2,6 +2,7 @@
 
 Heavy imports happen inside each command, so a command pays only for what it uses: `once` (a container's init
 step, a cron job) imports neither structlog, APScheduler nor prometheus-client (issue 15; tests/test_once_imports.py).
+Long because it is every command's wiring in one place: eight commands, each a short function.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def say(text: str, *, err: bool = False) -> None:
 
 
 def load(args: argparse.Namespace) -> Any:
+    """The config file named by -c, with every --profile name checked against it (a ConfigError if unknown)."""
     from edge_token.config import load_config
 
     config = load_config(args.config)
@@ -38,6 +40,7 @@ def load(args: argparse.Namespace) -> Any:
 
 
 def once(args: argparse.Namespace) -> int:
+    """`once`: make every selected profile's sinks hold a verified token, then exit with the first failure's code."""
     from edge_token.app import exit_code, run_once
     from edge_token.core.clock import SystemClock
 
@@ -80,6 +83,7 @@ def _short_lived_logger(log_format: str, level: str) -> tuple[Any, Any]:
 
 
 def exec_(args: argparse.Namespace) -> int:
+    """`exec -- CMD`: obtain the tokens, then run CMD as a child and keep them fresh (wrapper.py)."""
     from edge_token.core.errors import ConfigError
     from edge_token.wrapper import main as exec_main
 
@@ -90,6 +94,7 @@ def exec_(args: argparse.Namespace) -> int:
 
 
 def check(args: argparse.Namespace) -> int:
+    """`check`: validate the config and what `run` needs at start; with --online also one token per profile."""
     if args.as_user:
         return check_as(args)
     config = load(args)
@@ -138,15 +143,7 @@ def check_as(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         raise ConfigError(f"check --as {args.as_user} needs root; or run `edge-token check` as that user")
     groups = os.getgrouplist(entry.pw_name, gid)
-    # import now what the check will need: the user may not be able to read this interpreter's files
-    import encodings.idna  # noqa: F401 - socket.getaddrinfo looks this codec up lazily
-
-    import edge_token.preflight
-
-    if args.online:
-        import edge_token.app
-        import edge_token.observe.logs
-        import edge_token.provider.verify  # noqa: F401
+    _preload_for_check(args.online)
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -172,6 +169,21 @@ def check_as(args: argparse.Namespace) -> int:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else EX_SOFTWARE
+
+
+def _preload_for_check(online: bool) -> None:
+    """Import now what the check will need: the user `check --as` drops to may not be able to read this
+    interpreter's files."""
+    import encodings.idna  # noqa: F401 - socket.getaddrinfo looks this codec up lazily
+
+    import edge_token.preflight
+
+    if online:
+        import structlog  # noqa: F401 - logs.configure imports it when called
+
+        import edge_token.app
+        import edge_token.observe.logs
+        import edge_token.provider.verify  # noqa: F401
 
 
 async def check_online(config: Any, selected: list[str] | None) -> int:
@@ -218,6 +230,7 @@ async def check_online(config: Any, selected: list[str] | None) -> int:
 
 
 def read_token_arg(source: str) -> str:
+    """The JWT in a token file (raw, json or env format) or on stdin (`-`)."""
     from edge_token.sinks.file import extract
 
     text = sys.stdin.read(1 << 20) if source == "-" else Path(source).read_text(encoding="utf-8")[: 1 << 20]
@@ -231,6 +244,7 @@ def read_token_arg(source: str) -> str:
 
 
 def inspect(args: argparse.Namespace) -> int:
+    """`inspect`: print a token's header and claims (never its signature); with --verify, which profile accepts it."""
     import time
 
     from edge_token.provider.verify import decode_unverified
@@ -291,6 +305,7 @@ async def verify_one(args: argparse.Namespace, token: str) -> tuple[list[str], d
 
 
 def local_auth(args: argparse.Namespace) -> int:
+    """`local-auth`: serve the bundled OAuth2 + JWKS server on loopback until Ctrl-C."""
     from edge_token.config.trust import is_loopback_host
     from edge_token.localauth import LocalAuthServer, load_client_secret
 

@@ -146,6 +146,7 @@ class ConnectionLimiter:
         return _Connection(self, self.server())
 
     def admit(self, connection: _Connection) -> bool:
+        """Take a new connection, evicting the oldest idle one when full; False if every slot serves a request."""
         if len(self.active) >= self.max_connections:
             victim = next((c for c in self.active.values() if not c.busy), None)
             if victim is None:
@@ -159,6 +160,7 @@ class ConnectionLimiter:
         return True
 
     def release(self, connection: _Connection) -> None:
+        """Forget a closed connection (its slot is free again)."""
         if self.active.get(connection.handler) is connection:
             del self.active[connection.handler]
 
@@ -186,9 +188,11 @@ class GuardedRunner(web.AppRunner):
 
     @property
     def addresses(self) -> list[Any]:
+        """The bound (host, port, ...) of each listening socket."""
         return [sock.getsockname() for sock in (self.listener.sockets if self.listener else ())]
 
     async def cleanup(self) -> None:
+        """Stop accepting, then close the open connections and the app as AppRunner does."""
         if self.listener is not None:
             self.listener.close()  # stop accepting; existing connections are closed by the runner below
         await super().cleanup()
@@ -225,6 +229,7 @@ class AcceptErrorLog:
 
 
 def build_app(metrics: Metrics, source: HealthSource, middlewares: tuple[Any, ...] = ()) -> web.Application:
+    """The four read-only endpoints; none of them can reveal a token."""
     app = web.Application(middlewares=middlewares)
 
     async def metrics_handler(request: web.Request) -> web.StreamResponse:

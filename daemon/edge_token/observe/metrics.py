@@ -20,10 +20,8 @@ configured JWKS URL. No label or value can carry a token or a secret.
 
 from __future__ import annotations
 
-import math
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client import generate_latest as text_latest
@@ -34,48 +32,10 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 from edge_token import __version__
 from edge_token.core.errors import VerificationError
 from edge_token.core.outcome import RenewalOutcome, Result
-from edge_token.core.ratelimit import RateLimit
+from edge_token.observe import series as profile_series
+from edge_token.observe.series import FAMILIES, HEADERS, ProfileSeries, SinkSeries, escape, number, rate_limit
 
-STATES = ("fresh", "stale", "expired", "credentials_rejected")
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-# (name, type, help) of the per-profile families, in exposition order
-GAUGES = (
-    ("edge_token_token_expiry_timestamp_seconds", "Expiry (exp claim) of the held token.", "expiry"),
-    ("edge_token_token_issued_timestamp_seconds", "When the held token was received or issued.", "issued"),
-    ("edge_token_token_lifetime_seconds", "Lifetime of the held token.", "lifetime"),
-    ("edge_token_next_refresh_timestamp_seconds", "Next scheduled renewal attempt.", "next_refresh"),
-    ("edge_token_last_success_timestamp_seconds", "Last successful renewal or adoption.", "last_success"),
-)
-
-
-def escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-@dataclass(slots=True)
-class SinkSeries:
-    labels: str
-    writes: dict[str, float] = field(default_factory=dict)  # result -> count
-    last_success: float | None = None
-    healthy: float | None = None
-
-
-@dataclass(slots=True)
-class ProfileSeries:
-    name: str
-    labels: str  # 'profile="x"', escaped once
-    gauges: dict[str, float] = field(default_factory=dict)
-    state: str | None = None
-    refresh: dict[str, float] = field(default_factory=dict)  # result -> count
-    requests: float = 0.0
-    verification_failures: dict[str, float] = field(default_factory=dict)
-    sinks: dict[str, SinkSeries] = field(default_factory=dict)
-    fleet_role: str | None = None
-    fleet_events: dict[str, float] = field(default_factory=dict)  # published / received / rejected
-    leadership_changes: float = 0.0
-    ratelimit: dict[str, float] = field(default_factory=dict)  # remaining / reset, as the provider last said
-    quota: dict[str, float] = field(default_factory=dict)  # Auth0 quota bucket -> remaining
 
 
 class Metrics:
@@ -117,7 +77,7 @@ class Metrics:
 
     def _changed(self, series: ProfileSeries) -> None:
         """Every update of a profile's series ends here: its lines are rendered now, the assembled answer dropped."""
-        lines = _profile_lines(series)
+        lines = profile_series.profile_lines(series)
         for family, rows in self._samples.items():
             line = lines.get(family)
             if line:
@@ -154,7 +114,7 @@ class Metrics:
             gauges["next_refresh"] = next_attempt
         series.state = state
         if outcome.rate_limit is not None:
-            _rate_limit(series, outcome.rate_limit)
+            rate_limit(series, outcome.rate_limit)
         for name, ok in [(n, True) for n in outcome.sinks_written] + [(n, False) for n in outcome.sink_errors]:
             sink = series.sinks.get(name)
             if sink is None:
@@ -167,6 +127,7 @@ class Metrics:
         self._changed(series)
 
     def fleet_role(self, profile: str, role: str) -> None:
+        """Fleet mode: this daemon's role for the profile now (a change to or from leader is counted)."""
         series = self._profile(profile)
         if series.fleet_role is not None and "leader" in (series.fleet_role, role) and role != series.fleet_role:
             series.leadership_changes += 1
@@ -174,11 +135,13 @@ class Metrics:
         self._changed(series)
 
     def fleet_event(self, profile: str, event: str) -> None:
+        """Fleet mode: a token published to, received from or rejected from etcd."""
         series = self._profile(profile)
         series.fleet_events[event] = series.fleet_events.get(event, 0.0) + 1
         self._changed(series)
 
     def jwks_fetched(self, url: str, result: str, keys: int) -> None:
+        """One JWKS fetch and the number of keys it left loaded."""
         self.jwks_fetches.labels(url, result).inc()
         self.jwks_keys.labels(url).set(keys)
 
@@ -188,6 +151,7 @@ class Metrics:
         self._external.append((name, doc, read))
 
     def reloaded(self, ok: bool, at: float) -> None:
+        """One SIGHUP reload: applied or refused, and when."""
         self.reloads.labels("success" if ok else "failure").inc()
         self.reload_ok.set(1 if ok else 0)
         self.reload_at.set(at)
@@ -224,7 +188,7 @@ class Metrics:
         for name, doc, read in self._external:
             shown = name.removesuffix("_total") if openmetrics else name
             rows = [(f'{{result="{key}"}}' if key else "", float(value)) for key, value in read().items()]
-            lines = "".join(f"{name}{labels} {_number(value)}\n" for labels, value in rows)
+            lines = "".join(f"{name}{labels} {number(value)}\n" for labels, value in rows)
             out.append(f"# HELP {shown} {doc}\n# TYPE {shown} counter\n{lines}".encode())
         if openmetrics:
             out.append(b"# EOF\n")
@@ -258,92 +222,3 @@ class Metrics:
         """(body, headers) for GET /metrics, in one piece (see `exposition_parts`)."""
         parts, headers = self.exposition_parts(accept, accept_encoding)
         return b"".join(parts), headers
-
-
-FAMILIES = (
-    *((name, "gauge", doc) for name, doc, _key in GAUGES),
-    ("edge_token_token_state", "gauge", "1 for the profile's current state, 0 for the others."),
-    ("edge_token_refresh_total", "counter", "Renewal attempts by result (success, adopted, received, "
-     "transient, rejected, invalid_token, protocol, jwks, config, sink, internal)."),
-    ("edge_token_token_requests_total", "counter", "Token requests sent to the provider (quota use)."),
-    ("edge_token_verification_failures_total", "counter", "Tokens refused by verification, by rule."),
-    ("edge_token_sink_writes_total", "counter", "Sink writes by result."),
-    ("edge_token_sink_last_success_timestamp_seconds", "gauge",
-     "Last time the sink was confirmed to hold the current token."),
-    ("edge_token_sink_healthy", "gauge", "1 if the sink holds the profile's current token."),
-    ("edge_token_fleet_role", "gauge", "Fleet mode: 1 for this daemon's role for the profile."),
-    ("edge_token_fleet_leadership_changes_total", "counter",
-     "Fleet mode: times this daemon became or stopped being the profile's leader."),
-    ("edge_token_fleet_tokens_total", "counter",
-     "Fleet mode: tokens published to, received from and rejected from etcd."),
-    ("edge_token_provider_ratelimit_remaining", "gauge",
-     "Token requests left in the provider's rate-limit window (x-ratelimit-remaining, last answer)."),
-    ("edge_token_provider_ratelimit_reset_timestamp_seconds", "gauge",
-     "When the provider's rate-limit window resets (x-ratelimit-reset, last answer)."),
-    ("edge_token_provider_quota_remaining", "gauge",
-     "Tokens left in the provider's quota bucket (Auth0-Client-Quota-Limit, last answer)."),
-)  # fmt: skip
-
-
-def _header(name: str, kind: str, doc: str, openmetrics: bool) -> bytes:
-    """A family's HELP and TYPE lines (OpenMetrics names a counter family without its `_total`)."""
-    shown = name.removesuffix("_total") if openmetrics and kind == "counter" else name
-    return f"# HELP {shown} {doc}\n# TYPE {shown} {kind}\n".encode()
-
-
-HEADERS = {om: {name: _header(name, kind, doc, om) for name, kind, doc in FAMILIES} for om in (False, True)}
-
-
-def _rate_limit(series: ProfileSeries, limits: RateLimit) -> None:
-    """Keep what the provider said last; a figure an answer leaves out keeps its previous value (Auth0 sends the
-    quota header only in fine-grained quota mode, the rate-limit headers on most answers)."""
-    if limits.remaining is not None:
-        series.ratelimit["remaining"] = float(limits.remaining)
-    if limits.reset_at is not None:
-        series.ratelimit["reset"] = limits.reset_at
-    if limits.quotas:
-        series.quota = {quota.bucket: float(quota.remaining) for quota in limits.quotas}
-
-
-def _number(value: float) -> str:
-    """A sample value as both formats spell it (Python's repr, except the infinities and NaN)."""
-    if math.isfinite(value):
-        return repr(value)
-    return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
-
-
-def _profile_lines(p: ProfileSeries) -> dict[str, bytes]:
-    """One profile's sample lines, per family (the same for text 0.0.4 and OpenMetrics)."""
-    sinks = list(p.sinks.values())
-    roles = ("leader", "follower", "standalone")
-    samples: dict[str, list[tuple[str, float]]] = {
-        **{name: [(p.labels, p.gauges[key])] for name, _doc, key in GAUGES if key in p.gauges},
-        "edge_token_token_state": [(f'{p.labels},state="{s}"', float(s == p.state)) for s in STATES] if p.state else [],
-        "edge_token_refresh_total": [(f'{p.labels},result="{r}"', n) for r, n in p.refresh.items()],
-        "edge_token_token_requests_total": [(p.labels, p.requests)],
-        "edge_token_verification_failures_total": [
-            (f'{p.labels},reason="{r}"', n) for r, n in p.verification_failures.items()
-        ],
-        "edge_token_sink_writes_total": [(f'{s.labels},result="{r}"', n) for s in sinks for r, n in s.writes.items()],
-        "edge_token_sink_last_success_timestamp_seconds": [
-            (s.labels, s.last_success) for s in sinks if s.last_success is not None
-        ],
-        "edge_token_sink_healthy": [(s.labels, s.healthy) for s in sinks if s.healthy is not None],
-        "edge_token_fleet_role": [(f'{p.labels},role="{r}"', float(r == p.fleet_role)) for r in roles]
-        if p.fleet_role
-        else [],
-        "edge_token_fleet_leadership_changes_total": [(p.labels, p.leadership_changes)] if p.fleet_role else [],
-        "edge_token_fleet_tokens_total": [(f'{p.labels},event="{e}"', n) for e, n in p.fleet_events.items()],
-        "edge_token_provider_ratelimit_remaining": [(p.labels, p.ratelimit["remaining"])]
-        if "remaining" in p.ratelimit
-        else [],
-        "edge_token_provider_ratelimit_reset_timestamp_seconds": [(p.labels, p.ratelimit["reset"])]
-        if "reset" in p.ratelimit
-        else [],
-        "edge_token_provider_quota_remaining": [(f'{p.labels},bucket="{b}"', n) for b, n in p.quota.items()],
-    }
-    return {
-        name: "".join(f"{name}{{{labels}}} {_number(value)}\n" for labels, value in rows).encode()
-        for name, rows in samples.items()
-        if rows
-    }

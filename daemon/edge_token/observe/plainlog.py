@@ -33,6 +33,7 @@ class LineSink:
         self.journal = journal.is_journal_stream(stream)
 
     def emit(self, method: str, event_dict: dict[str, Any]) -> None:
+        """Write one event as a JSON line: level and timestamp added, traceback rendered, every field redacted."""
         level = METHOD_LEVEL.get(method, method)
         event_dict["level"] = level
         event_dict["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
@@ -56,6 +57,7 @@ class PlainLogger:
         self._sink, self._context = sink, context or {}
 
     def bind(self, **fields: Any) -> PlainLogger:
+        """A logger whose lines also carry `fields` (before each call's own)."""
         return PlainLogger(self._sink, {**self._context, **fields})
 
     def _log(self, method: str, event: str, args: tuple[Any, ...], fields: dict[str, Any]) -> None:
@@ -66,21 +68,27 @@ class PlainLogger:
         self._sink.emit(method, {**self._context, **fields, "event": event % args if args else event})
 
     def debug(self, event: str, *args: Any, **fields: Any) -> None:
+        """A debug line (dropped below the configured level, like every level)."""
         self._log("debug", event, args, fields)
 
     def info(self, event: str, *args: Any, **fields: Any) -> None:
+        """An info line."""
         self._log("info", event, args, fields)
 
     def warning(self, event: str, *args: Any, **fields: Any) -> None:
+        """A warning line."""
         self._log("warning", event, args, fields)
 
     def error(self, event: str, *args: Any, **fields: Any) -> None:
+        """An error line."""
         self._log("error", event, args, fields)
 
     def exception(self, event: str, *args: Any, **fields: Any) -> None:
+        """An error line with the current exception's traceback (structlog's dict form)."""
         self._log("exception", event, args, fields)
 
     def critical(self, event: str, *args: Any, **fields: Any) -> None:
+        """A critical line."""
         self._log("critical", event, args, fields)
 
     warn = warning
