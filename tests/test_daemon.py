@@ -17,12 +17,14 @@ from edge_token.provider.verify import decode_unverified
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("live_auth")]
 
+Profiles = dict[str, tuple[list[dict[str, Any]], dict[str, Any]]]  # name -> (sinks, settings)
+
 
 @pytest.fixture
 def write(tmp_path: Path, auth: LocalAuthServer, secret_file: Path) -> Callable[..., Path]:
     """Write config.toml with the given profiles: {name: (sinks, settings)}; default one profile 'main'."""
 
-    def make(profiles: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] | None = None, **settings: Any) -> Path:
+    def make(profiles: Profiles | None = None, **settings: Any) -> Path:
         if profiles is None:
             profiles = {"main": ([{"path": str(tmp_path / "token.jwt")}], settings)}
         text = '[daemon]\nlog_format = "json"\nlisten = ""\njwks_min_refetch_seconds = 1\n'
@@ -141,8 +143,8 @@ async def test_sighup_adds_removes_and_rejects_invalid_configs(
 ) -> None:
     """SIGHUP: a new profile starts, an unchanged one keeps its token, a bad config is refused, removal stops."""
     auth.ttl = 1000
-    one = {"one": ([{"path": str(tmp_path / "one.jwt")}], {})}
-    two = {"two": ([{"path": str(tmp_path / "two.jwt")}], {})}
+    one: Profiles = {"one": ([{"path": str(tmp_path / "one.jwt")}], {})}
+    two: Profiles = {"two": ([{"path": str(tmp_path / "two.jwt")}], {})}
     config = write(one)
     daemon = await start(daemons, config)
     await daemon.wait_for("token.renewed", profile="one")

@@ -149,7 +149,10 @@ async def test_sigterm_during_a_restart_stops_exec_and_starts_no_new_child(
     process = await spawn(
         processes, *exec_args(config, "--on-rotation", "restart", script=RESTARTABLE_CHILD.format(log=str(log)))
     )
-    lines = lambda: log.read_text().split("\n") if log.exists() else []  # noqa: E731
+
+    def lines() -> list[str]:
+        return log.read_text().split("\n") if log.exists() else []
+
     try:
         await wait_until(lambda: any(line.startswith("term") for line in lines()), 30, "the restart's SIGTERM")
         process.send_signal(signal.SIGTERM)

@@ -89,8 +89,9 @@ def reference_accepts(claims: dict[str, Any], now: float) -> bool:
 
     def number(name: str) -> float | None:
         value = claims.get(name)
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        return float(value) if ok else None
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        return None
 
     exp = number("exp")
     if exp is None or exp <= now or abs(exp - now) > 3e9:

@@ -142,11 +142,12 @@ async def test_metrics_show_rate_limit_and_quota(auth: LocalAuthServer, renewer_
     metrics = Metrics(CollectorRegistry())
     metrics.observe(outcome, "fresh", None)
     text = metrics.exposition("", "")[0].decode()
+    assert outcome.rate_limit is not None
     assert 'edge_token_provider_ratelimit_remaining{profile="main"} 29.0' in text
     assert (
         f'edge_token_provider_ratelimit_reset_timestamp_seconds{{profile="main"}} {outcome.rate_limit.reset_at!r}'
         in text
-    )  # type: ignore[union-attr]
+    )
     assert 'edge_token_provider_quota_remaining{profile="main",bucket="per_hour"} 99.0' in text
     assert 'edge_token_provider_quota_remaining{profile="main",bucket="per_day"} 999.0' in text
     if shutil.which("promtool"):  # the naming rules Prometheus lints by (README "Observability")

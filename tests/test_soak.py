@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -75,7 +76,10 @@ async def test_chaos_soak(auth: LocalAuthServer, tmp_path: Path, secret_file: Pa
     hook_dump = tmp_path / "hooks.jsonl"
     hook = [sys.executable, "-c", "import json, os\nproc = lambda n: open(f'/proc/self/{n}', 'rb').read().decode()\n"
             f"open({str(hook_dump)!r}, 'a').write(json.dumps([proc('cmdline'), proc('environ')]) + '\\n')"]  # fmt: skip
-    sinks = [{"path": str(tmp_path / "a.jwt"), "on_update": hook}, {"path": str(tmp_path / "b.jwt")}]
+    sinks: list[dict[str, Any]] = [
+        {"path": str(tmp_path / "a.jwt"), "on_update": hook},
+        {"path": str(tmp_path / "b.jwt")},
+    ]
     config = tmp_path / "config.toml"
     config.write_text(
         '[daemon]\nlog_format = "json"\nlisten = "127.0.0.1:0"\njwks_min_refetch_seconds = 1\n'

@@ -62,10 +62,8 @@ class DaemonMachine(RuleBasedStateMachine):
         self.harness = LoopDaemon(self.loop, self.clock)
         self.scheduler = self.harness.scheduler
         self.daemon: Daemon | None = None
-        self.checked = 0
-        self.seen: dict[
-            Path, int
-        ] = {}  # sink path -> issue order of the newest token it ever held  # scheduler.scheduled entries already checked
+        self.checked = 0  # scheduler.scheduled entries already checked
+        self.seen: dict[Path, float] = {}  # sink path -> exp of the newest token it ever held
 
     def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         return self.loop.run_until_complete(coroutine)

@@ -30,7 +30,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 from joserfc import jwt
-from joserfc.jwk import RSAKey
+from joserfc.jwk import KeySetSerialization, RSAKey
 
 DEFAULT_AUDIENCE = "https://api.sitecorecloud.io"
 
@@ -146,7 +146,8 @@ class LocalAuthServer:
         """Publish only the current signing key (the second half of a rotation)."""
         self.keys = [self.signing_key]
 
-    def jwks(self) -> dict[str, Any]:
+    def jwks(self) -> KeySetSerialization:
+        """The published key set: the public halves of the current keys."""
         return {"keys": [key.as_dict(private=False) for key in self.keys]}
 
     def claims_for(self, client_id: str, audience: str) -> dict[str, Any]:
