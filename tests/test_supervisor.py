@@ -29,9 +29,9 @@ from edge_token.core.health import readiness
 from edge_token.core.policy import MIN_RUN_GAP
 from edge_token.core.token import Token
 from edge_token.daemon import Daemon
-from edge_token.localauth import Fault, LocalAuthServer
 from edge_token.provider.verify import decode_unverified
 from edge_token.supervisor import job_id
+from faultyauth import Fault, FaultyAuthServer
 from harness import LoopDaemon
 
 NAMES = ("p0", "p1", "p2")
@@ -51,7 +51,7 @@ class DaemonMachine(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.dir = Path(tempfile.mkdtemp(prefix="edge-token-stateful-"))
         self.clock = FakeClock()
-        self.auth = LocalAuthServer({f"client-{n}": SECRET for n in NAMES}, ttl=1000, now=self.clock.time)
+        self.auth = FaultyAuthServer({f"client-{n}": SECRET for n in NAMES}, ttl=1000, now=self.clock.time)
         self.run(self.auth.start())
         self.secret = self.dir / "secret"
         self.secret.write_text(SECRET)
