@@ -101,9 +101,9 @@ class LoopDaemon:
 
         async def quiet() -> None:
             for _ in range(100):
-                await self.daemon.supervisor.idle()
+                await self.daemon.profiles.supervisor.idle()
                 await asyncio.sleep(0)
-                if all(slot.task is None for slot in self.daemon.supervisor.slots.values()):
+                if all(slot.task is None for slot in self.daemon.profiles.supervisor.slots.values()):
                     return
             raise AssertionError("cycles keep starting on their own")
 

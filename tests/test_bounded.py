@@ -111,7 +111,7 @@ def test_requests_stay_within_the_backoff_policy_whatever_the_provider_answers(
     s = Scenario()
     try:
         daemon = s.harness.start(load_config(s.config, environ={}), rng=random.Random(seed))
-        renewer = daemon.renewers["main"]
+        renewer = daemon.profiles.renewers["main"]
         first = renewer.current
         assert first is not None and s.auth.token_requests == 1
         s.auth.token_faults.extend(fault(s.auth, spec) for spec in answers)
@@ -130,7 +130,7 @@ def test_requests_stay_within_the_backoff_policy_whatever_the_provider_answers(
         series = daemon.metrics.profiles["main"]
         assert series.requests == s.auth.token_requests - 0, "a request was not counted"
         assert set(series.refresh) <= KINDS | {"success", "adopted", "sink"}, series.refresh
-        status = daemon.statuses()[0]
+        status = daemon.profiles.statuses()[0]
         if renewer.last_error is not None:
             assert renewer.last_error.kind in KINDS and status.last_error is renewer.last_error
         held = s.sink.read_text()

@@ -49,21 +49,21 @@ def test_a_crashing_cycle_and_a_crashing_sink_are_classified_and_back_off() -> N
         )
         with capture_logs() as logs:
             daemon = harness.start(load_config(config, environ={}), rng=random.Random(1))
-            renewer: Renewer = daemon.renewers["main"]
+            renewer: Renewer = daemon.profiles.renewers["main"]
             renewer.sinks.append(ExplodingSink("broken"))  # type: ignore[arg-type]
             renewer.pending_sinks.add("broken")
 
             async def broken_step(*_: Any) -> None:
                 raise ZeroDivisionError("a bug in a cycle")
 
-            good_step = daemon.supervisor._step
-            daemon.supervisor._step = broken_step
+            good_step = daemon.profiles.supervisor._step
+            daemon.profiles.supervisor._step = broken_step
             for _ in range(3):
                 due = harness.scheduler.next_due()
                 assert due is not None, "the profile lost its next run"
                 clock.advance(due - clock.time())
                 harness.fire_due()
-            daemon.supervisor._step = good_step
+            daemon.profiles.supervisor._step = good_step
             for _ in range(5):  # sink retries may come due before the renewal's backoff is over
                 clock.advance(harness.scheduler.next_due() - clock.time())  # type: ignore[operator]
                 harness.fire_due()
@@ -72,7 +72,7 @@ def test_a_crashing_cycle_and_a_crashing_sink_are_classified_and_back_off() -> N
         assert renewer.failures == 0 and renewer.current is not None  # the good step renewed again
         times = [when - at for job, when, at in harness.scheduler.scheduled if job == "profile:main"]
         assert all(delay >= BACKOFF_BASE * 0.05 for delay in times)
-        status = daemon.statuses()[0]
+        status = daemon.profiles.statuses()[0]
         assert status.sinks["broken"] is not None and "KeyError" in status.sinks["broken"]
         assert status.sinks[f"file:{tmp / 't.jwt'}"] is None
         crashes = [e for e in logs if e["event"] == "internal_error"]

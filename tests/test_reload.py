@@ -33,7 +33,7 @@ def test_a_refused_reload_is_counted_alertable_and_shown(world: LoopWorld) -> No
     assert sample(text, "edge_token_config_reload_total", result="failure") == 1
     last = daemon.daemon_status()["last_reload"]
     assert last["ok"] is False and str(world.config) in last["error"] and last["at"] == world.clock.time()
-    assert daemon.renewers["main"].current is not None, "the running profile was dropped"
+    assert daemon.profiles.renewers["main"].current is not None, "the running profile was dropped"
     world.write("a.jwt")
     world.harness.on_loop(daemon.reload)
     text = generate_latest(daemon.registry).decode()
@@ -53,4 +53,4 @@ def test_a_reload_that_changes_only_sinks_reuses_the_token_and_writes_each_sink_
     assert (world.dir / "b.jwt").read_text() == token
     sinks = daemon.metrics.profiles["main"].sinks
     assert sinks[f"file:{world.dir / 'b.jwt'}"].writes == {"success": 1.0}
-    assert daemon.statuses()[0].ready
+    assert daemon.profiles.statuses()[0].ready

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
+import pwd
 import signal
 import socket
 import stat
@@ -26,6 +26,7 @@ from edge_token.core.settings import SinkConfig
 from edge_token.localauth import LocalAuthServer
 from edge_token.sinks.atomicfile import BlockingCalls, read_regular, write_atomic
 from edge_token.sinks.file import FileSink
+from unprivileged import as_user
 
 NOBODY = 65534
 
@@ -165,11 +166,10 @@ def test_a_planted_file_in_a_sticky_directory_gets_the_right_hint(public_dir: Pa
         "from edge_token.core.errors import SinkError\n"
         "try:\n    write_atomic(Path(sys.argv[1]), b'ours')\nexcept SinkError as e:\n    print(e); sys.exit(3)\n"
     )
-    package = public_dir / "lib"
-    shutil.copytree(Path(__file__).parents[1] / "daemon" / "edge_token", package / "edge_token")
+    daemon_user = pwd.getpwnam("daemon")
     result = subprocess.run(
-        ["setpriv", "--reuid=daemon", "--regid=daemon", "--clear-groups", sys.executable, "-c", code, str(target)],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(package)}, check=False, timeout=30,
+        as_user(daemon_user.pw_uid, daemon_user.pw_gid, sys.executable, "-c", code, str(target)),
+        capture_output=True, text=True, check=False, timeout=30,
     )  # fmt: skip
     assert result.returncode == 3, result.stderr
     assert "belongs to uid 65534" in result.stdout and "sticky" in result.stdout, result.stdout

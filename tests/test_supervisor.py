@@ -116,7 +116,7 @@ class DaemonMachine(RuleBasedStateMachine):
     @rule(steps=st.integers(0, 30))
     def sigusr1(self, steps: int) -> None:
         assert self.daemon is not None
-        self.harness.on_loop(self.daemon.renew_all)
+        self.harness.on_loop(self.daemon.profiles.renew_all)
         self.run(self.spin(steps))
         self.harness.settle()
 
@@ -141,7 +141,7 @@ class DaemonMachine(RuleBasedStateMachine):
             self.profiles[name]["refresh_at"] = 0.7 if self.profiles[name]["refresh_at"] == 0.8 else 0.8
         self.write_config()
         if in_flight:
-            self.harness.on_loop(self.daemon.renew_all)
+            self.harness.on_loop(self.daemon.profiles.renew_all)
             self.run(self.spin(steps))
         self.harness.on_loop(self.daemon.reload)
         self.harness.settle()
@@ -178,7 +178,7 @@ class DaemonMachine(RuleBasedStateMachine):
     @invariant()
     def exactly_one_next_run_never_in_the_past(self) -> None:
         assert self.daemon is not None
-        if any(slot.task is not None for slot in self.daemon.supervisor.slots.values()):
+        if any(slot.task is not None for slot in self.daemon.profiles.supervisor.slots.values()):
             return  # only quiescent states are judged (rules settle before returning)
         jobs = {job for job in self.scheduler.jobs if job.startswith("profile:")}
         assert jobs == {job_id(name) for name in self.profiles}, "a profile without a next run, or a ghost"
@@ -191,11 +191,11 @@ class DaemonMachine(RuleBasedStateMachine):
     def one_rotation_per_new_token_and_status_matches_the_disk(self) -> None:
         assert self.daemon is not None
         assert all(count == 1 for count in self.rotations.values()), f"a rotation fired twice: {self.rotations}"
-        statuses = {status.profile: status for status in self.daemon.statuses()}
+        statuses = {status.profile: status for status in self.daemon.profiles.statuses()}
         # the fast /readyz (only suspects looked at) says exactly what the full readiness of every status says
-        assert self.daemon.readiness() == readiness(list(statuses.values()))
+        assert self.daemon.profiles.readiness() == readiness(list(statuses.values()))
         for name, spec in self.profiles.items():
-            renewer = self.daemon.renewers[name]
+            renewer = self.daemon.profiles.renewers[name]
             for directory in spec["sinks"]:
                 if not (self.dir / directory).exists():
                     continue  # taken away since the last write: the daemon learns it at the next write

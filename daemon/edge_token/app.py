@@ -48,7 +48,8 @@ class Parts:
         self.secrets = SecretCache(environ)
 
     def jwks_for(self, profile: ProfileConfig) -> JwksCache:
-        # one cache per URL *and* way out: profiles behind different proxies or CAs must not share a fetch
+        """The JWKS cache for this profile's URL and way out (proxy, CAs), shared by every profile with both alike:
+        profiles behind different proxies or CAs must not share a fetch."""
         key = (profile.jwks_url, profile.egress)
         cache = self.jwks.get(key)
         if cache is None:
@@ -68,6 +69,7 @@ class Parts:
         return cache
 
     def renewer(self, profile: ProfileConfig, **kwargs: Any) -> Renewer:
+        """A renewer for the profile over the shared session, JWKS cache and secret cache."""
         return Renewer(
             profile,
             self.session,
@@ -92,6 +94,7 @@ class OnceResult:
 
     @property
     def exit_code(self) -> int:
+        """0 when every sink holds a verified token, else the failure's sysexits code."""
         return 0 if self.error is None else self.error.exit_code
 
 

@@ -19,6 +19,7 @@ def write_private(path: Path, text: str) -> None:
 
 
 def demo_config(directory: Path, token_url: str, issuer: str, jwks_url: str) -> str:
+    """The demo's config text: one profile against the bundled auth server, its token in `directory`."""
     return f"""# Written by `edge-token demo` for its bundled local auth server (a random port, valid while it runs).
 [daemon]
 listen = "127.0.0.1:0"
@@ -68,6 +69,7 @@ async def _demo(directory: Path, ttl: float, duration: float) -> int:
 
 
 def main(directory: Path, ttl: float, duration: float) -> int:
+    """`edge-token demo`: the bundled auth server and the daemon in one process, until Ctrl-C."""
     directory = directory.resolve()
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:

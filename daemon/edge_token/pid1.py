@@ -26,9 +26,11 @@ class OrphanReaper:
 
     @property
     def active(self) -> bool:
+        """True when we are PID 1 (a container's init): only then are orphans ours to reap."""
         return os.getpid() == 1
 
     def reap(self) -> int:
+        """Collect every exited orphan without blocking (hooks' grandchildren would stay zombies)."""
         if not self.active:
             return 0
         me, count, still = os.getpid(), 0, set()

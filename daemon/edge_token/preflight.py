@@ -138,7 +138,8 @@ def _kubernetes(where: str, store: KubernetesSecretOptions, environ: Mapping[str
 
 def _file_sink(where: str, sink: SinkConfig, environ: Mapping[str, str]) -> Iterator[Problem | Note]:
     """Create, chown and remove a probe file in the sink's directory: what the atomic write will do."""
-    assert sink.path is not None
+    if sink.path is None:
+        return  # not a file sink: nothing to probe on disk
     path, directory = sink.path, sink.path.parent
     key = f"{where}.path"
     try:

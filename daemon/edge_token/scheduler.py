@@ -35,14 +35,17 @@ class Scheduler:
         )
 
     def start(self) -> None:
+        """Start the APScheduler on the running event loop."""
         self._scheduler.start()
 
     def shutdown(self) -> None:
+        """Stop without waiting: shutdown drains the daemon's own tasks."""
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
 
     @property
     def running(self) -> bool:
+        """True between start and shutdown (the exec wrapper waits for it)."""
         return bool(self._scheduler.running)
 
     def at(self, job_id: str, when: float, func: Job) -> None:
@@ -57,6 +60,7 @@ class Scheduler:
         )
 
     def cancel(self, job_id: str) -> None:
+        """Remove the job if it exists."""
         try:
             self._scheduler.remove_job(job_id)
         except JobLookupError:

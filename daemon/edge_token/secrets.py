@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from edge_token.core import scrub
@@ -92,22 +92,24 @@ class SecretCache:
     is read again. After "credentials rejected" the caller asks for a fresh read regardless.
     """
 
-    def __init__(self, environ: Mapping[str, str]) -> None:
+    def __init__(self, environ: Mapping[str, str], read: Callable[..., str] | None = None) -> None:
         self._environ = environ
+        self._read = read or read_secret  # the reader, injectable to count reads in tests
         self._cache: dict[tuple[str, str], tuple[tuple[int, ...], str]] = {}
 
     def read(self, source: SecretSource, fresh: bool = False) -> str:
+        """The secret, from the cache unless the file changed (or `fresh`: after credentials were rejected)."""
         if source.kind not in ("file", "credential"):
-            return read_secret(source, self._environ)
+            return self._read(source, self._environ)
         directory = self._environ.get("CREDENTIALS_DIRECTORY", "") if source.kind == "credential" else ""
         try:
             info = os.stat(os.path.join(directory, source.ref))
         except OSError:
-            return read_secret(source, self._environ)  # raises the specific ConfigError
+            return self._read(source, self._environ)  # raises the specific ConfigError
         key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
         cached = self._cache.get((source.kind, source.ref))
         if cached is not None and cached[0] == key and not fresh:
             return cached[1]
-        value = read_secret(source, self._environ)
+        value = self._read(source, self._environ)
         self._cache[(source.kind, source.ref)] = (key, value)
         return value

@@ -31,13 +31,15 @@ SinkRetry = Callable[[Renewer], float | None]
 
 
 class JobScheduler(Protocol):
-    """What the supervisor needs of a scheduler (scheduler.Scheduler in the daemon; a manual one in tests)."""
+    """What the supervisor and the JWKS refresh jobs need of a scheduler (scheduler.Scheduler, or a manual one)."""
 
     def at(self, job_id: str, when: float, func: Callable[[], Any]) -> None: ...
 
     def cancel(self, job_id: str) -> None: ...
 
     def next_run(self, job_id: str) -> float | None: ...
+
+    def every(self, job_id: str, seconds: float, func: Callable[[], Any], jitter: float = 0.0) -> None: ...
 
 
 @dataclass(eq=False)

@@ -30,7 +30,7 @@ import structlog
 
 from edge_token.app import exit_code, run_once
 from edge_token.core.clock import SystemClock
-from edge_token.core.errors import EdgeTokenError
+from edge_token.core.errors import EdgeTokenError, InternalError
 from edge_token.core.settings import Config, env_prefix
 from edge_token.daemon import Daemon
 from edge_token.observe import logs
@@ -93,9 +93,11 @@ class Wrapper:
 
     @property
     def stopping(self) -> bool:
+        """True once SIGTERM/SIGINT arrived: no more rotations or restarts."""
         return self.stop_signal is not None
 
     async def run(self) -> int:
+        """The four phases of `exec`; the child's exit status (or 128+signal)."""
         loop = asyncio.get_running_loop()
         for signum in FORWARDED:
             loop.add_signal_handler(signum, self._forward, signum)
@@ -164,16 +166,16 @@ class Wrapper:
         scheduler means startup is over. (Polled for the few milliseconds of startup; a `started` event on the
         Daemon would make this a plain wait.)
         """
-        assert self.daemon is not None
-        while not self.daemon.scheduler.running:
+        daemon = self._daemon()
+        while not daemon.scheduler.running:
             await self._until_stopped(asyncio.ensure_future(asyncio.wait({task}, timeout=START_POLL_SECONDS)))
             if task.done():
                 task.result()  # raises the start failure
                 raise EdgeTokenError("the daemon part stopped before it started")
 
     def _tokens(self) -> dict[str, str]:
-        assert self.daemon is not None
-        held = {name: r.current.jwt for name, r in self.daemon.renewers.items() if r.current is not None}
+        renewers = self._daemon().profiles.renewers
+        held = {name: r.current.jwt for name, r in renewers.items() if r.current is not None}
         return {**self._initial, **held}
 
     async def _start(self) -> asyncio.subprocess.Process:
@@ -222,27 +224,37 @@ class Wrapper:
     async def _stop_on_signal(self, signum: int) -> int:
         """SIGTERM/SIGINT (already forwarded): no more renewals or rotations; the child gets RESTART_GRACE_SECONDS to
         exit, then SIGKILL. A child that ignores the signal must not keep us (and our renewals) alive forever."""
-        assert self.child is not None
+        child = self._child()
         if self.daemon is not None:
             self.daemon.stop()
         try:
-            status = await asyncio.wait_for(self.child.wait(), RESTART_GRACE_SECONDS)
+            status = await asyncio.wait_for(child.wait(), RESTART_GRACE_SECONDS)
         except TimeoutError:
-            self.child.kill()
-            await self.child.wait()
+            child.kill()
+            await child.wait()
             self.log.warning("exec.child_killed", grace=RESTART_GRACE_SECONDS, message="the child ignored the signal")
             return 128 + signum
         self.log.info("exec.exited", status=status)
         return 128 - status if status < 0 else status
 
     async def _stop_child(self) -> int:
-        assert self.child is not None
-        self.child.terminate()
+        child = self._child()
+        child.terminate()
         try:
-            return await asyncio.wait_for(self.child.wait(), RESTART_GRACE_SECONDS)
+            return await asyncio.wait_for(child.wait(), RESTART_GRACE_SECONDS)
         except TimeoutError:
-            self.child.kill()
-            return await self.child.wait()
+            child.kill()
+            return await child.wait()
+
+    def _daemon(self) -> Daemon:
+        if self.daemon is None:  # phase order: the daemon part exists from phase 1 on
+            raise InternalError.wrap(RuntimeError("no daemon part"), "running exec")
+        return self.daemon
+
+    def _child(self) -> asyncio.subprocess.Process:
+        if self.child is None:  # phase order: the child exists from phase 3 on
+            raise InternalError.wrap(RuntimeError("no child"), "running exec")
+        return self.child
 
     def _forward(self, signum: int) -> None:
         if signum in STOP_SIGNALS and self.stop_signal is None:
@@ -255,6 +267,7 @@ class Wrapper:
 def main(
     config: Config, argv: Sequence[str], on_rotation: str, rotation_signal: str, token_env: bool, timeout: float = 60.0
 ) -> int:
+    """`edge-token exec`: run ARGV with fresh tokens; its exit code."""
     redactor = logs.configure(config.daemon.log_format, config.daemon.log_level)
     if token_env and on_rotation != "restart":
         structlog.get_logger("edge_token").warning(

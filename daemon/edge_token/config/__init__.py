@@ -61,7 +61,7 @@ def _toml_hint(line: str, reason: str) -> str:
         return "inside double quotes a backslash starts an escape: use single quotes, or double each backslash"
     if line.strip().startswith("[") and not line.strip().endswith("]"):
         return "a table header needs its closing bracket: [profiles.NAME] or [[profiles.NAME.sinks]]"
-    if equals and value[:1] in ("[", "{") and value.count(value[0]) > value.count("]" if value[0] == "[" else "}"):
+    if equals and value.startswith(("[", "{")) and value.count(value[0]) > value.count("]" if value[0] == "[" else "}"):
         return "close the list or inline table on the same line (lists may span lines only inside [ ])"
     return 'one key = value per line; strings are quoted ("..."), lists are [...], tables are [profiles.NAME]'
 

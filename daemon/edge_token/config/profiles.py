@@ -72,6 +72,8 @@ SECRET_KEYS = {
 
 
 def secret_source(table: Table, environ: Mapping[str, str], file_private: bool) -> SecretSource:
+    """The one client secret source of a profile (file, env, credential or inline; EDGE_TOKEN_<PROFILE>_* overrides
+    win). Inline secrets only in a file nobody else can read."""
     prefix = env_prefix(table.where.split(".", 1)[1])
     overrides = [(key, environ[prefix + key.upper()]) for key in SECRET_KEYS if prefix + key.upper() in environ]
     given: list[tuple[str, str | None]] = list(overrides) or [
@@ -99,6 +101,7 @@ def secret_source(table: Table, environ: Mapping[str, str], file_private: bool) 
 
 
 def parse_profile(name: str, table: Table, environ: Mapping[str, str], file_private: bool) -> ProfileConfig:
+    """`[profiles.NAME]` -> ProfileConfig: every key checked, defaults are Sitecore's."""
     if not PROFILE_NAME.match(name):
         raise ConfigError(f"{table.file}: profile name {name!r}: use only letters, digits, '_', '.', '-'")
     table.only(PROFILE_KEYS | SECRET_KEYS.keys())
@@ -147,6 +150,7 @@ def parse_profile(name: str, table: Table, environ: Mapping[str, str], file_priv
 
 
 def parse_daemon(table: Table) -> DaemonConfig:
+    """`[daemon]` -> DaemonConfig."""
     table.only(DAEMON_KEYS)
     listen = table.get("listen", str, "127.0.0.1:9464", '"host:port", or "" to disable')
     if listen:
@@ -171,6 +175,8 @@ FLEET_KEYS = frozenset(
 
 
 def parse_fleet(table: Table) -> FleetConfig | None:
+    """`[fleet]` -> FleetConfig, or None when the table is absent; TLS files loaded now so `check` refuses what `run`
+    could not use."""
     if not table.data:
         return None
     table.only(FLEET_KEYS)

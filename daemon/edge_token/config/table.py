@@ -29,12 +29,16 @@ class Table:
         self.data, self.where, self.file, self.used = data, where, file, set[str]()
 
     def path(self, key: str) -> str:
+        """The dotted key path of `key` in this table, for messages."""
         return f"{self.where}.{key}" if self.where else key
 
     def fail(self, key: str, expected: str) -> ConfigError:
+        """The error for a bad value: file, key path, what was expected, what was found."""
         return ConfigError(f"{self.file}: {self.path(key)}: expected {expected}, got {self.data.get(key)!r}")
 
     def get(self, key: str, kind: type[T], default: T, expected: str) -> T:
+        """The value of `key` if it has the `kind` (ints are accepted as floats, bools never as numbers), else
+        `default`."""
         self.used.add(key)
         if key not in self.data:
             return default
@@ -46,6 +50,7 @@ class Table:
         return value
 
     def text(self, key: str, default: str | None = None, *, choices: tuple[str, ...] = ()) -> str | None:
+        """A non-empty string (one of `choices`, if given), or `default`."""
         expected = f"one of {', '.join(map(repr, choices))}" if choices else "a non-empty string"
         value = self.get(key, str, default, expected)
         if value is not None and (not value or (choices and value not in choices)):
@@ -53,6 +58,7 @@ class Table:
         return value
 
     def number(self, key: str, default: float, low: float, high: float) -> float:
+        """A finite number within [low, high], or `default`."""
         expected = f"a number from {low:g} to {high:g}"
         value = self.get(key, float, default, expected)
         if not (math.isfinite(value) and low <= value <= high):
@@ -60,6 +66,7 @@ class Table:
         return value
 
     def table(self, key: str) -> Table:
+        """A sub-table (empty if absent)."""
         value = self.get(key, dict, {}, "a table")
         return Table(value, self.path(key), self.file)
 
@@ -69,6 +76,7 @@ class Table:
         self.finish()
 
     def finish(self) -> None:
+        """Reject any key nobody read, suggesting the closest valid one."""
         unknown = sorted(set(self.data) - self.used)
         if unknown:
             where = self.where or "the top level"
@@ -78,12 +86,16 @@ class Table:
 
 
 def url_setting(table: Table, key: str, default: str) -> str:
+    """An https:// URL (http:// only for loopback), or `default`."""
     value = table.text(key, default)
-    assert value is not None
+    if value is None:
+        raise table.fail(key, "a URL")
     return checked_url(table, key, value)
 
 
 def checked_url(table: Table, key: str, value: str) -> str:
+    """`value` if it is an https:// URL (http:// only for a loopback host) without user info or fragment: tokens and
+    secrets never travel in clear."""
     parts = urlsplit(value)
     expected = "an https:// URL (http:// only for a loopback host) without user info or fragment"
     try:
@@ -102,6 +114,7 @@ def checked_url(table: Table, key: str, value: str) -> str:
 
 
 def file_mode(table: Table, key: str) -> int:
+    """An octal file mode that nobody but the owner (and group, for reading) can use: a token file is a credential."""
     table.used.add(key)
     raw = table.data.get(key, "0600")
     expected = 'an octal mode string such as "0600" or "0640" (not writable by group or others)'
@@ -117,6 +130,7 @@ def file_mode(table: Table, key: str) -> int:
 
 
 def owner_id(table: Table, key: str, lookup: Callable[[str], int]) -> int:
+    """A user or group name (looked up now, so a typo fails `check`) or numeric id; -1 when unset."""
     value = table.data.get(key)
     table.used.add(key)
     if value is None:
@@ -132,6 +146,7 @@ def owner_id(table: Table, key: str, lookup: Callable[[str], int]) -> int:
 
 
 def string_list(table: Table, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A list of non-empty strings, or `default`."""
     value = table.get(key, list, list(default), "a list of non-empty strings")
     if not all(isinstance(item, str) and item for item in value):
         raise table.fail(key, "a list of non-empty strings")
@@ -142,6 +157,7 @@ PROXY_KEYS = frozenset({"proxy", "proxy_auth_file", "proxy_auth_credential"})
 
 
 def string_table(table: Table, key: str) -> dict[str, str]:
+    """A table of string values (labels, annotations)."""
     value = table.get(key, dict, {}, "a table of strings")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise table.fail(key, "a table of strings")
@@ -149,11 +165,13 @@ def string_table(table: Table, key: str) -> dict[str, str]:
 
 
 def optional_path(table: Table, key: str, default: Path | None) -> Path | None:
+    """A path, or `default` when the key is absent."""
     text = table.text(key, None)
     return Path(text) if text else default
 
 
 def absolute_path(table: Table, path: Path | None) -> Path | None:
+    """`path` resolved against the config file's directory, like every relative path in the file."""
     return path if path is None or path.is_absolute() else table.file.parent / path
 
 

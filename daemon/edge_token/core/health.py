@@ -107,3 +107,31 @@ def summary(statuses: list[ProfileStatus], next_renewal: float | None) -> str:
     if next_renewal is not None:
         text += ", next renewal " + datetime.fromtimestamp(next_renewal, UTC).strftime("%H:%MZ")
     return text
+
+
+class ReadinessIndex:
+    """Which profiles may be unready, kept in O(1) per cycle: those whose last cycle left them unready, and those
+    whose token has expired since. /readyz and READY=1 then look at those few, never at every profile's status
+    (1,000 snapshots cost ~30 ms and ran after every cycle of a fill: O(N^2))."""
+
+    def __init__(self) -> None:
+        self.unready: set[str] = set()
+        self._expiries: dict[str, float] = {}  # profile -> when its token stops being usable (our clock)
+
+    def waiting(self, name: str) -> None:
+        """A profile that has not finished a cycle yet (added, or its settings changed)."""
+        self.unready.add(name)
+
+    def update(self, name: str, ready: bool, expires_at: float | None) -> None:
+        """After a cycle: ready means a valid token in every sink, until `expires_at`."""
+        self._expiries[name] = expires_at if expires_at is not None else -float("inf")
+        (self.unready.discard if ready else self.unready.add)(name)
+
+    def forget(self, name: str) -> None:
+        """A removed profile."""
+        self.unready.discard(name)
+        self._expiries.pop(name, None)
+
+    def suspects(self, now: float) -> set[str]:
+        """The profiles that may not be ready at `now`; every other one is."""
+        return self.unready | {name for name, expiry in self._expiries.items() if now >= expiry}

@@ -7,8 +7,8 @@ lives); `secrets.read_secret()` is the one place that reads it.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 SITECORE_TOKEN_URL = "https://auth.sitecorecloud.io/oauth/token"
@@ -93,6 +93,7 @@ class KubernetesSecretOptions:
 
     @property
     def label(self) -> str:
+        """The sink's name in logs and metrics: namespace/secret#key."""
         return f"kubernetes_secret:{self.namespace or '(pod namespace)'}/{self.secret_name}#{self.key}"
 
 
@@ -114,6 +115,7 @@ class VaultKvOptions:
 
     @property
     def label(self) -> str:
+        """The sink's name in logs and metrics: mount/path."""
         return f"vault_kv:{self.mount}/{self.path}"
 
 
@@ -186,3 +188,32 @@ class Config:
 def env_prefix(profile: str) -> str:
     """`EDGE_TOKEN_<PROFILE>_`: the prefix of a profile's environment overrides (`prod-eu.1` -> `PROD_EU_1`)."""
     return "EDGE_TOKEN_" + re.sub(r"[^A-Za-z0-9]", "_", profile).upper() + "_"
+
+
+@dataclass(frozen=True)
+class ReloadPlan:
+    """What a reload changes, by profile name: removed, changed (with whether the held token may be kept), added."""
+
+    removed: tuple[str, ...]
+    changed: tuple[tuple[str, bool], ...]  # (name, inherit): inherit when only the sinks changed
+    added: tuple[str, ...]
+    daemon_changed: bool
+
+
+def plan_reload(old: Config, new: Config, only: Sequence[str] | None = None) -> ReloadPlan:
+    """Compare two configurations (restricted to `only` profiles, if given)."""
+    before = {n: p for n, p in old.profiles.items() if not only or n in only}
+    after = {n: p for n, p in new.profiles.items() if not only or n in only}
+    changed = sorted(n for n in before.keys() & after.keys() if before[n] != after[n])
+    return ReloadPlan(
+        removed=tuple(sorted(before.keys() - after.keys())),
+        changed=tuple((n, same_provider(before[n], after[n])) for n in changed),
+        added=tuple(sorted(after.keys() - before.keys())),
+        daemon_changed=new.daemon != old.daemon,
+    )
+
+
+def same_provider(old: ProfileConfig, new: ProfileConfig) -> bool:
+    """True when only a profile's sinks changed, so the token it holds is still the one the new settings would
+    get and verify: the reload then reuses it (no request) and writes each new sink once."""
+    return replace(old, sinks=new.sinks) == new

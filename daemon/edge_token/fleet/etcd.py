@@ -81,6 +81,7 @@ def _answer_shape(what: str) -> Iterator[None]:
 
 
 def b64(value: str | bytes) -> str:
+    """etcd's JSON gateway carries keys and values base64-encoded."""
     return base64.b64encode(value.encode() if isinstance(value, str) else value).decode()
 
 
@@ -107,6 +108,8 @@ class Etcd:
         self._tls: ssl.SSLContext | bool = context if context is not None else True
 
     async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST one gateway call, trying each endpoint once from the last one that worked; one re-authentication on a
+        rejected token. EtcdUnavailable when none answers."""
         endpoints = self.config.etcd_endpoints
         last = "no endpoint"
         rejected = False
@@ -169,6 +172,7 @@ class Etcd:
         scrub.register(token)  # a credential like the password: an echo of it is cut everywhere
 
     async def grant(self, ttl: float) -> str:
+        """A new lease of `ttl` seconds; its id."""
         answer = await self.call("/v3/lease/grant", {"TTL": str(max(1, round(ttl)))})
         with _answer_shape("a lease grant"):
             return str(_number(answer["ID"]))
@@ -180,9 +184,11 @@ class Etcd:
             return _number((answer.get("result") or {}).get("TTL", 0)) > 0
 
     async def revoke(self, lease: str) -> None:
+        """End a lease now (leaving the fleet): its keys go with it."""
         await self.call("/v3/lease/revoke", {"ID": lease})
 
     async def get(self, key: str) -> Stored:
+        """The value at `key` and the revision that last changed it."""
         answer = await self.call("/v3/kv/range", {"key": b64(key)})
         with _answer_shape("a range"):
             kvs = answer.get("kvs") or []
@@ -237,6 +243,7 @@ class Fleet:
         self.seen_revision: dict[str, int] = {}
 
     def key(self, profile: str, name: str) -> str:
+        """The etcd key of one profile's `name` (token, leader)."""
         return f"{self.config.key_prefix.rstrip('/')}/{profile}/{name}"
 
     async def keepalive(self) -> None:
@@ -269,6 +276,7 @@ class Fleet:
         return role
 
     async def read_token(self, profile: str) -> Stored:
+        """The shared token of a profile as etcd holds it (remembering its revision for the next compare-and-swap)."""
         stored = await self.etcd.get(self.key(profile, "token"))
         self.seen_revision[profile] = stored.mod_revision
         return stored

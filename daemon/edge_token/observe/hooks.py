@@ -108,7 +108,8 @@ async def _kill_group(process: asyncio.subprocess.Process) -> None:
 
 def signal_pid_file(sink: SinkConfig, log: Any) -> bool:
     """Send the configured signal to the PID in the sink's pid_file; False (logged) if that fails."""
-    assert sink.pid_file is not None and sink.signal is not None
+    if sink.pid_file is None or sink.signal is None:
+        return False  # nothing to signal (config allows both or neither)
     try:
         text = sink.pid_file.read_text(encoding="ascii").strip()
         pid = int(text)

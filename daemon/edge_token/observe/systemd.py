@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
@@ -28,9 +28,11 @@ class Notifier:
         self.dropped = 0
         self.watchdog_interval = watchdog_interval(environ)
         self.ready_sent = False
+        self._status_sent_at = -float("inf")
 
     @property
     def enabled(self) -> bool:
+        """True when systemd gave us a NOTIFY_SOCKET."""
         return self._address is not None
 
     def send(self, *lines: str) -> bool:
@@ -56,24 +58,41 @@ class Notifier:
             return False
         return True
 
+    def report(self, all_ready: bool, summary: Callable[[], str], now: float, throttle: bool = True) -> None:
+        """READY=1 once `all_ready`; otherwise STATUS=, at most once a second when `throttle`d (after each cycle),
+        always from the daemon's tick. `summary` is built only when something is sent."""
+        if not self.enabled:
+            return
+        becomes_ready = all_ready and not self.ready_sent
+        if throttle and not becomes_ready and now - self._status_sent_at < 1.0:
+            return
+        self._status_sent_at = now
+        (self.ready if becomes_ready else self.status)(summary())
+
     def ready(self, status: str) -> None:
+        """READY=1 with a status line, once."""
         if not self.ready_sent:
             self.ready_sent = self.send("READY=1", f"STATUS={_one_line(status)}")
 
     def status(self, text: str) -> None:
+        """STATUS= for `systemctl status`."""
         self.send(f"STATUS={_one_line(text)}")
 
     def watchdog(self) -> None:
+        """WATCHDOG=1: we are alive (sent only while healthy)."""
         self.send("WATCHDOG=1")
 
     def reloading(self) -> None:
         # RELOADING=1 must carry MONOTONIC_USEC (systemd >= 253 checks it; older ones ignore it)
+        """RELOADING=1 at SIGHUP, as Type=notify-reload expects."""
         self.send("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
 
     def reloaded(self, status: str) -> None:
+        """READY=1 after a reload, with what it did."""
         self.send("READY=1", f"STATUS={_one_line(status)}")
 
     def stopping(self) -> None:
+        """STOPPING=1 at the start of shutdown."""
         self.send("STOPPING=1", "STATUS=stopping")
 
 

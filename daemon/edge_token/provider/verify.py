@@ -50,6 +50,7 @@ class Rules:
 
 
 def fail(reason: str, message: str) -> VerificationError:
+    """A VerificationError with its metric `reason`."""
     return VerificationError(f"token rejected: {message}", reason)
 
 
@@ -116,25 +117,7 @@ async def verify_token(
     kid = header.get("kid")
     if kid is not None and not isinstance(kid, str):
         raise fail("malformed", "the JWT header's kid is not a string")
-    key_set = await keys(kid, False)
-    try:
-        try:
-            claims = jwt.decode(token, key_set, algorithms=list(rules.algorithms), decoder_cls=StrictDecoder).claims
-        except BadSignatureError:
-            fresher = await keys(kid, True)  # a replaced key under the same kid: one rate-limited refetch
-            if fresher is key_set:
-                raise
-            claims = jwt.decode(token, fresher, algorithms=list(rules.algorithms), decoder_cls=StrictDecoder).claims
-    except InvalidKeyIdError:
-        raise fail("unknown_kid", "its signing key is not in the provider's JWKS (unknown kid)") from None
-    except BadSignatureError:
-        raise fail("signature", "bad signature") from None
-    except UnsupportedAlgorithmError:
-        raise fail("algorithm", f"algorithm {alg!r} does not match the signing key") from None
-    except (UnsupportedHeaderError, ExceededSizeError):
-        raise fail("malformed", "unsupported or oversized JWT header") from None
-    except (JoseError, ValueError, TypeError, KeyError, RecursionError) as exc:
-        raise fail("malformed", f"cannot decode the JWT ({type(exc).__name__})") from None
+    claims = await _verified_claims(token, keys, kid, alg, rules.algorithms)
     if not isinstance(claims, dict):
         raise fail("malformed", "the JWT payload is not a JSON object")
     lifetime = check_claims(claims, rules, now, received_at=received_at, expires_in=expires_in)
@@ -147,6 +130,32 @@ async def verify_token(
         scope=scope if scope is not None else (claims.get("scope") if isinstance(claims.get("scope"), str) else None),
         kid=kid,
     )
+
+
+async def _verified_claims(
+    token: str, keys: KeySetLookup, kid: str | None, alg: str, algorithms: tuple[str, ...]
+) -> object:
+    """The payload of `token` if its signature verifies under the JWKS key `kid` (one rate-limited refetch when a
+    key was replaced under the same kid); every joserfc failure becomes a VerificationError with its reason."""
+    key_set = await keys(kid, False)
+    try:
+        try:
+            return jwt.decode(token, key_set, algorithms=list(algorithms), decoder_cls=StrictDecoder).claims
+        except BadSignatureError:
+            fresher = await keys(kid, True)
+            if fresher is key_set:
+                raise
+            return jwt.decode(token, fresher, algorithms=list(algorithms), decoder_cls=StrictDecoder).claims
+    except InvalidKeyIdError:
+        raise fail("unknown_kid", "its signing key is not in the provider's JWKS (unknown kid)") from None
+    except BadSignatureError:
+        raise fail("signature", "bad signature") from None
+    except UnsupportedAlgorithmError:
+        raise fail("algorithm", f"algorithm {alg!r} does not match the signing key") from None
+    except (UnsupportedHeaderError, ExceededSizeError):
+        raise fail("malformed", "unsupported or oversized JWT header") from None
+    except (JoseError, ValueError, TypeError, KeyError, RecursionError) as exc:
+        raise fail("malformed", f"cannot decode the JWT ({type(exc).__name__})") from None
 
 
 def _number(claims: Mapping[str, Any], name: str, now: float) -> float | None:
@@ -244,5 +253,6 @@ def check_client_binding(claims: Mapping[str, Any], client_id: str) -> None:
 
 
 def sanitize_claim(value: object) -> str:
+    """A claim value short and safe enough to name in a message."""
     text = repr(value)
     return text if len(text) <= 80 else text[:80] + "..."

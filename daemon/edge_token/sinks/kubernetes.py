@@ -32,6 +32,8 @@ MAX_CONFLICT_RETRIES = 4
 
 
 class KubernetesSecretSink:
+    """One key of one Kubernetes Secret, written with optimistic concurrency and never replaced by an older token."""
+
     def __init__(
         self,
         config: SinkConfig,
@@ -98,6 +100,7 @@ class KubernetesSecretSink:
 
     # ---- Sink protocol ---------------------------------------------------------------------------------
     async def read(self) -> str | None:
+        """The token the Secret holds, or None (absent, unreadable: adoption then requests a new one)."""
         try:
             answer = await self._call("GET", self._url())
         except SinkError:
@@ -107,6 +110,7 @@ class KubernetesSecretSink:
         return _decode((answer.body.get("data") or {}).get(self.options.key))
 
     async def write(self, token: Token) -> bool:
+        """Put the token in the Secret unless it holds a newer one; False if it already held this token."""
         encoded = base64.b64encode(token.jwt.encode()).decode()
         for _ in range(MAX_CONFLICT_RETRIES):
             current = await self._call("GET", self._url())

@@ -22,6 +22,8 @@ MAX_STORE_BYTES = 1024 * 1024
 
 @dataclass(frozen=True)
 class Answer:
+    """A store's answer: status and the JSON body (None if it was not a JSON object)."""
+
     status: int
     body: dict[str, Any] | None
 

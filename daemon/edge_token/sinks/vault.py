@@ -32,6 +32,8 @@ MAX_EPOCH = 10**11  # about year 5138: beyond any real expiry
 
 
 class VaultKvSink:
+    """A Vault KV v2 secret, written with check-and-set and never replaced by an older token."""
+
     def __init__(
         self,
         config: SinkConfig,
@@ -70,7 +72,8 @@ class VaultKvSink:
         return await self._approle_login()
 
     async def _approle_login(self) -> str:
-        assert self.options.role_id is not None and self.options.secret_id is not None
+        if self.options.role_id is None or self.options.secret_id is None:
+            raise SinkError(f"{self.name}: set token_file, token_env, or role_id + secret_id_file")
         try:
             secret_id = self._secret(read_secret(self.options.secret_id, self._environ, "AppRole secret_id"))
         except ConfigError as exc:
@@ -81,11 +84,11 @@ class VaultKvSink:
         if not isinstance(auth, dict) or not isinstance(auth.get("client_token"), str):
             raise SinkError(f"{self.name}: AppRole login failed ({answer.status}): check role_id and secret_id")
         self._adopt_lease(auth)
-        assert self._client_token is not None
-        return self._client_token
+        return str(auth["client_token"])
 
     async def _renew_self(self) -> bool:
-        assert self._client_token is not None
+        if self._client_token is None:
+            return False
         answer = await self._call("POST", f"{self.options.address}/v1/auth/token/renew-self", self._client_token, {})
         auth = (answer.body or {}).get("auth") if answer.status == 200 else None
         if isinstance(auth, dict) and isinstance(auth.get("client_token"), str):
@@ -141,6 +144,7 @@ class VaultKvSink:
 
     # ---- Sink protocol ---------------------------------------------------------------------------------
     async def read(self) -> str | None:
+        """The token the secret holds, or None."""
         try:
             answer = await self._authorized("GET")
         except SinkError:
@@ -150,6 +154,7 @@ class VaultKvSink:
         return token if isinstance(token, str) else None
 
     async def write(self, token: Token) -> bool:
+        """Put the token in Vault unless it holds a newer one; False if it already held this token."""
         value = {
             "token": token.jwt,
             "token_type": token.token_type,

@@ -1,0 +1,168 @@
+"""The running profiles: one renewer per profile in the supervisor's slots, the JWKS refresh job each URL needs,
+which profiles may be unready, consumer hooks after a write, and a reload's plan applied.
+
+The daemon owns the process (phases, signals, systemd, the listener); this owns the profiles. Every outcome of a
+cycle reaches `_observe` once: readiness, metrics, then the daemon's `after_cycle` (systemd STATUS=/READY=1).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from edge_token.app import Parts
+from edge_token.core.clock import Clock
+from edge_token.core.health import ProfileStatus, ReadinessIndex, readiness, state_name, summary
+from edge_token.core.outcome import RenewalOutcome
+from edge_token.core.policy import next_run_at
+from edge_token.core.settings import Config, ReloadPlan
+from edge_token.core.token import Token
+from edge_token.cycle import Cycle
+from edge_token.observe.hooks import run_on_update, secret_variables, signal_pid_file
+from edge_token.observe.metrics import Metrics
+from edge_token.renewer import Renewer
+from edge_token.sinks import Sink
+from edge_token.supervisor import JobScheduler, Supervisor, job_id
+
+Spawn = Callable[[Coroutine[Any, Any, Any]], Any]
+
+
+class Profiles:
+    """Every selected profile of the running configuration, from added to removed."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        only: list[str] | None,
+        clock: Clock,
+        scheduler: JobScheduler,
+        spawn: Spawn,
+        log: Any,
+        metrics: Metrics,
+        environ: Mapping[str, str],
+        rng: random.Random,
+        on_rotated: Callable[[str, Token], None] | None,
+        after_cycle: Callable[[], None],
+    ) -> None:
+        self.config, self.only, self.clock, self.scheduler = config, only, clock, scheduler
+        self.spawn, self.log, self.metrics, self.environ = spawn, log, metrics, environ
+        self.after_cycle = after_cycle
+        self.parts: Parts | None = None  # set by start(): the session exists only while the daemon runs
+        self.roles: Callable[[], Mapping[str, str]] = dict  # fleet roles by profile (fleet mode sets this)
+        self.ready_index = ReadinessIndex()  # READY=1 and /readyz look only at the profiles that may be unready
+        self.cycle = Cycle(clock, rng, config.daemon.max_concurrent_renewals)
+        self._jwks_jobs: set[str] = set()  # JWKS URLs with a refresh job
+        self.supervisor = Supervisor(
+            scheduler, clock, spawn, self.cycle.step, log=log,
+            next_run_at=next_run_at, sink_retry_in=self.cycle.sink_retry_in, poll_in=self.cycle.poll_in,
+            observe=self._observe, on_rotated=on_rotated,
+        )  # fmt: skip
+
+    def start(self, parts: Parts) -> None:
+        """Add every selected profile: its first cycle runs at once."""
+        self.parts = parts
+        for name in self.selected(self.config):
+            self.add(name)
+
+    def selected(self, config: Config) -> list[str]:
+        """The profile names this daemon runs (`--profile` narrows them)."""
+        return [name for name in config.profiles if not self.only or name in self.only]
+
+    @property
+    def renewers(self) -> dict[str, Renewer]:
+        """Each profile's current renewer (a snapshot; the supervisor owns the slots)."""
+        return {name: slot.renewer for name, slot in self.supervisor.slots.items()}
+
+    def statuses(self, names: Iterable[str] | None = None) -> list[ProfileStatus]:
+        """The status snapshot of every profile (or of `names`), for /status, /readyz and systemd."""
+        roles = self.roles()
+        slots = self.supervisor.slots
+        chosen = slots if names is None else [n for n in names if n in slots]
+        return [
+            replace(slots[n].renewer.status(self.scheduler.next_run(job_id(n))), fleet_role=roles.get(n))
+            for n in chosen
+        ]
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """/readyz without a status per profile: only the profiles that may be unready are looked at (those whose
+        last cycle left them unready, and those whose token has expired since), so a probe of 1,000 ready profiles
+        is a pass over 1,000 floats, not 1,000 status snapshots (which cost ~30 ms and ran every few seconds)."""
+        if self.roles():  # fleet mode: /readyz also lists every profile's fleet role
+            return readiness(self.statuses())
+        return readiness(self.statuses(sorted(self.ready_index.suspects(self.clock.time()))))
+
+    def all_ready(self) -> bool:
+        """Every profile holds a valid token in every sink (O(1): the readiness index)."""
+        return not self.ready_index.unready and bool(self.supervisor.slots)
+
+    def summary(self) -> str:
+        """systemd's STATUS= line: counts by state and the next renewal."""
+        jobs = [self.scheduler.next_run(job_id(name)) for name in self.supervisor.slots]
+        return summary(self.statuses(), min((j for j in jobs if j is not None), default=None))
+
+    def trigger(self, name: str, force: bool = False) -> None:
+        """Start a cycle for the profile now, or right after the one in flight."""
+        self.supervisor.trigger(name, force)
+
+    def renew_all(self) -> None:
+        """SIGUSR1: renew every profile now, FRESH or not."""
+        self.log.info("daemon.renew_all", profiles=len(self.supervisor.slots))
+        for name in list(self.supervisor.slots):
+            self.supervisor.trigger(name, force=True)
+
+    def apply(self, new: Config, plan: ReloadPlan) -> None:
+        """Make the running profiles those of `new`, as `plan` (core.settings.plan_reload) says."""
+        self.config = new
+        if self.parts is not None:
+            self.parts.config = new
+        for name in plan.removed:
+            self.remove(name)
+        for name, inherit in plan.changed:
+            self.ready_index.waiting(name)  # until the new renewer's first cycle says otherwise
+            self.supervisor.replace(name, self._renewer(name), inherit=inherit)
+        for name in plan.added:
+            self.add(name)
+
+    def add(self, name: str) -> None:
+        """Start running a profile of the current configuration."""
+        self.ready_index.waiting(name)
+        self.supervisor.add(name, self._renewer(name))
+
+    def remove(self, name: str) -> None:
+        """Stop running a profile; its metrics series go too."""
+        self.supervisor.remove(name)
+        self.ready_index.forget(name)
+        self.metrics.forget(name)
+
+    def _renewer(self, name: str) -> Renewer:
+        if self.parts is None:
+            raise RuntimeError("profiles are added only while the daemon runs")
+        profile = self.config.profiles[name]
+        cache = self.parts.jwks_for(profile)
+        if cache.url not in self._jwks_jobs:  # one refresh job per JWKS URL, however many profiles share it
+            self._jwks_jobs.add(cache.url)
+            interval = self.config.daemon.jwks_refresh_seconds
+            self.scheduler.every(
+                f"jwks:{cache.url}", interval, lambda: self.spawn(cache.refresh()), jitter=0.05 * interval
+            )
+        return self.parts.renewer(profile, on_written=self._on_written)
+
+    def _observe(self, renewer: Renewer, outcomes: list[RenewalOutcome], when: float | None) -> None:
+        name = renewer.profile.name
+        if name in self.supervisor.slots and self.supervisor.slots[name].renewer is renewer:
+            expires_at = renewer.current.expires_at if renewer.current is not None else None
+            self.ready_index.update(name, renewer.ready(), expires_at)
+        state = state_name(renewer.state(), renewer.last_error)
+        for outcome in outcomes:
+            self.metrics.observe(outcome, state, when)
+        self.after_cycle()
+
+    def _on_written(self, profile: str, sink: Sink, token: Token) -> None:
+        config = sink.config
+        if config.on_update:
+            self.spawn(run_on_update(config, profile, self.environ, self.log, secret_variables(self.config)))
+        if config.signal:
+            signal_pid_file(config, self.log)
