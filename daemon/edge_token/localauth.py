@@ -94,19 +94,23 @@ class LocalAuthServer:
     # ---- addresses ---------------------------------------------------------------------------------------
     @property
     def issuer(self) -> str:
+        """The `iss` of every token: the base URL with Auth0's trailing slash (what a profile's `issuer` must be)."""
         return self.base_url + "/"
 
     @property
     def token_url(self) -> str:
+        """Where clients POST client-credentials requests (Auth0's path)."""
         return self.base_url + "/oauth/token"
 
     @property
     def jwks_url(self) -> str:
+        """Where the public keys are published, as the discovery document also says."""
         return self.base_url + "/.well-known/jwks.json"
 
     # ---- knobs -------------------------------------------------------------------------------------------
     @property
     def signing_key(self) -> RSAKey:
+        """The key new tokens are signed with: the newest one (older ones may still be published)."""
         return self.keys[-1]
 
     def rotate_key(self, keep_old: bool = True) -> RSAKey:
@@ -124,6 +128,7 @@ class LocalAuthServer:
         return {"keys": [key.as_dict(private=False) for key in self.keys]}
 
     def claims_for(self, client_id: str, audience: str) -> dict[str, Any]:
+        """The claims Auth0 puts in a client-credentials token for this client and audience, issued now."""
         issued = int(self.now())
         return {
             "iss": self.issuer,
@@ -139,13 +144,15 @@ class LocalAuthServer:
         }
 
     def mint(self, claims: dict[str, Any], header: dict[str, Any] | None = None, key: RSAKey | None = None) -> str:
-        """Sign arbitrary claims (tests build bad tokens with this)."""
+        """Sign claims with a header and key of the caller's choosing (default: the current key): the server's own
+        tokens, and the forged or foreign ones a test or a local experiment needs."""
         key = key or self.signing_key
         head = {"alg": "RS256", "typ": "JWT", "kid": key.kid, **(header or {})}
         return jwt.encode(head, claims, key, algorithms=[head["alg"]])
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
     async def start(self, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None) -> str:
+        """Serve on `host:port` (0: a free port), over HTTPS with `tls`; return the base URL actually bound."""
         app = web.Application()
         app.router.add_post("/oauth/token", self._token)
         app.router.add_get("/.well-known/jwks.json", self._jwks)
@@ -160,6 +167,7 @@ class LocalAuthServer:
         return self.base_url
 
     async def stop(self) -> None:
+        """Close the listener and every connection; safe to call twice."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
