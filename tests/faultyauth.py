@@ -90,10 +90,12 @@ class FaultyAuthServer(LocalAuthServer):
 
     @cached_property
     def token_faults(self) -> deque[Fault]:
+        """Answers for the next token requests, first in first out (after the rate limit and quotas)."""
         return deque()
 
     @cached_property
     def jwks_faults(self) -> deque[Fault]:
+        """Answers for the next JWKS fetches, first in first out."""
         return deque()
 
     @cached_property
