@@ -151,7 +151,7 @@ def runtime_failures(config: Config) -> set[str]:
         failed.add("profiles.p.sinks[0].on_update")
     assert store_sink.store is not None
     try:
-        tls_context(store_sink.store.ca_file)  # type: ignore[union-attr]
+        tls_context(store_sink.store.ca_file)
     except EdgeTokenError:
         failed.add("profiles.p.sinks[1].ca_file")
     if not asyncio.run(_listens(config.daemon.listen)):
