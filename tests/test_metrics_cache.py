@@ -129,7 +129,8 @@ class MetricsMachine(RuleBasedStateMachine):
     @rule(profile=st.sampled_from(PROFILES))
     def forget(self, profile: str) -> None:
         self.metrics.forget(profile)
-        for model in (self.refresh, self.requests, self.writes, self.fleet, self.expiry, self.state):
+        models: list[dict[Any, Any]] = [self.refresh, self.requests, self.writes, self.fleet, self.expiry, self.state]
+        for model in models:
             for key in [k for k in model if k == profile or (isinstance(k, tuple) and k[0] == profile)]:
                 del model[key]
         self.changed.discard(profile)
