@@ -4,11 +4,15 @@ config loading, the profile's egress (token endpoint, JWKS), etcd, both secret s
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
+import pwd
+import sys
 import threading
 import time
+from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from joserfc.jwk import RSAKey
 
-from conftest import FakeClock, profile_toml
+from conftest import CLIENT_ID, CLIENT_SECRET, FakeClock, profile_toml
 from edge_token.config import load_config
 from edge_token.core import strictjson
 from edge_token.core.errors import ConfigError, EdgeTokenError, JwksError, ProtocolError, SinkError
@@ -46,6 +50,7 @@ from edge_token.provider.verify import Rules, verify_token
 from edge_token.sinks.kubernetes import KubernetesSecretSink
 from edge_token.sinks.vault import VaultKvSink
 from egressparts import PrivateCA, make_ca
+from unprivileged import as_user
 
 JWKS_KEY = RSAKey.generate_key(2048, parameters={"kid": "one-path"}).as_dict(private=False)
 NEW_TOKEN = Token(jwt="eyJh.eyJuZXc.sig", claims={"exp": 2e9}, received_at=2e9 - 1000, lifetime=1000)
@@ -430,3 +435,43 @@ async def test_a_token_with_a_trailing_newline_is_malformed_before_any_key_is_co
     with pytest.raises(EdgeTokenError) as caught:
         await verify_token(token + "\n", keys, rules, auth.now())
     assert getattr(caught.value, "reason", None) == "malformed" and asked == []
+
+
+# ---- 5. the builder's reading works where the daemon really runs: unprivileged and non-dumpable ----------------
+
+
+async def test_an_unprivileged_non_dumpable_once_trusts_its_ca_file(public_dir: Path, secret_file: Path) -> None:
+    """`once` as `nobody` (hardened: PR_SET_DUMPABLE 0, which makes /proc/self root-owned) against an HTTPS provider
+    under a private CA: the builder hands OpenSSL the file it opened through /proc/self/fd, and that works for a
+    non-dumpable, unprivileged process too (the kernel always lets a process reach its own descriptors)."""
+    nobody = pwd.getpwnam("nobody")
+    ca = make_ca(public_dir / "ca")
+    for path in (ca.ca_file, public_dir / "ca"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    server = LocalAuthServer({CLIENT_ID: CLIENT_SECRET}, ttl=1000, now=time.time)
+    await server.start(tls=ca.server_context())
+    try:
+        sinks, secret = public_dir / "out", public_dir / "client.secret"
+        sinks.mkdir(mode=0o700)
+        secret.write_text(secret_file.read_text())
+        secret.chmod(0o600)
+        config = public_dir / "config.toml"
+        config.write_text(
+            '[daemon]\nlisten = ""\n'
+            + profile_toml("main", server, secret, [{"path": str(sinks / "t.jwt")}], ca_file=str(ca.ca_file))
+        )
+        config.chmod(0o600)
+        for path in (sinks, secret, config):
+            os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        argv = as_user(nobody.pw_uid, nobody.pw_gid, sys.executable, "-m", "edge_token", "once", "-c", str(config))
+        child = await asyncio.create_subprocess_exec(*argv, stdout=PIPE, stderr=PIPE)
+        try:
+            _out, err = await asyncio.wait_for(child.communicate(), 60)
+        finally:
+            if child.returncode is None:
+                child.kill()
+                await child.wait()
+        assert child.returncode == 0, err.decode()
+        assert (sinks / "t.jwt").read_text() == server.issued[-1]
+    finally:
+        await server.stop()

@@ -25,7 +25,6 @@ import binascii
 import os
 import re
 import socket
-import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -102,7 +101,8 @@ class Etcd:
         #: re-authentications attempted, and how many of them etcd answered with a rejection (for metrics)
         self.authentications = 0
         self.auth_rejections = 0
-        self._tls()  # now: a missing or broken TLS file fails the start (exit 78) naming the key, never a traceback
+        self._tls_files = (config.ca_file, config.cert_file, config.key_file)
+        client_context("fleet", *self._tls_files)  # now: a missing or broken file fails the start (exit 78), key named
 
     async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST one gateway call, trying each endpoint once from the last one that worked; one re-authentication on a
@@ -129,7 +129,8 @@ class Etcd:
         # the TLS files through the one cached builder, so a renewed CA or client certificate is used at once
         status, raw = await exchange(
             self._session, "POST", f"{endpoint}{path}", what="etcd", error=EtcdUnavailable,
-            limit=MAX_ETCD_BYTES, timeout=self.config.timeout_seconds, headers=headers, body=body, tls=self._tls(),
+            limit=MAX_ETCD_BYTES, timeout=self.config.timeout_seconds, headers=headers, body=body,
+            tls=client_context("fleet", *self._tls_files),
             secrets=tuple(filter(None, (self._auth_token, body.get("password")))),
             via=egress.route(self.config.egress, endpoint, os.environ), key="fleet.etcd_endpoints",
         )  # fmt: skip
@@ -154,10 +155,6 @@ class Etcd:
             if not isinstance(data, dict):
                 raise ValueError("etcd answer is not an object")
         return data
-
-    def _tls(self) -> ssl.SSLContext | bool:
-        """[fleet] ca_file / cert_file / key_file through the one builder; a bad file names fleet.<key> (exit 78)."""
-        return client_context("fleet", self.config.ca_file, self.config.cert_file, self.config.key_file)
 
     async def _authenticate(self, endpoint: str) -> None:
         if self.config.password is None:
