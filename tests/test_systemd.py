@@ -108,6 +108,8 @@ async def test_no_ready_before_the_first_token(
         assert notify.lines("READY=1") == []
         assert any("not ready: main" in m for m in notify.messages)
         await notify.wait_for("READY=1")
+        # the log line is written before READY=1 is sent, but the two reach us on different pipes
+        await daemon.wait_for("token.renewed")
         assert daemon.count("token.renewed") == 1
     finally:
         await daemon.stop()

@@ -144,6 +144,9 @@ def parse_profile(name: str, table: Table, environ: Mapping[str, str], file_priv
         egress=egress_setting(table, ca_bundle(table)),
         required_claims=required_claims(table),
     )
+    unmet = impossible_pin(profile)
+    if unmet:
+        raise ConfigError(f"{table.file}: {table.path('required_claims')}.{unmet[0]}: {unmet[1]}")
     if profile.refresh_at - profile.jitter < 0.05:
         raise ConfigError(f"{table.file}: {table.where}: refresh_at minus jitter must leave at least 0.05")
     return profile
@@ -202,3 +205,21 @@ def parse_fleet(table: Table) -> FleetConfig | None:
         key_file=tls_files[2],
         egress=egress_setting(table, None),
     )
+
+
+NUMERIC_DATES = ("exp", "iat", "nbf")
+CLIENT_CLAIMS = ("azp", "client_id", "appid")
+
+
+def impossible_pin(profile: ProfileConfig) -> tuple[str, str] | None:
+    """(claim, why) for a `required_claims` pin no token the verifier accepts can carry, else None: the profile
+    would never get a token, and only a failing renewal would say so. The verifier wants `iss` equal to `issuer`,
+    `azp`/`client_id`/`appid` (when present) equal to `client_id`, and numbers in the NumericDates."""
+    for name, value in profile.required_claims:
+        if name == "iss" and value != profile.issuer:
+            return name, f"pins {value!r}, but tokens must carry issuer = {profile.issuer!r}; drop the pin or fix one"
+        if name in CLIENT_CLAIMS and value != profile.client_id:
+            return name, f"pins {value!r}, but a token naming another client than client_id is always refused"
+        if name in NUMERIC_DATES:
+            return name, "is a NumericDate (a number that changes with every token); it cannot be pinned to a string"
+    return None

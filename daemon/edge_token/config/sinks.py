@@ -1,11 +1,12 @@
-"""`[[profiles.NAME.sinks]]` tables: the keys each sink type accepts and its option parser (SINK_PARSERS: adding
-a sink type is one parser here and one module in sinks/)."""
+"""`[[profiles.NAME.sinks]]` tables: the keys each sink type accepts and its parser (`SINK_TYPES`: adding a sink
+type is one entry and parser here and one module in sinks/)."""
 
 from __future__ import annotations
 
 import grp
 import pwd
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +30,48 @@ SIGNALS = ("HUP", "USR1", "USR2", "TERM", "INT")
 
 COMMON_SINK_KEYS = frozenset({"type", "on_update", "on_update_timeout", "signal", "pid_file"})
 
-SINK_KEYS = {
-    "file": COMMON_SINK_KEYS | {"path", "format", "mode", "owner", "group", "env_name"},
-    "kubernetes_secret": COMMON_SINK_KEYS | {"secret_name", "namespace", "key", "labels", "annotations", "api_url",
-                                             "token_file", "ca_file", "timeout_seconds"} | PROXY_KEYS,
-    "vault_kv": COMMON_SINK_KEYS | {"address", "mount", "path", "namespace", "token_file", "token_env", "role_id",
-                                    "secret_id_file", "approle_mount", "ca_file", "timeout_seconds"} | PROXY_KEYS,
-}  # fmt: skip
+FILE_KEYS = frozenset({"path", "format", "mode", "owner", "group", "env_name"})
+KUBERNETES_KEYS = (
+    frozenset(
+        {
+            "secret_name",
+            "namespace",
+            "key",
+            "labels",
+            "annotations",
+            "api_url",
+            "token_file",
+            "ca_file",
+            "timeout_seconds",
+        }
+    )
+    | PROXY_KEYS
+)
+VAULT_KEYS = (
+    frozenset(
+        {
+            "address",
+            "mount",
+            "path",
+            "namespace",
+            "token_file",
+            "token_env",
+            "role_id",
+            "secret_id_file",
+            "approle_mount",
+            "ca_file",
+            "timeout_seconds",
+        }
+    )
+    | PROXY_KEYS
+)
 
 
 def parse_sink(table: Table) -> SinkConfig:
     """One `[[profiles.NAME.sinks]]` table -> SinkConfig: the keys its type accepts, hooks, then the type's options."""
-    kind = table.text("type", "file", choices=tuple(SINK_KEYS)) or "file"
-    table.only(frozenset(SINK_KEYS[kind]))
+    kind = table.text("type", "file", choices=tuple(SINK_TYPES)) or "file"
+    keys, parse_options = SINK_TYPES[kind]
+    table.only(COMMON_SINK_KEYS | keys)
     signal = table.text("signal", None, choices=SIGNALS)
     pid_file = table.text("pid_file", None)
     if (signal is None) != (pid_file is None):
@@ -56,10 +86,11 @@ def parse_sink(table: Table) -> SinkConfig:
         "signal": signal,
         "pid_file": Path(pid_file) if pid_file else None,
     }
-    if kind == "kubernetes_secret":
-        return SinkConfig(**common, store=kubernetes_options(table))
-    if kind == "vault_kv":
-        return SinkConfig(**common, store=vault_options(table))
+    return parse_options(table, common)
+
+
+def file_sink(table: Table, common: dict[str, Any]) -> SinkConfig:
+    """`type = "file"` (the default): path (relative to the config file), format, exact mode, owner and group."""
     path_text = table.text("path")
     if path_text is None:
         raise table.fail("path", "the absolute path of the token file")
@@ -147,3 +178,22 @@ def check_program(table: Table, program: Path) -> None:
         check_trusted_file(program, info, f"on_update program of {table.where}")
     except ConfigError as exc:
         raise ConfigError(f"{table.file}: {table.path('on_update')}: {exc}") from None
+
+
+def kubernetes_sink(table: Table, common: dict[str, Any]) -> SinkConfig:
+    """`type = "kubernetes_secret"`."""
+    return SinkConfig(**common, store=kubernetes_options(table))
+
+
+def vault_sink(table: Table, common: dict[str, Any]) -> SinkConfig:
+    """`type = "vault_kv"`."""
+    return SinkConfig(**common, store=vault_options(table))
+
+
+# Every sink type: the keys its table may hold (besides the common ones) and its parser. A new sink type is one
+# entry here and one module in sinks/ (sinks.build_sink).
+SINK_TYPES: dict[str, tuple[frozenset[str], Callable[[Table, dict[str, Any]], SinkConfig]]] = {
+    "file": (FILE_KEYS, file_sink),
+    "kubernetes_secret": (KUBERNETES_KEYS, kubernetes_sink),
+    "vault_kv": (VAULT_KEYS, vault_sink),
+}
