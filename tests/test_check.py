@@ -151,7 +151,7 @@ def runtime_failures(config: Config) -> set[str]:
         failed.add("profiles.p.sinks[0].on_update")
     assert store_sink.store is not None
     try:
-        trust(store_sink.store.ca_file, "store")  # type: ignore[union-attr]
+        trust(store_sink.store.ca_file, "store")
     except EdgeTokenError:
         failed.add("profiles.p.sinks[1].ca_file")
     if not asyncio.run(_listens(config.daemon.listen)):

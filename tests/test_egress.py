@@ -21,6 +21,7 @@ from edge_token.localauth import LocalAuthServer
 from edge_token.net.egress import ProxyRejected, bypassed
 from edge_token.net.http import make_session
 from egressparts import TINYPROXY, PrivateCA, TinyProxy, free_port, make_ca
+from faultyauth import FaultyAuthServer
 
 pytestmark = pytest.mark.skipif(not Path(TINYPROXY).exists(), reason="tinyproxy not installed (.ci/run installs it)")
 
@@ -33,9 +34,9 @@ def ca(tmp_path: Path) -> PrivateCA:
 
 
 @pytest.fixture
-async def tls_auth(clock: FakeClock, ca: PrivateCA) -> AsyncIterator[LocalAuthServer]:
+async def tls_auth(clock: FakeClock, ca: PrivateCA) -> AsyncIterator[FaultyAuthServer]:
     """The bundled auth server over HTTPS with a certificate from the test CA (not in the system trust)."""
-    server = LocalAuthServer({CLIENT_ID: CLIENT_SECRET}, ttl=1000, now=clock.time)
+    server = FaultyAuthServer({CLIENT_ID: CLIENT_SECRET}, ttl=1000, now=clock.time)
     await server.start(tls=ca.server_context())
     yield server
     await server.stop()
@@ -84,7 +85,7 @@ def proxy_auth_file(tmp_path: Path, password: str = PROXY_PASSWORD) -> Path:
 
 # ---- private CA ------------------------------------------------------------------------------------------------
 async def test_tls_provider_under_a_private_ca_needs_its_ca_file(
-    tls_auth: LocalAuthServer, ca: PrivateCA, renew_once: Callable[..., Any], tmp_path: Path
+    tls_auth: FaultyAuthServer, ca: PrivateCA, renew_once: Callable[..., Any], tmp_path: Path
 ) -> None:
     """Without ca_file the test CA is not trusted (TLS fails, nothing written); with it the token arrives."""
     refused = await renew_once(tls_auth)

@@ -50,6 +50,7 @@ from edge_token.provider.verify import Rules, verify_token
 from edge_token.sinks.kubernetes import KubernetesSecretSink
 from edge_token.sinks.vault import VaultKvSink
 from egressparts import PrivateCA, make_ca
+from faultyauth import FaultyAuthServer
 from unprivileged import as_user
 
 JWKS_KEY = RSAKey.generate_key(2048, parameters={"kid": "one-path"}).as_dict(private=False)
@@ -448,7 +449,7 @@ async def test_an_unprivileged_non_dumpable_once_trusts_its_ca_file(public_dir: 
     ca = make_ca(public_dir / "ca")
     for path in (ca.ca_file, public_dir / "ca"):
         path.chmod(0o755 if path.is_dir() else 0o644)
-    server = LocalAuthServer({CLIENT_ID: CLIENT_SECRET}, ttl=1000, now=time.time)
+    server = FaultyAuthServer({CLIENT_ID: CLIENT_SECRET}, ttl=1000, now=time.time)
     await server.start(tls=ca.server_context())
     try:
         sinks, secret = public_dir / "out", public_dir / "client.secret"
