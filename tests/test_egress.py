@@ -272,8 +272,8 @@ def test_no_proxy_never_raises_and_star_always_bypasses(no_proxy: str, host: str
         ({"proxy": "env", "proxy_auth_file": "/a", "proxy_auth_credential": "b"}, "not both"),
         ({"required_claims": {"tenant": 3}}, "required string value"),
         ({"proxy_url": "http://proxy:3128"}, "unknown key"),
-        ({"ca_file": "/nonexistent/ca.pem"}, "ca_file: cannot read CA bundle"),
-        ({"ca_file": "/etc/hostname"}, "ca_file: cannot load CA bundle"),
+        ({"ca_file": "/nonexistent/ca.pem"}, "ca_file = '/nonexistent/ca.pem': cannot read the file"),
+        ({"ca_file": "/etc/hostname"}, "ca_file = '/etc/hostname': not a PEM CA bundle"),
     ],
 )
 def test_bad_egress_config_is_refused(
