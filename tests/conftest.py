@@ -21,6 +21,7 @@ from edge_token.core.settings import Config
 from edge_token.localauth import LocalAuthServer
 from edge_token.net.http import make_session
 from edge_token.renewer import Renewer
+from faultyauth import FaultyAuthServer
 
 if TYPE_CHECKING:
     from daemonproc import DaemonProcess
@@ -66,15 +67,15 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def auth(clock: FakeClock) -> AsyncIterator[LocalAuthServer]:
-    server = LocalAuthServer({CLIENT_ID: CLIENT_SECRET, OTHER_CLIENT: OTHER_SECRET}, ttl=1000, now=clock.time)
+async def auth(clock: FakeClock) -> AsyncIterator[FaultyAuthServer]:
+    server = FaultyAuthServer({CLIENT_ID: CLIENT_SECRET, OTHER_CLIENT: OTHER_SECRET}, ttl=1000, now=clock.time)
     await server.start()
     yield server
     await server.stop()
 
 
 @pytest.fixture
-def live_auth(auth: LocalAuthServer, request: pytest.FixtureRequest) -> LocalAuthServer:
+def live_auth(auth: FaultyAuthServer, request: pytest.FixtureRequest) -> FaultyAuthServer:
     """The auth server on the real clock, for tests that run the daemon as a child process; token lifetime from
     the test module's AUTH_TTL (default 1000 s)."""
     auth.now = time.time

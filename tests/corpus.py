@@ -15,7 +15,8 @@ from joserfc.jwk import RSAKey
 
 from conftest import CLIENT_ID, OTHER_CLIENT
 from edge_token.core.errors import CredentialsRejected, ProtocolError, TransientError
-from edge_token.localauth import Fault, LocalAuthServer
+from edge_token.localauth import LocalAuthServer
+from faultyauth import Fault
 
 
 def b64(data: Any) -> str:

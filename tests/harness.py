@@ -140,11 +140,11 @@ class LoopWorld:
         from pathlib import Path
 
         from conftest import CLIENT_ID, CLIENT_SECRET, FakeClock
-        from edge_token.localauth import LocalAuthServer
+        from faultyauth import FaultyAuthServer
 
         self.loop, self.clock = asyncio.new_event_loop(), FakeClock()
         self.dir = Path(tempfile.mkdtemp(prefix=prefix))
-        self.auth = LocalAuthServer({CLIENT_ID: CLIENT_SECRET}, ttl=ttl, now=self.clock.time)
+        self.auth = FaultyAuthServer({CLIENT_ID: CLIENT_SECRET}, ttl=ttl, now=self.clock.time)
         self.loop.run_until_complete(self.auth.start())
         self.secret = self.dir / "secret"
         self.secret.write_text(CLIENT_SECRET)

@@ -19,12 +19,12 @@ from collections import Counter
 
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
+from joserfc.jwk import DictKey, KeySet
 
 
 def main() -> None:
     path, jwks_url, issuer, audience, client_id, seconds = sys.argv[1:7]
-    known: dict[str, dict[str, object]] = {}
+    known: dict[str, DictKey] = {}
     keys = KeySet([])
 
     def refresh() -> KeySet:

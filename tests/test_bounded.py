@@ -26,9 +26,9 @@ from edge_token.app import exit_code, run_once
 from edge_token.config import load_config
 from edge_token.core.errors import ProtocolError, VerificationError
 from edge_token.core.policy import MIN_RUN_GAP, parse_retry_after
-from edge_token.localauth import Fault, LocalAuthServer
 from edge_token.provider.oauth import parse_token_answer
 from edge_token.provider.verify import Rules, check_claims
+from faultyauth import Fault, FaultyAuthServer
 from harness import LoopWorld
 
 TTL = 1000.0
@@ -73,7 +73,7 @@ answer = st.builds(
 )
 
 
-def fault(auth: LocalAuthServer, spec: tuple[int, dict[str, str], Any, bool]) -> Fault:
+def fault(auth: FaultyAuthServer, spec: tuple[int, dict[str, str], Any, bool]) -> Fault:
     """Turn a generated answer into what the auth server sends (VALID becomes a real token for our client)."""
     status, headers, body, form = spec
     headers = {k: v.encode("utf-8", "replace").decode("latin-1") for k, v in headers.items()}  # HTTP is bytes

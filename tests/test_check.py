@@ -35,7 +35,7 @@ from edge_token.observe.metrics import Metrics
 from edge_token.preflight import Problem, preflight
 from edge_token.secrets import read_secret
 from edge_token.sinks.atomicfile import write_atomic
-from edge_token.sinks.storehttp import tls_context
+from edge_token.sinks.storehttp import trust
 
 # fault -> the key path check must name
 FAULTS = {
@@ -151,7 +151,7 @@ def runtime_failures(config: Config) -> set[str]:
         failed.add("profiles.p.sinks[0].on_update")
     assert store_sink.store is not None
     try:
-        tls_context(store_sink.store.ca_file)  # type: ignore[union-attr]
+        trust(store_sink.store.ca_file, "store")
     except EdgeTokenError:
         failed.add("profiles.p.sinks[1].ca_file")
     if not asyncio.run(_listens(config.daemon.listen)):

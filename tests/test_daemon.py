@@ -12,17 +12,19 @@ import pytest
 
 from conftest import profile_toml
 from daemonproc import DaemonProcess, Reader, reference_check
-from edge_token.localauth import Fault, LocalAuthServer
 from edge_token.provider.verify import decode_unverified
+from faultyauth import Fault, FaultyAuthServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("live_auth")]
 
+Profiles = dict[str, tuple[list[dict[str, Any]], dict[str, Any]]]  # name -> (sinks, settings)
+
 
 @pytest.fixture
-def write(tmp_path: Path, auth: LocalAuthServer, secret_file: Path) -> Callable[..., Path]:
+def write(tmp_path: Path, auth: FaultyAuthServer, secret_file: Path) -> Callable[..., Path]:
     """Write config.toml with the given profiles: {name: (sinks, settings)}; default one profile 'main'."""
 
-    def make(profiles: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] | None = None, **settings: Any) -> Path:
+    def make(profiles: Profiles | None = None, **settings: Any) -> Path:
         if profiles is None:
             profiles = {"main": ([{"path": str(tmp_path / "token.jwt")}], settings)}
         text = '[daemon]\nlog_format = "json"\nlisten = ""\njwks_min_refetch_seconds = 1\n'
@@ -46,7 +48,7 @@ def temp_files(directory: Path) -> list[str]:
 
 
 async def test_one_request_per_rotation_and_readers_never_see_a_bad_token(
-    auth: LocalAuthServer, write: Callable[..., Path], daemons: list[DaemonProcess], tmp_path: Path
+    auth: FaultyAuthServer, write: Callable[..., Path], daemons: list[DaemonProcess], tmp_path: Path
 ) -> None:
     """Over five rotations: one request each, distinct tokens, and a tight-loop reader sees only good tokens."""
     auth.ttl = 3
@@ -63,7 +65,7 @@ async def test_one_request_per_rotation_and_readers_never_see_a_bad_token(
 
 
 async def test_restart_with_a_fresh_token_makes_no_request(
-    auth: LocalAuthServer, write: Callable[..., Path], daemons: list[DaemonProcess], tmp_path: Path
+    auth: FaultyAuthServer, write: Callable[..., Path], daemons: list[DaemonProcess], tmp_path: Path
 ) -> None:
     """Stop and start again: the token on disk is adopted, the provider is not asked."""
     auth.ttl = 1000
@@ -79,7 +81,7 @@ async def test_restart_with_a_fresh_token_makes_no_request(
 
 
 async def test_outage_longer_than_the_lifetime_then_recovery(
-    auth: LocalAuthServer, write: Callable[..., Path], daemons: list[DaemonProcess], tmp_path: Path
+    auth: FaultyAuthServer, write: Callable[..., Path], daemons: list[DaemonProcess], tmp_path: Path
 ) -> None:
     """The token expires during an outage; retries go on; within the backoff cap of recovery it is renewed."""
     auth.ttl = 2
@@ -95,7 +97,7 @@ async def test_outage_longer_than_the_lifetime_then_recovery(
 
 
 async def test_retry_after_is_respected(
-    auth: LocalAuthServer, write: Callable[..., Path], daemons: list[DaemonProcess]
+    auth: FaultyAuthServer, write: Callable[..., Path], daemons: list[DaemonProcess]
 ) -> None:
     """A 503 with Retry-After: 2 delays the next request by at least two seconds."""
     auth.token_faults.append(Fault(503, b"busy", {"Retry-After": "2"}))
@@ -106,7 +108,7 @@ async def test_retry_after_is_respected(
 
 
 async def test_jwks_rotation_mid_run(
-    auth: LocalAuthServer, write: Callable[..., Path], daemons: list[DaemonProcess], tmp_path: Path
+    auth: FaultyAuthServer, write: Callable[..., Path], daemons: list[DaemonProcess], tmp_path: Path
 ) -> None:
     """The provider switches to a new key and drops the old one: the next renewal verifies with the new kid."""
     auth.ttl = 3
@@ -121,7 +123,7 @@ async def test_jwks_rotation_mid_run(
 
 
 async def test_failing_sink_is_retried_without_new_token_requests(
-    auth: LocalAuthServer, write: Callable[..., Path], daemons: list[DaemonProcess], tmp_path: Path
+    auth: FaultyAuthServer, write: Callable[..., Path], daemons: list[DaemonProcess], tmp_path: Path
 ) -> None:
     """A sink whose directory is missing is retried on its own timer; the other sink is written at once."""
     auth.ttl = 1000
@@ -137,12 +139,12 @@ async def test_failing_sink_is_retried_without_new_token_requests(
 
 
 async def test_sighup_adds_removes_and_rejects_invalid_configs(
-    auth: LocalAuthServer, write: Callable[..., Path], daemons: list[DaemonProcess], tmp_path: Path
+    auth: FaultyAuthServer, write: Callable[..., Path], daemons: list[DaemonProcess], tmp_path: Path
 ) -> None:
     """SIGHUP: a new profile starts, an unchanged one keeps its token, a bad config is refused, removal stops."""
     auth.ttl = 1000
-    one = {"one": ([{"path": str(tmp_path / "one.jwt")}], {})}
-    two = {"two": ([{"path": str(tmp_path / "two.jwt")}], {})}
+    one: Profiles = {"one": ([{"path": str(tmp_path / "one.jwt")}], {})}
+    two: Profiles = {"two": ([{"path": str(tmp_path / "two.jwt")}], {})}
     config = write(one)
     daemon = await start(daemons, config)
     await daemon.wait_for("token.renewed", profile="one")
@@ -166,7 +168,7 @@ async def test_sighup_adds_removes_and_rejects_invalid_configs(
 
 
 async def test_sigusr1_renews_now(
-    auth: LocalAuthServer, write: Callable[..., Path], daemons: list[DaemonProcess]
+    auth: FaultyAuthServer, write: Callable[..., Path], daemons: list[DaemonProcess]
 ) -> None:
     """SIGUSR1 renews a FRESH token at once."""
     auth.ttl = 1000
@@ -178,7 +180,7 @@ async def test_sigusr1_renews_now(
 
 
 async def test_sigterm_during_writes_leaves_complete_files_and_no_temp_files(
-    auth: LocalAuthServer, write: Callable[..., Path], daemons: list[DaemonProcess], tmp_path: Path
+    auth: FaultyAuthServer, write: Callable[..., Path], daemons: list[DaemonProcess], tmp_path: Path
 ) -> None:
     """SIGTERM while twenty sinks are being written: exit 0, every sink holds a whole verified token."""
     auth.ttl = 30

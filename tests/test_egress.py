@@ -21,6 +21,7 @@ from edge_token.localauth import LocalAuthServer
 from edge_token.net.egress import ProxyRejected, bypassed
 from edge_token.net.http import make_session
 from egressparts import TINYPROXY, PrivateCA, TinyProxy, free_port, make_ca
+from faultyauth import FaultyAuthServer
 
 pytestmark = pytest.mark.skipif(not Path(TINYPROXY).exists(), reason="tinyproxy not installed (.ci/run installs it)")
 
@@ -33,9 +34,9 @@ def ca(tmp_path: Path) -> PrivateCA:
 
 
 @pytest.fixture
-async def tls_auth(clock: FakeClock, ca: PrivateCA) -> AsyncIterator[LocalAuthServer]:
+async def tls_auth(clock: FakeClock, ca: PrivateCA) -> AsyncIterator[FaultyAuthServer]:
     """The bundled auth server over HTTPS with a certificate from the test CA (not in the system trust)."""
-    server = LocalAuthServer({CLIENT_ID: CLIENT_SECRET}, ttl=1000, now=clock.time)
+    server = FaultyAuthServer({CLIENT_ID: CLIENT_SECRET}, ttl=1000, now=clock.time)
     await server.start(tls=ca.server_context())
     yield server
     await server.stop()
@@ -84,7 +85,7 @@ def proxy_auth_file(tmp_path: Path, password: str = PROXY_PASSWORD) -> Path:
 
 # ---- private CA ------------------------------------------------------------------------------------------------
 async def test_tls_provider_under_a_private_ca_needs_its_ca_file(
-    tls_auth: LocalAuthServer, ca: PrivateCA, renew_once: Callable[..., Any], tmp_path: Path
+    tls_auth: FaultyAuthServer, ca: PrivateCA, renew_once: Callable[..., Any], tmp_path: Path
 ) -> None:
     """Without ca_file the test CA is not trusted (TLS fails, nothing written); with it the token arrives."""
     refused = await renew_once(tls_auth)
@@ -271,8 +272,8 @@ def test_no_proxy_never_raises_and_star_always_bypasses(no_proxy: str, host: str
         ({"proxy": "env", "proxy_auth_file": "/a", "proxy_auth_credential": "b"}, "not both"),
         ({"required_claims": {"tenant": 3}}, "required string value"),
         ({"proxy_url": "http://proxy:3128"}, "unknown key"),
-        ({"ca_file": "/nonexistent/ca.pem"}, "ca_file: cannot read CA bundle"),
-        ({"ca_file": "/etc/hostname"}, "ca_file: cannot load CA bundle"),
+        ({"ca_file": "/nonexistent/ca.pem"}, "ca_file = '/nonexistent/ca.pem': cannot read the file"),
+        ({"ca_file": "/etc/hostname"}, "ca_file = '/etc/hostname': not a PEM CA bundle"),
     ],
 )
 def test_bad_egress_config_is_refused(

@@ -25,7 +25,7 @@ from cryptography.x509.oid import NameOID
 
 from cliproc import edge_token
 from conftest import profile_toml
-from edge_token.localauth import Fault, LocalAuthServer
+from faultyauth import Fault, FaultyAuthServer
 
 pytestmark = pytest.mark.usefixtures("live_auth")
 
@@ -37,7 +37,7 @@ class Env:
     """What a row may build on: a directory, the auth server, a working secret file, a closed port, a TLS URL."""
 
     tmp: Path
-    auth: LocalAuthServer
+    auth: FaultyAuthServer
     secret: Path
     closed_port: int
     tls_url: str
@@ -212,7 +212,7 @@ async def untrusted_tls(tmp_path: Path) -> AsyncIterator[str]:
 
 @pytest.mark.parametrize("row", list(ROWS))
 async def test_every_error_says_what_and_what_to_do(
-    row: str, tmp_path: Path, auth: LocalAuthServer, secret_file: Path, untrusted_tls: str
+    row: str, tmp_path: Path, auth: FaultyAuthServer, secret_file: Path, untrusted_tls: str
 ) -> None:
     """Each documented failure: its sysexits code, the key/file/URL and the fix on stderr, no library internals,
     no secret."""

@@ -21,9 +21,9 @@ import pytest
 from conftest import CLIENT_SECRET, profile_toml
 from edge_token.config import load_config
 from edge_token.core.settings import SinkConfig
-from edge_token.localauth import Fault, LocalAuthServer
 from edge_token.observe.hooks import hook_environment, run_on_update, secret_variables
 from fakestores import FakeVault
+from faultyauth import Fault, FaultyAuthServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("live_auth")]
 
@@ -52,7 +52,7 @@ async def spawn(processes: list[asyncio.subprocess.Process], *args: str, env: di
 
 
 def write_config(
-    tmp_path: Path, auth: LocalAuthServer, secret_file: Path, daemon: str = 'listen = ""', **kw: Any
+    tmp_path: Path, auth: FaultyAuthServer, secret_file: Path, daemon: str = 'listen = ""', **kw: Any
 ) -> Path:
     path = tmp_path / "config.toml"
     sinks = kw.pop("sinks", None) or [{"path": str(tmp_path / "token.jwt")}]
@@ -74,7 +74,7 @@ async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -
 
 
 async def test_a_daemon_part_start_failure_exits_before_the_child_starts(
-    tmp_path: Path, auth: LocalAuthServer, secret_file: Path, processes: list[Any]
+    tmp_path: Path, auth: FaultyAuthServer, secret_file: Path, processes: list[Any]
 ) -> None:
     """The listen address is taken: exec exits 78 naming the problem, and the child never ran."""
     taken = socket.socket()
@@ -94,7 +94,7 @@ async def test_a_daemon_part_start_failure_exits_before_the_child_starts(
 
 
 async def test_sigterm_in_the_initial_token_phase_as_pid1_ends_exec(
-    tmp_path: Path, auth: LocalAuthServer, secret_file: Path, processes: list[Any]
+    tmp_path: Path, auth: FaultyAuthServer, secret_file: Path, processes: list[Any]
 ) -> None:
     """As PID 1 (own PID namespace) while the token request hangs: SIGTERM ends exec at once with 143 and the
     child never starts (before: PID 1 had no handler, the kernel dropped SIGTERM, exec waited on)."""
@@ -139,7 +139,7 @@ while True:
 
 
 async def test_sigterm_during_a_restart_stops_exec_and_starts_no_new_child(
-    tmp_path: Path, auth: LocalAuthServer, secret_file: Path, processes: list[Any]
+    tmp_path: Path, auth: FaultyAuthServer, secret_file: Path, processes: list[Any]
 ) -> None:
     """--on-rotation restart: SIGTERM arrives while the old child is shutting down for the restart. exec must not
     start a new child; it exits 143 promptly (before: a new child started and exec ran on)."""
@@ -149,7 +149,10 @@ async def test_sigterm_during_a_restart_stops_exec_and_starts_no_new_child(
     process = await spawn(
         processes, *exec_args(config, "--on-rotation", "restart", script=RESTARTABLE_CHILD.format(log=str(log)))
     )
-    lines = lambda: log.read_text().split("\n") if log.exists() else []  # noqa: E731
+
+    def lines() -> list[str]:
+        return log.read_text().split("\n") if log.exists() else []
+
     try:
         await wait_until(lambda: any(line.startswith("term") for line in lines()), 30, "the restart's SIGTERM")
         process.send_signal(signal.SIGTERM)
@@ -200,7 +203,7 @@ def alive(pid: int) -> bool:
 
 
 async def test_no_exec_child_or_hook_sees_any_secret_source_variable(
-    tmp_path: Path, auth: LocalAuthServer, secret_file: Path, processes: list[Any]
+    tmp_path: Path, auth: FaultyAuthServer, secret_file: Path, processes: list[Any]
 ) -> None:
     """Client secret from an env variable, a Vault token from token_env, a per-profile override: the exec child's
     environment holds none of these names or values; the hook environment excludes them even when allow-listed."""
@@ -244,7 +247,7 @@ while True:
 
 
 async def test_sigterm_ends_exec_even_when_the_child_ignores_it(
-    tmp_path: Path, auth: LocalAuthServer, secret_file: Path, processes: list[Any]
+    tmp_path: Path, auth: FaultyAuthServer, secret_file: Path, processes: list[Any]
 ) -> None:
     """A child that ignores SIGTERM gets the grace period, then SIGKILL; exec exits 143 and renews no more (before:
     exec ran on for as long as the child did, renewing and signalling it)."""

@@ -189,11 +189,11 @@ def cli(*args: str, user: str | None = None) -> subprocess.CompletedProcess[str]
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
 
 
-BROKEN = {
+BROKEN: dict[str, tuple[str, Callable[[Path], Path], str]] = {
     "missing ca_file": ("ca_file", lambda d: d / "absent-ca.pem", "cannot read the file"),
     "missing cert_file": ("cert_file", lambda d: d / "absent.pem", "cannot read the file"),
     "cert_file is a directory": ("cert_file", lambda d: d, "not a regular file"),
-    "garbage ca_file": ("ca_file", lambda d: _write(d / "ca.pem", "not a certificate"), "not a PEM CA certificate"),
+    "garbage ca_file": ("ca_file", lambda d: _write(d / "ca.pem", "not a certificate"), "not a PEM CA bundle"),
     "garbage cert_file": ("cert_file", lambda d: _write(d / "c.pem", "junk"), "cannot load the client certificate"),
 }
 

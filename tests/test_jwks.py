@@ -13,9 +13,9 @@ from joserfc.jwk import OctKey, RSAKey
 
 from conftest import FakeClock
 from edge_token.core.errors import JwksError
-from edge_token.localauth import Fault, LocalAuthServer
 from edge_token.net.http import make_session
 from edge_token.provider.jwks import JwksCache, usable_keys
+from faultyauth import Fault, FaultyAuthServer
 
 
 def public(key: RSAKey) -> dict[str, Any]:
@@ -54,13 +54,13 @@ def test_malformed_documents_are_errors(document: Any) -> None:
 
 
 @pytest.fixture
-async def cache(auth: LocalAuthServer, clock: FakeClock) -> AsyncIterator[JwksCache]:
+async def cache(auth: FaultyAuthServer, clock: FakeClock) -> AsyncIterator[JwksCache]:
     async with make_session() as session:
         yield JwksCache(auth.jwks_url, session, clock, refresh_seconds=3600, min_refetch_seconds=30)
 
 
 async def test_failed_or_malformed_refresh_keeps_the_last_good_set(
-    auth: LocalAuthServer, cache: JwksCache, clock: FakeClock
+    auth: FaultyAuthServer, cache: JwksCache, clock: FakeClock
 ) -> None:
     """Outages, garbage and key-less sets never replace a good key set."""
     kid = auth.signing_key.kid
@@ -75,7 +75,7 @@ async def test_failed_or_malformed_refresh_keeps_the_last_good_set(
         assert keys.get_by_kid(kid) is not None
 
 
-async def test_no_good_set_yet_raises(auth: LocalAuthServer, cache: JwksCache) -> None:
+async def test_no_good_set_yet_raises(auth: FaultyAuthServer, cache: JwksCache) -> None:
     """Without any good fetch, the error says why."""
     auth.jwks_faults.append(Fault(500, b"x"))
     with pytest.raises(JwksError, match="answered HTTP 500"):
@@ -83,7 +83,7 @@ async def test_no_good_set_yet_raises(auth: LocalAuthServer, cache: JwksCache) -
 
 
 async def test_periodic_refresh_is_driven_by_the_clock(
-    auth: LocalAuthServer, cache: JwksCache, clock: FakeClock
+    auth: FaultyAuthServer, cache: JwksCache, clock: FakeClock
 ) -> None:
     """A known kid causes no fetch until the refresh interval (jittered 90-100 %) has passed."""
     kid = auth.signing_key.kid
@@ -97,7 +97,7 @@ async def test_periodic_refresh_is_driven_by_the_clock(
     assert auth.jwks_requests == fetched + 1
 
 
-async def test_unknown_kid_refetch_is_rate_limited(auth: LocalAuthServer, cache: JwksCache, clock: FakeClock) -> None:
+async def test_unknown_kid_refetch_is_rate_limited(auth: FaultyAuthServer, cache: JwksCache, clock: FakeClock) -> None:
     """Unknown kids trigger at most one refetch per 30 s; a new key appearing is then found."""
     await cache.key_set(auth.signing_key.kid)
     fetched = auth.jwks_requests
@@ -114,7 +114,7 @@ async def test_unknown_kid_refetch_is_rate_limited(auth: LocalAuthServer, cache:
 
 
 async def test_failed_refetch_is_retried_sooner_than_the_rate_limit(
-    auth: LocalAuthServer, cache: JwksCache, clock: FakeClock
+    auth: FaultyAuthServer, cache: JwksCache, clock: FakeClock
 ) -> None:
     """After a failed refetch an unknown kid may try again 5 s later, not only after the 30 s rate limit."""
     await cache.key_set(auth.signing_key.kid)

@@ -21,8 +21,8 @@ import yaml
 from conftest import CLIENT_SECRET, profile_toml
 from daemonproc import DaemonProcess
 from edge_token import __version__
-from edge_token.localauth import Fault, LocalAuthServer
 from edge_token.provider.verify import decode_unverified
+from faultyauth import Fault, FaultyAuthServer
 from promsample import sample
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("live_auth")]
@@ -40,7 +40,7 @@ def need(tool: str) -> str:
 
 
 @pytest.fixture
-def write(tmp_path: Path, auth: LocalAuthServer, secret_file: Path) -> Callable[..., Path]:
+def write(tmp_path: Path, auth: FaultyAuthServer, secret_file: Path) -> Callable[..., Path]:
     def make(listen: str = "127.0.0.1:0", sinks: list[dict[str, Any]] | None = None, **settings: Any) -> Path:
         sinks = sinks or [{"path": str(tmp_path / "token.jwt")}]
         text = f'[daemon]\nlog_format = "json"\nlisten = "{listen}"\n'
@@ -75,7 +75,7 @@ def claims_of(token: str) -> dict[str, Any]:
 
 
 async def test_endpoints_report_a_healthy_profile(
-    auth: LocalAuthServer,
+    auth: FaultyAuthServer,
     write: Callable[..., Path],
     daemons: list[DaemonProcess],
     http: aiohttp.ClientSession,
@@ -108,7 +108,7 @@ async def test_endpoints_report_a_healthy_profile(
 
 
 async def test_readyz_names_what_is_not_ready(
-    auth: LocalAuthServer, write: Callable[..., Path], daemons: list[DaemonProcess], http: aiohttp.ClientSession
+    auth: FaultyAuthServer, write: Callable[..., Path], daemons: list[DaemonProcess], http: aiohttp.ClientSession
 ) -> None:
     """With the provider refusing us, /readyz is 503 and /status says credentials_rejected with the reason."""
     auth.token_faults.extend(
@@ -225,7 +225,7 @@ async def query(http: aiohttp.ClientSession, api: str, promql: str) -> str | Non
 
 
 async def test_no_secret_or_token_leaks_anywhere(
-    auth: LocalAuthServer, write: Callable[..., Path], daemons: list[DaemonProcess], http: aiohttp.ClientSession
+    auth: FaultyAuthServer, write: Callable[..., Path], daemons: list[DaemonProcess], http: aiohttp.ClientSession
 ) -> None:
     """Through renewals and failures (including a server echoing the secret), nothing emitted holds a secret
     or any issued token: logs, /metrics, /status, /readyz."""

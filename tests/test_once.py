@@ -9,7 +9,7 @@ from typing import Any
 from conftest import CLIENT_ID, FakeClock
 from edge_token.app import exit_code, run_once
 from edge_token.core.settings import Config
-from edge_token.localauth import Fault, LocalAuthServer
+from faultyauth import Fault, FaultyAuthServer
 
 
 def fake_sleep(clock: FakeClock) -> Callable[[float], Any]:
@@ -25,7 +25,7 @@ async def once(config: Config, clock: FakeClock, log: Any, **kwargs: Any) -> int
 
 
 async def test_fresh_token_on_disk_is_reused_without_a_request(
-    make_config: Callable[..., Config], auth: LocalAuthServer, clock: FakeClock, log: Any, tmp_path: Path
+    make_config: Callable[..., Config], auth: FaultyAuthServer, clock: FakeClock, log: Any, tmp_path: Path
 ) -> None:
     """A restarting init container must not spend provider quota: the second run makes no token request."""
     config = make_config()
@@ -39,7 +39,7 @@ async def test_fresh_token_on_disk_is_reused_without_a_request(
 
 
 async def test_stale_token_is_renewed(
-    make_config: Callable[..., Config], auth: LocalAuthServer, clock: FakeClock, log: Any, tmp_path: Path
+    make_config: Callable[..., Config], auth: FaultyAuthServer, clock: FakeClock, log: Any, tmp_path: Path
 ) -> None:
     """Past refresh_at of its lifetime the token is replaced by a new one."""
     config = make_config()
@@ -52,7 +52,7 @@ async def test_stale_token_is_renewed(
 
 
 async def test_foreign_token_on_disk_is_replaced(
-    make_config: Callable[..., Config], auth: LocalAuthServer, clock: FakeClock, log: Any, tmp_path: Path
+    make_config: Callable[..., Config], auth: FaultyAuthServer, clock: FakeClock, log: Any, tmp_path: Path
 ) -> None:
     """A token for another client (or garbage) in the sink is never adopted."""
     config = make_config()
@@ -64,7 +64,7 @@ async def test_foreign_token_on_disk_is_replaced(
 
 
 async def test_missing_sink_is_filled_from_an_adopted_token(
-    make_config: Callable[..., Config], auth: LocalAuthServer, clock: FakeClock, log: Any, tmp_path: Path
+    make_config: Callable[..., Config], auth: FaultyAuthServer, clock: FakeClock, log: Any, tmp_path: Path
 ) -> None:
     """A FRESH token found in one sink is copied to a sink that lost it, with no token request."""
     sinks = [{"path": str(tmp_path / "a.jwt")}, {"path": str(tmp_path / "b.json"), "format": "json"}]
@@ -77,7 +77,7 @@ async def test_missing_sink_is_filled_from_an_adopted_token(
 
 
 async def test_transient_failures_are_retried_within_the_timeout(
-    make_config: Callable[..., Config], auth: LocalAuthServer, clock: FakeClock, log: Any, tmp_path: Path
+    make_config: Callable[..., Config], auth: FaultyAuthServer, clock: FakeClock, log: Any, tmp_path: Path
 ) -> None:
     """503, then 429 with Retry-After, then success: once still succeeds, honouring the 30 s wait."""
     auth.token_faults.extend([Fault(503, b"x"), Fault(429, b"x", {"Retry-After": "30"})])
@@ -89,7 +89,7 @@ async def test_transient_failures_are_retried_within_the_timeout(
 
 
 async def test_outage_longer_than_the_timeout_fails_with_69(
-    make_config: Callable[..., Config], auth: LocalAuthServer, clock: FakeClock, log: Any, tmp_path: Path
+    make_config: Callable[..., Config], auth: FaultyAuthServer, clock: FakeClock, log: Any, tmp_path: Path
 ) -> None:
     """A provider down for longer than --timeout: exit 69, nothing written."""
     auth.token_faults.extend([Fault(503, b"x")] * 50)
@@ -98,7 +98,7 @@ async def test_outage_longer_than_the_timeout_fails_with_69(
 
 
 async def test_rejected_credentials_fail_fast_with_77(
-    make_config: Callable[..., Config], auth: LocalAuthServer, clock: FakeClock, log: Any, secret_file: Path
+    make_config: Callable[..., Config], auth: FaultyAuthServer, clock: FakeClock, log: Any, secret_file: Path
 ) -> None:
     """Wrong secret: one request, exit 77 (no retry loop for a permanent refusal)."""
     secret_file.write_text("wrong")
@@ -107,7 +107,7 @@ async def test_rejected_credentials_fail_fast_with_77(
 
 
 async def test_stale_token_survives_an_outage(
-    make_config: Callable[..., Config], auth: LocalAuthServer, clock: FakeClock, log: Any, tmp_path: Path
+    make_config: Callable[..., Config], auth: FaultyAuthServer, clock: FakeClock, log: Any, tmp_path: Path
 ) -> None:
     """Provider down but the token on disk is STALE and still valid: exit 0, the old token stays."""
     config = make_config()
@@ -120,7 +120,7 @@ async def test_stale_token_survives_an_outage(
 
 
 async def test_unwritable_sink_fails_with_73(
-    make_config: Callable[..., Config], auth: LocalAuthServer, clock: FakeClock, log: Any, tmp_path: Path
+    make_config: Callable[..., Config], auth: FaultyAuthServer, clock: FakeClock, log: Any, tmp_path: Path
 ) -> None:
     """A sink in a missing directory: exit 73; another sink of the profile is still written."""
     sinks = [{"path": str(tmp_path / "missing" / "a.jwt")}, {"path": str(tmp_path / "b.jwt")}]
@@ -129,7 +129,7 @@ async def test_unwritable_sink_fails_with_73(
 
 
 async def test_client_binding_uses_the_configured_client(
-    make_config: Callable[..., Config], auth: LocalAuthServer, clock: FakeClock, log: Any
+    make_config: Callable[..., Config], auth: FaultyAuthServer, clock: FakeClock, log: Any
 ) -> None:
     """The token the server issues names our client id in azp and sub."""
     results = await run_once(make_config(), clock, log, environ={}, sleep=fake_sleep(clock))
@@ -140,7 +140,7 @@ async def test_client_binding_uses_the_configured_client(
 
 
 async def test_a_missing_secret_file_fails_at_once_with_78(
-    make_config: Callable[..., Config], auth: LocalAuthServer, clock: FakeClock, log: Any, secret_file: Path
+    make_config: Callable[..., Config], auth: FaultyAuthServer, clock: FakeClock, log: Any, secret_file: Path
 ) -> None:
     """A configuration problem found at the first attempt is not retried until the timeout: exit 78 at once."""
     config = make_config()

@@ -12,13 +12,13 @@ import pytest
 from conftest import CLIENT_ID, FakeClock
 from corpus import ANSWERS, BAD_TOKENS, good_claims, snapshot, stranger_key
 from edge_token.core.errors import CredentialsRejected, TransientError, VerificationError
-from edge_token.localauth import Fault, LocalAuthServer
 from edge_token.renewer import Renewer
+from faultyauth import Fault, FaultyAuthServer
 
 
 @pytest.mark.parametrize("case", list(BAD_TOKENS))
 async def test_bad_token_is_refused_and_never_written(
-    case: str, auth: LocalAuthServer, renewer_for: Callable[..., Renewer], tmp_path: Path
+    case: str, auth: FaultyAuthServer, renewer_for: Callable[..., Renewer], tmp_path: Path
 ) -> None:
     """A 200 answer carrying a bad JWT fails verification with a specific reason; the good file stays."""
     renewer = renewer_for()
@@ -34,7 +34,7 @@ async def test_bad_token_is_refused_and_never_written(
 
 
 async def test_unknown_kid_refetches_the_jwks_once(
-    auth: LocalAuthServer, renewer_for: Callable[..., Renewer], clock: FakeClock
+    auth: FaultyAuthServer, renewer_for: Callable[..., Renewer], clock: FakeClock
 ) -> None:
     """A token with an unknown kid makes one JWKS refetch (rate-limited), then fails verification."""
     renewer = renewer_for()
@@ -49,7 +49,7 @@ async def test_unknown_kid_refetches_the_jwks_once(
 
 
 async def test_key_rotation_is_picked_up_by_kid(
-    auth: LocalAuthServer, renewer_for: Callable[..., Renewer], clock: FakeClock
+    auth: FaultyAuthServer, renewer_for: Callable[..., Renewer], clock: FakeClock
 ) -> None:
     """After the provider rotates its key, the new kid triggers a refetch and the token verifies."""
     renewer = renewer_for()
@@ -63,7 +63,7 @@ async def test_key_rotation_is_picked_up_by_kid(
 
 @pytest.mark.parametrize("case", list(ANSWERS))
 async def test_bad_answer_is_classified_and_nothing_written(
-    case: str, auth: LocalAuthServer, renewer_for: Callable[..., Renewer], tmp_path: Path
+    case: str, auth: FaultyAuthServer, renewer_for: Callable[..., Renewer], tmp_path: Path
 ) -> None:
     """Each failure of the token endpoint is classified once, with a useful message; the file stays."""
     renewer = renewer_for()
@@ -77,7 +77,7 @@ async def test_bad_answer_is_classified_and_nothing_written(
     assert snapshot(tmp_path) == before
 
 
-async def test_retry_after_is_carried_to_the_policy(auth: LocalAuthServer, renewer_for: Callable[..., Renewer],
+async def test_retry_after_is_carried_to_the_policy(auth: FaultyAuthServer, renewer_for: Callable[..., Renewer],
                                                     clock: FakeClock) -> None:  # fmt: skip
     """A 429's Retry-After becomes the next attempt time."""
     renewer = renewer_for()
@@ -88,7 +88,7 @@ async def test_retry_after_is_carried_to_the_policy(auth: LocalAuthServer, renew
 
 
 async def test_connection_refused_and_timeout_are_transient(
-    auth: LocalAuthServer, renewer_for: Callable[..., Renewer]
+    auth: FaultyAuthServer, renewer_for: Callable[..., Renewer]
 ) -> None:
     """No server, or a server too slow for timeout_seconds: a transient error naming the host."""
     with socket.socket() as probe:
@@ -112,7 +112,7 @@ async def test_request_encodings_all_work(settings: dict[str, str], renewer_for:
 
 
 async def test_expires_in_missing_falls_back_to_the_claims(
-    auth: LocalAuthServer, renewer_for: Callable[..., Renewer]
+    auth: FaultyAuthServer, renewer_for: Callable[..., Renewer]
 ) -> None:
     """RFC 6749 makes expires_in RECOMMENDED only: without it the lifetime comes from exp - iat."""
     token = auth.mint(good_claims(auth))
@@ -122,7 +122,7 @@ async def test_expires_in_missing_falls_back_to_the_claims(
 
 
 async def test_form_encoded_answer_and_oidc_provider_claim_shape(
-    auth: LocalAuthServer, renewer_for: Callable[..., Renewer]
+    auth: FaultyAuthServer, renewer_for: Callable[..., Renewer]
 ) -> None:
     """A form-encoded answer, and RFC 9068 claims (client_id, bare sub, aud list, at+jwt) are accepted."""
     claims = good_claims(auth, azp=None, sub=CLIENT_ID, client_id=CLIENT_ID, aud=["x", "https://api.sitecorecloud.io"])
@@ -134,7 +134,7 @@ async def test_form_encoded_answer_and_oidc_provider_claim_shape(
 
 
 async def test_secret_echoed_by_a_hostile_server_is_scrubbed(
-    auth: LocalAuthServer, renewer_for: Callable[..., Renewer]
+    auth: FaultyAuthServer, renewer_for: Callable[..., Renewer]
 ) -> None:
     """An error_description that repeats our secret does not carry it into the error message: the provider's free
     text is never repeated (it could encode the secret in ways no scrubber enumerates), a known code is."""
@@ -148,7 +148,7 @@ async def test_secret_echoed_by_a_hostile_server_is_scrubbed(
 
 
 async def test_rotated_secret_heals_without_restart(
-    auth: LocalAuthServer, renewer_for: Callable[..., Renewer], secret_file: Path
+    auth: FaultyAuthServer, renewer_for: Callable[..., Renewer], secret_file: Path
 ) -> None:
     """The secret is re-read on every attempt: rejected, then accepted once the file is fixed."""
     from conftest import CLIENT_SECRET

@@ -22,9 +22,9 @@ from prometheus_client import CollectorRegistry
 from conftest import CLIENT_ID, FakeClock
 from edge_token.core.errors import TransientError, VerificationError
 from edge_token.core.ratelimit import MAX_WAIT, Quota, RateLimit, parse, parse_quota
-from edge_token.localauth import Fault, LocalAuthServer
 from edge_token.observe.metrics import Metrics
 from edge_token.renewer import Renewer
+from faultyauth import Fault, FaultyAuthServer
 
 TENANT = "https://auth.sitecorecloud.io/claims/tenant_id"
 NOW = 1_800_000_000.0
@@ -95,7 +95,7 @@ def test_well_formed_quota_headers_round_trip(buckets: list[tuple[int, int, int]
 
 # ---- behaviour: 429 waits for the reset, metrics show the figures -----------------------------------------------
 async def test_429_without_retry_after_waits_until_the_reset(
-    auth: LocalAuthServer, renewer_for: Callable[..., Renewer], clock: FakeClock
+    auth: FaultyAuthServer, renewer_for: Callable[..., Renewer], clock: FakeClock
 ) -> None:
     """The local server's window allows one request per 600 s; the second gets 429 with x-ratelimit-reset and no
     Retry-After: the next attempt is exactly the reset (not the 1 s first backoff), and nothing is sent before it."""
@@ -114,7 +114,7 @@ async def test_429_without_retry_after_waits_until_the_reset(
 
 
 async def test_exhausted_quota_waits_for_its_bucket_capped_at_an_hour(
-    auth: LocalAuthServer, renewer_for: Callable[..., Renewer], clock: FakeClock
+    auth: FaultyAuthServer, renewer_for: Callable[..., Renewer], clock: FakeClock
 ) -> None:
     """An exhausted Auth0 quota bucket (429, no Retry-After): wait until that bucket resets, at most an hour."""
     auth.quotas = {"per_hour": (1, 3600), "per_day": (1000, 86400)}
@@ -134,7 +134,7 @@ async def test_exhausted_quota_waits_for_its_bucket_capped_at_an_hour(
     assert renewer.next_attempt_at() == clock.time() + MAX_WAIT
 
 
-async def test_metrics_show_rate_limit_and_quota(auth: LocalAuthServer, renewer_for: Callable[..., Renewer]) -> None:
+async def test_metrics_show_rate_limit_and_quota(auth: FaultyAuthServer, renewer_for: Callable[..., Renewer]) -> None:
     """The figures of the last answer appear as the three documented gauges, with a bounded bucket label."""
     auth.rate_limit = 30
     auth.quotas = {"per_hour": (100, 3600), "per_day": (1000, 86400)}
@@ -142,11 +142,12 @@ async def test_metrics_show_rate_limit_and_quota(auth: LocalAuthServer, renewer_
     metrics = Metrics(CollectorRegistry())
     metrics.observe(outcome, "fresh", None)
     text = metrics.exposition("", "")[0].decode()
+    assert outcome.rate_limit is not None
     assert 'edge_token_provider_ratelimit_remaining{profile="main"} 29.0' in text
     assert (
         f'edge_token_provider_ratelimit_reset_timestamp_seconds{{profile="main"}} {outcome.rate_limit.reset_at!r}'
         in text
-    )  # type: ignore[union-attr]
+    )
     assert 'edge_token_provider_quota_remaining{profile="main",bucket="per_hour"} 99.0' in text
     assert 'edge_token_provider_quota_remaining{profile="main",bucket="per_day"} 999.0' in text
     if shutil.which("promtool"):  # the naming rules Prometheus lints by (README "Observability")
@@ -161,7 +162,7 @@ async def test_metrics_show_rate_limit_and_quota(auth: LocalAuthServer, renewer_
      (None, False), (7, False), ("tenant-a ", False)],
 )  # fmt: skip
 async def test_required_claims_pin_the_tenant(
-    claim: Any, ok: bool, auth: LocalAuthServer, renewer_for: Callable[..., Renewer], tmp_path: Path
+    claim: Any, ok: bool, auth: FaultyAuthServer, renewer_for: Callable[..., Renewer], tmp_path: Path
 ) -> None:
     """Exact string match or list-contains; anything else is refused with reason required_claim, nothing written."""
     if claim is not None:
@@ -177,7 +178,7 @@ async def test_required_claims_pin_the_tenant(
 
 
 async def test_issuer_and_audience_mismatch_say_what_to_change(
-    auth: LocalAuthServer, renewer_for: Callable[..., Renewer]
+    auth: FaultyAuthServer, renewer_for: Callable[..., Renewer]
 ) -> None:
     """The message names the value received, the configured one, and the key to change."""
     wrong_issuer = await renewer_for(issuer="https://auth.sitecorecloud.io/").renew()
@@ -192,7 +193,7 @@ async def test_issuer_and_audience_mismatch_say_what_to_change(
 
 
 async def test_inspect_verify_shows_a_pinned_claim_mismatch(
-    make_config: Callable[..., Any], auth: LocalAuthServer, tmp_path: Path
+    make_config: Callable[..., Any], auth: FaultyAuthServer, tmp_path: Path
 ) -> None:
     """`inspect --verify` applies required_claims like the daemon and says which claim failed (exit 65)."""
     auth.now = time.time

@@ -27,11 +27,11 @@ from edge_token.config.trust import listen_exposure
 from edge_token.core.errors import ConfigError
 from edge_token.core.scrub import JWT, MAX_SECRETS, Scrubber
 from edge_token.core.settings import SecretSource
-from edge_token.localauth import Fault, LocalAuthServer
 from edge_token.net import http
 from edge_token.observe import logs
 from edge_token.secrets import read_secret
 from fakestores import FakeEtcdEcho, FakeKubernetes, FakeVault
+from faultyauth import Fault, FaultyAuthServer
 from leakscan import ENCODINGS, Echoes, echoing_provider, leaks
 from unprivileged import as_user
 
@@ -282,7 +282,7 @@ def test_local_auth_server_refuses_empty_secrets() -> None:
     """The Python API refuses an empty or blank client secret as well."""
     for blank in ("", "  "):
         with pytest.raises(ValueError, match="empty secret"):
-            LocalAuthServer({"client": blank})
+            FaultyAuthServer({"client": blank})
 
 
 def test_local_auth_generates_a_missing_secret_file(tmp_path: Path) -> None:
@@ -312,7 +312,7 @@ async def read_environ_as_nobody(pid: int) -> tuple[int, bytes, bytes]:
 @pytest.mark.slow
 @pytest.mark.usefixtures("live_auth")
 async def test_same_uid_processes_cannot_read_the_daemons_environment(
-    auth: LocalAuthServer, public_dir: Path, daemons: list[DaemonProcess]
+    auth: FaultyAuthServer, public_dir: Path, daemons: list[DaemonProcess]
 ) -> None:
     """The daemon (as nobody, secret in client_secret_env) is non-dumpable: another process of the same uid
     cannot read /proc/PID/environ. The control, a plain process of that uid with the same variable, can be
@@ -374,7 +374,7 @@ async def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float 
 
 
 @pytest.mark.usefixtures("live_auth")
-async def test_once_and_check_never_print_a_secret_the_provider_echoes(auth: LocalAuthServer, tmp_path: Path) -> None:
+async def test_once_and_check_never_print_a_secret_the_provider_echoes(auth: FaultyAuthServer, tmp_path: Path) -> None:
     """A provider quoting the client secret back in its error, in every encoding (one profile per encoding, all
     four auth method x body format combinations): `once`, `check --online` and `exec` (which cannot start its
     command) print and log none of them.
@@ -406,7 +406,7 @@ async def test_once_and_check_never_print_a_secret_the_provider_echoes(auth: Loc
 
 @pytest.mark.usefixtures("live_auth")
 async def test_store_credentials_echoed_back_are_never_printed(
-    auth: LocalAuthServer, tmp_path: Path, secret_file: Path
+    auth: FaultyAuthServer, tmp_path: Path, secret_file: Path
 ) -> None:
     """Vault (token and AppRole secret_id) and Kubernetes (service-account token) quoting the credential back
     in their errors, one encoding per sink: `once` prints and logs none of them (it exits 73)."""
@@ -456,7 +456,7 @@ async def http_get(url: str) -> str:
 @pytest.mark.slow
 @pytest.mark.usefixtures("live_auth")
 async def test_nothing_a_running_daemon_emits_holds_a_secret_in_any_encoding(
-    auth: LocalAuthServer, tmp_path: Path, daemons: list[DaemonProcess]
+    auth: FaultyAuthServer, tmp_path: Path, daemons: list[DaemonProcess]
 ) -> None:
     """One profile per encoding against a provider that echoes its secret in that encoding, Vault and
     Kubernetes sinks echoing their tokens, an etcd echoing the fleet password; then every profile renews and
@@ -529,7 +529,7 @@ async def test_nothing_a_running_daemon_emits_holds_a_secret_in_any_encoding(
 @pytest.mark.usefixtures("live_auth")
 @pytest.mark.parametrize("store", ["none", "vault"])
 async def test_exec_child_environment_and_command_line_hold_no_secret(
-    auth: LocalAuthServer, tmp_path: Path, store: str
+    auth: FaultyAuthServer, tmp_path: Path, store: str
 ) -> None:
     """`edge-token exec`: the child's environment and command line hold no client secret and no store token."""
     vault = FakeVault()
@@ -595,7 +595,7 @@ def test_an_on_update_program_others_can_change_is_refused(confdir: Path, tmp_pa
 @pytest.mark.slow
 @pytest.mark.usefixtures("live_auth")
 async def test_a_daemon_listening_on_every_interface_warns(
-    auth: LocalAuthServer, tmp_path: Path, secret_file: Path, daemons: list[DaemonProcess]
+    auth: FaultyAuthServer, tmp_path: Path, secret_file: Path, daemons: list[DaemonProcess]
 ) -> None:
     """listen = 0.0.0.0 starts, and logs one http.exposed warning naming the address and /status."""
     config = tmp_path / "config.toml"

@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -20,7 +21,7 @@ from joserfc.jwk import RSAKey
 
 from conftest import CLIENT_ID, CLIENT_SECRET, FIGURES, SOAK, profile_toml
 from daemonproc import DaemonProcess
-from edge_token.localauth import Fault, LocalAuthServer
+from faultyauth import Fault, FaultyAuthServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("live_auth")]
 TESTS = Path(__file__).resolve().parent
@@ -28,7 +29,7 @@ LIFETIME, REFRESH_AT, FAULT_RATE = 4, 0.5, 0.3
 AUTH_TTL = LIFETIME  # conftest.live_auth
 
 
-def chaos(auth: LocalAuthServer, rng: random.Random, stranger: RSAKey) -> list[tuple[str, Fault | None]]:
+def chaos(auth: FaultyAuthServer, rng: random.Random, stranger: RSAKey) -> list[tuple[str, Fault | None]]:
     """The menu of token-endpoint faults (built lazily per request so minted tokens carry current times)."""
     good = auth.claims_for(CLIENT_ID, "https://api.sitecorecloud.io")
     now = int(auth.now())
@@ -46,7 +47,7 @@ def chaos(auth: LocalAuthServer, rng: random.Random, stranger: RSAKey) -> list[t
     ]
 
 
-async def test_chaos_soak(auth: LocalAuthServer, tmp_path: Path, secret_file: Path) -> None:
+async def test_chaos_soak(auth: FaultyAuthServer, tmp_path: Path, secret_file: Path) -> None:
     """Zero bad reads, zero expired reads while the provider answered, ~1 request per rotation, flat resources,
     and no secret or token in anything the daemon emitted (logs, /metrics, /status, hook children)."""
     duration = 600.0 if SOAK else 40.0
@@ -75,7 +76,10 @@ async def test_chaos_soak(auth: LocalAuthServer, tmp_path: Path, secret_file: Pa
     hook_dump = tmp_path / "hooks.jsonl"
     hook = [sys.executable, "-c", "import json, os\nproc = lambda n: open(f'/proc/self/{n}', 'rb').read().decode()\n"
             f"open({str(hook_dump)!r}, 'a').write(json.dumps([proc('cmdline'), proc('environ')]) + '\\n')"]  # fmt: skip
-    sinks = [{"path": str(tmp_path / "a.jwt"), "on_update": hook}, {"path": str(tmp_path / "b.jwt")}]
+    sinks: list[dict[str, Any]] = [
+        {"path": str(tmp_path / "a.jwt"), "on_update": hook},
+        {"path": str(tmp_path / "b.jwt")},
+    ]
     config = tmp_path / "config.toml"
     config.write_text(
         '[daemon]\nlog_format = "json"\nlisten = "127.0.0.1:0"\njwks_min_refetch_seconds = 1\n'

@@ -29,9 +29,9 @@ from edge_token.core.health import readiness
 from edge_token.core.policy import MIN_RUN_GAP
 from edge_token.core.token import Token
 from edge_token.daemon import Daemon
-from edge_token.localauth import Fault, LocalAuthServer
 from edge_token.provider.verify import decode_unverified
 from edge_token.supervisor import job_id
+from faultyauth import Fault, FaultyAuthServer
 from harness import LoopDaemon
 
 NAMES = ("p0", "p1", "p2")
@@ -51,7 +51,7 @@ class DaemonMachine(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.dir = Path(tempfile.mkdtemp(prefix="edge-token-stateful-"))
         self.clock = FakeClock()
-        self.auth = LocalAuthServer({f"client-{n}": SECRET for n in NAMES}, ttl=1000, now=self.clock.time)
+        self.auth = FaultyAuthServer({f"client-{n}": SECRET for n in NAMES}, ttl=1000, now=self.clock.time)
         self.run(self.auth.start())
         self.secret = self.dir / "secret"
         self.secret.write_text(SECRET)
@@ -62,10 +62,8 @@ class DaemonMachine(RuleBasedStateMachine):
         self.harness = LoopDaemon(self.loop, self.clock)
         self.scheduler = self.harness.scheduler
         self.daemon: Daemon | None = None
-        self.checked = 0
-        self.seen: dict[
-            Path, int
-        ] = {}  # sink path -> issue order of the newest token it ever held  # scheduler.scheduled entries already checked
+        self.checked = 0  # scheduler.scheduled entries already checked
+        self.seen: dict[Path, float] = {}  # sink path -> exp of the newest token it ever held
 
     def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         return self.loop.run_until_complete(coroutine)

@@ -15,8 +15,8 @@ import pytest
 
 from conftest import profile_toml
 from daemonproc import DaemonProcess
-from edge_token.localauth import Fault, LocalAuthServer
 from edge_token.observe.systemd import Notifier, watchdog_interval
+from faultyauth import Fault, FaultyAuthServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("live_auth")]
 
@@ -64,7 +64,7 @@ async def notify(tmp_path: Path) -> AsyncIterator[NotifySocket]:
 
 
 @pytest.fixture
-def config(tmp_path: Path, auth: LocalAuthServer, secret_file: Path) -> Callable[..., Path]:
+def config(tmp_path: Path, auth: FaultyAuthServer, secret_file: Path) -> Callable[..., Path]:
     def make(daemon: str = "") -> Path:
         path = tmp_path / "config.toml"
         sinks = [{"path": str(tmp_path / "token.jwt")}]
@@ -98,7 +98,7 @@ async def test_ready_watchdog_stopping_sequence(notify: NotifySocket, config: Ca
 
 
 async def test_no_ready_before_the_first_token(
-    notify: NotifySocket, config: Callable[..., Path], auth: LocalAuthServer
+    notify: NotifySocket, config: Callable[..., Path], auth: FaultyAuthServer
 ) -> None:
     """With the provider down, READY=1 is withheld (STATUS explains), then sent once a token is written."""
     auth.token_faults.extend(Fault(503, b"down", {"Retry-After": "1"}) for _ in range(3))
@@ -116,7 +116,7 @@ async def test_no_ready_before_the_first_token(
 
 
 async def test_ready_timeout_sends_ready_with_an_explanation(
-    notify: NotifySocket, config: Callable[..., Path], auth: LocalAuthServer
+    notify: NotifySocket, config: Callable[..., Path], auth: FaultyAuthServer
 ) -> None:
     """After ready_timeout_seconds without a token, READY=1 goes out anyway, saying which profiles wait."""
     auth.token_faults.extend(Fault(503, b"down") for _ in range(1000))

@@ -406,7 +406,7 @@ def test_journal_lines_carry_their_level_as_syslog_priority(
 ) -> None:
     """Invariant: when stderr is the journal stream systemd announced, every line (structlog's and stdlib's,
     e.g. aiohttp's) starts with `<N>` for its level and the rest is the JSON line; otherwise no prefix at all."""
-    with tempfile.NamedTemporaryFile("w+", dir=tmp_path) as stream, tempfile.NamedTemporaryFile(dir=tmp_path) as other:
+    with tempfile.TemporaryFile("w+", dir=tmp_path) as stream, tempfile.NamedTemporaryFile(dir=tmp_path) as other:
         info = os.fstat((stream if journal_is_this_file else other).fileno())
         root = logging.getLogger()
         saved = root.handlers[:], root.level

@@ -32,9 +32,11 @@ def as_user(uid: int, gid: int, *argv: str) -> list[str]:
     setpriv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
     if not (_blocked(prefix) or _blocked(package)):
         return [*setpriv, *argv]
-    real = Path(os.path.realpath(sys.executable))  # a venv's python is a link to the base interpreter
-    if not real.is_relative_to(prefix):
-        raise RuntimeError(f"{real} is not under {prefix}")
+    real = Path(os.path.realpath(sys.executable))  # a venv's python is usually a link to the base interpreter
+    if not real.is_relative_to(prefix):  # a venv made with --copies: the base interpreter is the same program
+        real = prefix / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+        if not real.exists():
+            raise RuntimeError(f"{sys.executable} is not under {prefix} and {real} does not exist")
     view = Path(tempfile.mkdtemp(prefix="edge-token-view-"))
     view.chmod(0o755)
     (view / "prefix").mkdir()

@@ -1,19 +1,21 @@
-"""Command line: argument parsing and exit codes, nothing else. Heavy imports happen inside each command."""
+"""Command line: argument parsing, process setup and exit codes, nothing else; `commands.py` does the work.
+
+Only the standard library and `commands` (itself light) are imported here: each command imports what it needs
+when it runs, so `once` and `--help` do not pay for the daemon's libraries.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edge_token import __version__
-from edge_token.core.errors import EX_CONFIG, EX_NOINPUT, EX_SOFTWARE, EdgeTokenError
-from edge_token.secrets import read_secret
+from edge_token import __version__, commands
+from edge_token.commands import say
+from edge_token.core.errors import EX_SOFTWARE, EdgeTokenError
 
 CONFIG_ENV = "EDGE_TOKEN_CONFIG"
 DEFAULT_CONFIG = os.environ.get(CONFIG_ENV, "/etc/edge-token/config.toml")
@@ -43,24 +45,19 @@ def _command(commands: Any, name: str, text: str, description: str = "") -> argp
     return sub
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="edge-token",
-        description="Keep verified OAuth2 client-credentials tokens (Sitecore Experience Edge by default) on disk.",
-        epilog=EPILOG,
-        formatter_class=_Help,
-    )
-    parser.add_argument("--version", action="version", version=f"edge-token {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _with_config(sub: argparse.ArgumentParser, profiles: bool = True) -> argparse.ArgumentParser:
+    sub.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (${CONFIG_ENV} sets the default)")
+    if profiles:
+        sub.add_argument("--profile", action="append", metavar="NAME", help=PROFILE_HELP)
+    return sub
 
-    def with_config(sub: argparse.ArgumentParser, profiles: bool = True) -> argparse.ArgumentParser:
-        sub.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (${CONFIG_ENV} sets the default)")
-        if profiles:
-            sub.add_argument("--profile", action="append", metavar="NAME", help=PROFILE_HELP)
-        return sub
 
-    with_config(_command(commands, "run", "run the daemon: keep every profile's sinks fresh"))
-    wrap = with_config(
+def _run(commands: Any) -> None:
+    _with_config(_command(commands, "run", "run the daemon: keep every profile's sinks fresh"))
+
+
+def _exec(commands: Any) -> None:
+    wrap = _with_config(
         _command(
             commands, "exec", "obtain tokens, then run CMD as a child and keep them fresh",
             "Obtain every profile's token (like `once`), then run CMD with EDGE_TOKEN_PATH_<PROFILE> (and, with a "
@@ -79,7 +76,10 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=60.0, help="total seconds of retries to obtain the tokens before CMD starts"
     )
     wrap.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
-    once = with_config(
+
+
+def _once(commands: Any) -> None:
+    once = _with_config(
         _command(
             commands, "once", "make every profile's sinks hold a verified token, exit",
             "Make every selected profile's sinks hold a verified token, then exit. A FRESH token already in the "
@@ -88,7 +88,10 @@ def _parser() -> argparse.ArgumentParser:
         )
     )  # fmt: skip
     once.add_argument("--timeout", type=float, default=60.0, help="total seconds of retries of transient failures")
-    check = with_config(
+
+
+def _check(commands: Any) -> None:
+    check = _with_config(
         _command(
             commands, "check", "validate the config and everything `run` needs at start (offline unless --online)",
             "Validate the config and what `run` needs at start: each secret readable and non-empty, each sink "
@@ -101,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
         "--as", dest="as_user", metavar="USER[:GROUP]",
         help="run the checks as this user (and group), as the service does; needs root",
     )  # fmt: skip
+
+
+def _inspect(commands: Any) -> None:
     inspect = _command(commands, "inspect", "decode a token (never prints the signature)")
     inspect.add_argument(
         "token", nargs="?", default="-", help="token file (raw, json or env format), or - for stdin (the default)"
@@ -109,7 +115,10 @@ def _parser() -> argparse.ArgumentParser:
         "--verify", action="store_true",
         help="verify against each selected profile's JWKS and rules (exit 0 if one accepts it)",
     )  # fmt: skip
-    with_config(inspect)
+    _with_config(inspect)
+
+
+def _local_auth(commands: Any) -> None:
     local = _command(commands, "local-auth", "run the bundled local OAuth2 + JWKS server")
     local.add_argument("--host", default="127.0.0.1", help="loopback address to listen on")
     local.add_argument("--port", type=int, default=8400, help="port to listen on")
@@ -121,22 +130,42 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         help="the client's secret; a random one is created (mode 0600) if the file is missing",
     )
+
+
+def _demo(commands: Any) -> None:
     demo = _command(commands, "demo", "run edge-token against the bundled local auth server")
     demo.add_argument("--dir", type=Path, default=Path("edge-token-demo"), help="where to write")
     demo.add_argument("--ttl", type=float, default=20.0, help="token lifetime in seconds (short to see rotations)")
     demo.add_argument("--duration", type=float, default=45.0, help="seconds to run the daemon (0: until Ctrl-C)")
+
+
+# every subcommand's arguments, in --help order
+SUBCOMMANDS = {
+    "run": _run, "exec": _exec, "once": _once, "check": _check, "inspect": _inspect, "local-auth": _local_auth,
+    "demo": _demo,
+}  # fmt: skip
+
+
+def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser. With a command name first in `argv`, only that command's parser is built (a third of
+    the parser's cost, on the path of `once`); its help, usage and errors are the same, the top-level ones (no
+    command, an unknown one, --help, --version) get every command."""
+    parser = argparse.ArgumentParser(
+        prog="edge-token",
+        description="Keep verified OAuth2 client-credentials tokens (Sitecore Experience Edge by default) on disk.",
+        epilog=EPILOG,
+        formatter_class=_Help,
+    )
+    parser.add_argument("--version", action="version", version=f"edge-token {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    first = (list(sys.argv[1:] if argv is None else argv) or [""])[0]
+    for name, add in SUBCOMMANDS.items():
+        if first not in SUBCOMMANDS or name == first:
+            add(commands)
     return parser
 
 
 HOLDS_SECRETS = frozenset({"run", "once", "exec", "check"})
-
-
-def say(text: str, *, err: bool = False) -> None:
-    """Print one line through the process scrubber: a server that echoed a secret (in any encoding) or a token
-    in an error message must not get it onto a terminal or into a CI log."""
-    from edge_token.core.scrub import scrub_text
-
-    print(scrub_text(text), file=sys.stderr if err else sys.stdout, flush=True)
 
 
 def _scrub_std_streams() -> None:
@@ -163,7 +192,9 @@ def _exit_on_sigterm_as_pid1() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """The `edge-token` command: parse, set the process up (scrubbed output, non-dumpable), run, map errors to
+    sysexits codes; never a traceback (it could carry a secret)."""
+    args = _parser(argv).parse_args(argv)
     _scrub_std_streams()
     if args.command in HOLDS_SECRETS:
         from edge_token.hardening import make_non_dumpable
@@ -172,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _exit_on_sigterm_as_pid1()
     try:
         if args.command == "once":
-            return _once(args)
+            return commands.once(args)
         if args.command in ("run", "exec"):
             from edge_token.limits import raise_nofile_limit
 
@@ -180,15 +211,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             from edge_token.daemon import main as daemon_main
 
-            return daemon_main(_load(args), args.profile)  # _load validates --profile names first
+            return daemon_main(commands.load(args), args.profile)  # load validates --profile names first
         if args.command == "exec":
-            return _exec(args)
+            return commands.exec_(args)
         if args.command == "check":
-            return _check(args)
+            return commands.check(args)
         if args.command == "inspect":
-            return _inspect(args)
+            return commands.inspect(args)
         if args.command == "local-auth":
-            return _local_auth(args)
+            return commands.local_auth(args)
         from edge_token.demo import main as demo_main
 
         return demo_main(args.dir, args.ttl, args.duration)
@@ -205,278 +236,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug: a sysexits code and one line, never a traceback that could carry a secret
         print(f"edge-token: internal error ({type(exc).__name__}); please report it", file=sys.stderr)
         return EX_SOFTWARE
-
-
-def _load(args: argparse.Namespace) -> Any:
-    from edge_token.config import load_config
-
-    config = load_config(args.config)
-    for name in getattr(args, "profile", None) or []:
-        if name not in config.profiles:
-            from edge_token.core.errors import ConfigError
-
-            raise ConfigError(f"{args.config}: no profile {name!r} (have: {', '.join(config.profiles)})")
-    return config
-
-
-def _once(args: argparse.Namespace) -> int:
-    from edge_token.app import exit_code, run_once
-    from edge_token.core.clock import SystemClock
-    from edge_token.observe import logs
-
-    config = _load(args)
-    redactor = logs.configure(config.daemon.log_format, config.daemon.log_level)
-    import structlog
-
-    results = asyncio.run(
-        run_once(
-            config,
-            SystemClock(),
-            structlog.get_logger("edge_token"),
-            environ=os.environ,
-            profiles=args.profile,
-            timeout=args.timeout,
-            on_secret=redactor.add_secret,
-        )
-    )
-    for result in results:
-        if result.error is not None:
-            say(f"edge-token: profile {result.profile}: {result.error}", err=True)
-    return exit_code(results)
-
-
-def _exec(args: argparse.Namespace) -> int:
-    from edge_token.core.errors import ConfigError
-    from edge_token.wrapper import main as exec_main
-
-    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    if not cmd:
-        raise ConfigError("exec needs a command: edge-token exec -c FILE -- CMD ARGS...")
-    return exec_main(_load(args), cmd, args.on_rotation, args.signal, args.token_env, args.timeout)
-
-
-def _check(args: argparse.Namespace) -> int:
-    if args.as_user:
-        return _check_as(args)
-    config = _load(args)
-    say(f"{config.path}: valid, {len(config.profiles)} profile(s)")
-    for profile in config.profiles.values():
-        if args.profile and profile.name not in args.profile:
-            continue
-        say(f"  {profile.name}: client_id {profile.client_id}, secret from {profile.secret.describe()}")
-        say(f"    token_url {profile.token_url} ({profile.request_format}, {profile.auth_method})")
-        say(f"    issuer {profile.issuer}  audience {profile.audience}")
-        say(f"    jwks_url {profile.jwks_url}  algorithms {','.join(profile.algorithms)}")
-        for sink in profile.sinks:
-            say(f"    sink {sink.name} format={sink.format} mode={sink.mode:04o}")
-    from edge_token.preflight import Problem, preflight
-
-    found = preflight(config, os.environ, args.profile)
-    problems = [item for item in found if isinstance(item, Problem)]
-    for item in found:
-        if isinstance(item, Problem):
-            say(f"edge-token: {item}", err=True)
-        else:
-            say(f"  note: {item.where}: {item.message}")
-    if problems:
-        say(f"edge-token: check failed: {len(problems)} problem(s) `run` would fail on", err=True)
-        return problems[0].exit_code
-    say("check: OK (secrets, sinks, TLS files, listen address, hooks)")
-    if not args.online:
-        return 0
-    return asyncio.run(_check_online(config, args.profile))
-
-
-def _check_as(args: argparse.Namespace) -> int:
-    """`check --as USER[:GROUP]`: the same check in a forked child running as that user, with that user's
-    groups, so file permissions are judged as the service will meet them (root can read everything)."""
-    import grp
-    import pwd
-
-    from edge_token.core.errors import ConfigError
-
-    user, _, group = args.as_user.partition(":")
-    try:
-        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
-        gid = (int(group) if group.isdigit() else grp.getgrnam(group).gr_gid) if group else entry.pw_gid
-    except KeyError:
-        raise ConfigError(f"check --as {args.as_user}: no such user or group on this system") from None
-    if os.geteuid() != 0:
-        raise ConfigError(f"check --as {args.as_user} needs root; or run `edge-token check` as that user")
-    groups = os.getgrouplist(entry.pw_name, gid)
-    # import now what the check will need: the user may not be able to read this interpreter's files
-    import encodings.idna  # noqa: F401 - socket.getaddrinfo looks this codec up lazily
-
-    import edge_token.preflight
-
-    if args.online:
-        import edge_token.app
-        import edge_token.observe.logs
-        import edge_token.provider.verify  # noqa: F401
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # the child: drop to the user for good, then the ordinary check
-        code = EX_SOFTWARE
-        try:
-            os.setgroups(groups)
-            os.setgid(gid)
-            os.setuid(entry.pw_uid)
-            from edge_token.hardening import make_non_dumpable
-
-            make_non_dumpable()  # setuid resets the flag to the sysctl default
-            args.as_user = None
-            code = _check(args)
-        except EdgeTokenError as exc:
-            say(f"edge-token: {exc}", err=True)
-            code = exc.exit_code
-        except BaseException as exc:
-            print(f"edge-token: internal error ({type(exc).__name__}); please report it", file=sys.stderr)
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else EX_SOFTWARE
-
-
-async def _check_online(config: Any, selected: list[str] | None) -> int:
-    """Fetch each JWKS and one token per profile, verified and never written. Log lines use the configured
-    format; the summary says what was checked, not a repr, and claims no renewal (nothing is written)."""
-    from datetime import UTC, datetime
-
-    from edge_token.app import Parts
-    from edge_token.core.clock import SystemClock
-    from edge_token.core.errors import EdgeTokenError
-    from edge_token.net.http import make_session
-    from edge_token.observe import logs
-    from edge_token.provider.oauth import request_token
-    from edge_token.provider.verify import verify_token
-
-    logs.configure(config.daemon.log_format, config.daemon.log_level)
-    import structlog
-
-    log = structlog.get_logger("edge_token")
-    clock, worst = SystemClock(), 0
-    async with make_session() as session:
-        parts = Parts(config, session, clock, log, environ=os.environ)  # the daemon's own JWKS caches and egress
-        for profile in config.profiles.values():
-            if selected and profile.name not in selected:
-                continue
-            cache, rules = parts.jwks_for(profile), parts.renewer(profile, sinks=[]).rules
-            try:
-                secret = read_secret(profile.secret, os.environ)
-                answer = await request_token(session, profile, secret, clock, os.environ)
-                token = await verify_token(answer.access_token, cache.key_set, rules, clock.time(),
-                                           received_at=answer.received_at, expires_in=answer.expires_in)  # fmt: skip
-            except EdgeTokenError as exc:
-                say(f"edge-token: profile {profile.name}: online check failed: {exc}", err=True)
-                log.warning("check.online_failed", profile=profile.name, error=exc.kind, message=str(exc))
-                worst = worst or exc.exit_code
-                continue
-            expires = datetime.fromtimestamp(token.exp, UTC).isoformat(timespec="seconds")
-            log.info("check.token_verified", profile=profile.name, kid=token.kid, expires_at=token.exp,
-                     fingerprint=token.fingerprint, written=False)  # fmt: skip
-            say(f"  {profile.name}: online OK: JWKS {profile.jwks_url} ({len(cache.kids)} key(s)); token from "
-                f"{profile.token_url} verified (kid {token.kid}, expires {expires}); not written")  # fmt: skip
-    return worst
-
-
-def _read_token_arg(source: str) -> str:
-    from edge_token.sinks.file import extract
-
-    text = sys.stdin.read(1 << 20) if source == "-" else Path(source).read_text(encoding="utf-8")[: 1 << 20]
-    for fmt in ("json", "env", "raw"):
-        token = extract(text, fmt)
-        if token:
-            return token
-    from edge_token.core.errors import VerificationError
-
-    raise VerificationError("no JWT found in the input (expected a raw JWT, or a json or env sink file)", "malformed")
-
-
-def _inspect(args: argparse.Namespace) -> int:
-    import time
-
-    from edge_token.provider.verify import decode_unverified
-
-    try:
-        token = _read_token_arg(args.token)
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        say(f"edge-token: cannot read {args.token}: {reason}; give a token file (raw, json or env) or - for stdin",
-            err=True)  # fmt: skip
-        return EX_NOINPUT
-    header, claims = decode_unverified(token)
-    now = time.time()
-    report: dict[str, Any] = {"header": header, "claims": claims}
-    if isinstance(claims.get("exp"), int | float):
-        report["seconds_left"] = round(claims["exp"] - now, 1)
-    code = 0
-    if args.verify:
-        accepted, refused = asyncio.run(_verify_one(args, token))
-        report["verified"] = bool(accepted)
-        report["verified_by"] = accepted
-        if not accepted:
-            for name, error in refused.items():
-                say(f"edge-token: profile {name}: {error}", err=True)
-            code = next(iter(refused.values())).exit_code
-    say(json.dumps(report, indent=2, sort_keys=True, default=str))
-    return code
-
-
-async def _verify_one(args: argparse.Namespace, token: str) -> tuple[list[str], dict[str, EdgeTokenError]]:
-    """Verify against each selected profile (every profile by default): which accept it, and why the others
-    refuse. A token belongs to one profile, so with several the question is "whose is it?", not an error."""
-    import time
-
-    from edge_token.app import Parts
-    from edge_token.core.clock import SystemClock
-    from edge_token.net.http import make_session
-    from edge_token.provider.verify import verify_token
-
-    config = _load(args)
-    names = args.profile or list(config.profiles)
-    accepted: list[str] = []
-    refused: dict[str, EdgeTokenError] = {}
-    import structlog
-
-    async with make_session() as session:
-        parts = Parts(config, session, SystemClock(), structlog.get_logger("edge_token"), environ=os.environ)
-        for name in names:
-            profile = config.profiles[name]
-            renewer = parts.renewer(profile, sinks=[])
-            try:
-                await verify_token(token, parts.jwks_for(profile).key_set, renewer.rules, time.time())
-            except EdgeTokenError as exc:
-                refused[name] = exc
-            else:
-                accepted.append(name)
-    return accepted, refused
-
-
-def _local_auth(args: argparse.Namespace) -> int:
-    from edge_token.config.trust import is_loopback_host
-    from edge_token.localauth import LocalAuthServer, load_client_secret
-
-    if not is_loopback_host(args.host):
-        print("edge-token: local-auth serves plain HTTP and only binds loopback addresses", file=sys.stderr)
-        return EX_CONFIG
-    path: Path = args.client_secret_file
-    server = LocalAuthServer({args.client_id: load_client_secret(path)}, ttl=args.ttl)
-
-    async def serve() -> None:
-        url = await server.start(args.host, args.port)
-        print(f"local-auth: issuer {server.issuer}", flush=True)
-        print(f'  token_url = "{server.token_url}"\n  jwks_url  = "{server.jwks_url}"', flush=True)
-        print(f'  client_id = "{args.client_id}", secret in {path}; Ctrl-C stops ({url})', flush=True)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await server.stop()
-
-    try:
-        asyncio.run(serve())
-    except KeyboardInterrupt:
-        pass
-    return 0

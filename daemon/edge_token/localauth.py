@@ -1,54 +1,35 @@
 """The bundled local OAuth2 client-credentials + JWKS server, shaped like Sitecore's Auth0 tenant.
 
-For the README demo, local development and the test suite. RS256 keys are generated at start (never stored);
-tokens carry Auth0's claims (`iss` with a trailing slash, `sub=<id>@clients`, `azp`, `gty`, `aud`, `scope`);
-JSON and form bodies and HTTP Basic client authentication are accepted; errors use Auth0's shapes.
+For `edge-token local-auth`, the README demo, local development and the test suite. RS256 keys are generated at
+start (never stored); tokens carry Auth0's claims (`iss` with a trailing slash, `sub=<id>@clients`, `azp`, `gty`,
+`aud`, `scope`); JSON and form bodies and HTTP Basic client authentication are accepted; errors use Auth0's shapes.
 
-The Python API has the knobs tests need: token TTL, key rotation, queued faults (any status, body, headers or
-delay) for the token and JWKS endpoints, custom token minting, request counters, extra claims (Sitecore's tenant
-claims), HTTPS under a caller's certificate, and Auth0's rate-limit and quota signals: with `rate_limit` set,
-every token answer carries `x-ratelimit-limit/-remaining/-reset` (a fixed window on `now`) and a request over the
-limit gets 429 without Retry-After; with `quotas` set, every answer carries `Auth0-Client-Quota-Limit` and an
-exhausted bucket gets 429 too (as Auth0's fine-grained M2M quotas do).
+The Python API models what a provider does: token TTL, key rotation, token minting, request counters, extra
+claims (Sitecore's tenant claims), HTTPS under a caller's certificate, and Auth0's rate-limit and quota signals:
+with `rate_limit` set, every token answer carries `x-ratelimit-limit/-remaining/-reset` (a fixed window on `now`)
+and a request over the limit gets 429 without Retry-After; with `quotas` set, every answer carries
+`Auth0-Client-Quota-Limit` and an exhausted bucket gets 429 too (as Auth0's fine-grained M2M quotas do).
+Misbehaving on purpose (fault injection) is test support and lives with the tests (`tests/faultyauth.py`, a
+subclass that overrides the steps of `_issue` and `_jwks`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import json
 import os
 import secrets
 import ssl
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import web
 from joserfc import jwt
-from joserfc.jwk import RSAKey
+from joserfc.jwk import KeySetSerialization, RSAKey
 
 DEFAULT_AUDIENCE = "https://api.sitecorecloud.io"
-
-
-@dataclass
-class Fault:
-    """One injected answer. `body` may be bytes (sent as is) or JSON-able; `delay` happens before answering."""
-
-    status: int = 503
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-    access_token: str | None = None  # with status 200: a normal answer carrying this token instead
-    reset: bool = False  # drop the connection without answering
-    trickle: float = 0.0  # seconds between body bytes (a slowloris answer)
-    chunks: int = 0  # send `body` this many times as chunked transfer encoding (an endless body)
-    #: (raw request body, request headers) -> the JSON error body: a provider that echoes what it was sent
-    echo: Callable[[bytes, Mapping[str, str]], Any] | None = None
 
 
 def load_client_secret(path: Path) -> str:
@@ -94,20 +75,12 @@ class LocalAuthServer:
         self.clients = dict(clients or {})
         self.ttl, self.audiences, self.scope, self.now = ttl, audiences, scope, now
         self.keys: list[RSAKey] = [self._new_key()]
-        self.token_faults: deque[Fault] = deque()
-        self.jwks_faults: deque[Fault] = deque()
-        # consulted when no fault is queued: a chaos source for soak tests (None = no fault this time)
-        self.token_chaos: Callable[[], Fault | None] | None = None
-        self.jwks_chaos: Callable[[], Fault | None] | None = None
-        self.good_issue_times: list[float] = []  # now() of every genuine token handed out
-        self.token_requests = 0
-        self.request_times: list[float] = []  # now() of every token request, for Retry-After tests
+        self.token_requests = 0  # every request to the token endpoint, answered or refused
         self.tokens_issued = 0
-        self.issued: list[str] = []  # every token handed out (tests search outputs for leaks)
         self.jwks_requests = 0
         self.base_url = ""
         self._runner: web.AppRunner | None = None
-        self.extra_claims: dict[str, Any] = {}  # added to every genuine token (e.g. Sitecore tenant claims)
+        self.extra_claims: dict[str, Any] = {}  # added to every token it issues (e.g. Sitecore tenant claims)
         # Auth0's signals: a fixed rate-limit window, and quota buckets {name: (quota, seconds)} counting tokens
         self.rate_limit, self.rate_window = rate_limit, rate_window
         self._window: tuple[float, int] = (0.0, 0)  # (window start, requests in it)
@@ -121,19 +94,23 @@ class LocalAuthServer:
     # ---- addresses ---------------------------------------------------------------------------------------
     @property
     def issuer(self) -> str:
+        """The `iss` of every token: the base URL with Auth0's trailing slash (what a profile's `issuer` must be)."""
         return self.base_url + "/"
 
     @property
     def token_url(self) -> str:
+        """Where clients POST client-credentials requests (Auth0's path)."""
         return self.base_url + "/oauth/token"
 
     @property
     def jwks_url(self) -> str:
+        """Where the public keys are published, as the discovery document also says."""
         return self.base_url + "/.well-known/jwks.json"
 
     # ---- knobs -------------------------------------------------------------------------------------------
     @property
     def signing_key(self) -> RSAKey:
+        """The key new tokens are signed with: the newest one (older ones may still be published)."""
         return self.keys[-1]
 
     def rotate_key(self, keep_old: bool = True) -> RSAKey:
@@ -146,10 +123,12 @@ class LocalAuthServer:
         """Publish only the current signing key (the second half of a rotation)."""
         self.keys = [self.signing_key]
 
-    def jwks(self) -> dict[str, Any]:
+    def jwks(self) -> KeySetSerialization:
+        """The published key set: the public halves of the current keys."""
         return {"keys": [key.as_dict(private=False) for key in self.keys]}
 
     def claims_for(self, client_id: str, audience: str) -> dict[str, Any]:
+        """The claims Auth0 puts in a client-credentials token for this client and audience, issued now."""
         issued = int(self.now())
         return {
             "iss": self.issuer,
@@ -165,13 +144,15 @@ class LocalAuthServer:
         }
 
     def mint(self, claims: dict[str, Any], header: dict[str, Any] | None = None, key: RSAKey | None = None) -> str:
-        """Sign arbitrary claims (tests build bad tokens with this)."""
+        """Sign claims with a header and key of the caller's choosing (default: the current key): the server's own
+        tokens, and the forged or foreign ones a test or a local experiment needs."""
         key = key or self.signing_key
         head = {"alg": "RS256", "typ": "JWT", "kid": key.kid, **(header or {})}
         return jwt.encode(head, claims, key, algorithms=[head["alg"]])
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
     async def start(self, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None) -> str:
+        """Serve on `host:port` (0: a free port), over HTTPS with `tls`; return the base URL actually bound."""
         app = web.Application()
         app.router.add_post("/oauth/token", self._token)
         app.router.add_get("/.well-known/jwks.json", self._jwks)
@@ -186,46 +167,18 @@ class LocalAuthServer:
         return self.base_url
 
     async def stop(self) -> None:
+        """Close the listener and every connection; safe to call twice."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
     # ---- handlers ----------------------------------------------------------------------------------------
     @staticmethod
-    async def _fault_response(fault: Fault, request: web.Request) -> web.StreamResponse | None:
-        if fault.delay:
-            await asyncio.sleep(fault.delay)
-        if fault.reset and request.transport is not None:
-            request.transport.abort()
-            return web.Response(status=500)  # never sent: the connection is gone
-        if fault.access_token is not None:
-            return None
-        if fault.echo is not None:
-            body = fault.echo(await request.read(), request.headers)
-            return web.json_response(body, status=fault.status, headers=fault.headers)
-        if fault.chunks:
-            stream = web.StreamResponse(status=fault.status, headers=fault.headers)
-            stream.enable_chunked_encoding()
-            await stream.prepare(request)
-            for _ in range(fault.chunks):
-                await stream.write(fault.body if isinstance(fault.body, bytes) else b" ")
-            return stream
-        if fault.trickle:
-            stream = web.StreamResponse(status=fault.status, headers=fault.headers)
-            await stream.prepare(request)
-            for byte in fault.body if isinstance(fault.body, bytes) else b"{}":
-                await stream.write(bytes([byte]))
-                await asyncio.sleep(fault.trickle)
-            return stream
-        if isinstance(fault.body, bytes):
-            return web.Response(status=fault.status, body=fault.body, headers=fault.headers)
-        return web.json_response(fault.body, status=fault.status, headers=fault.headers)
-
-    @staticmethod
     def _error(status: int, error: str, description: str) -> web.Response:
         return web.json_response({"error": error, "error_description": description}, status=status)
 
     async def _read_params(self, request: web.Request) -> dict[str, str]:
+        """The request's parameters from a JSON or form body, client credentials from HTTP Basic if sent."""
         if request.content_type == "application/json":
             data = await request.json()
             params = {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
@@ -278,7 +231,6 @@ class LocalAuthServer:
 
     async def _token(self, request: web.Request) -> web.StreamResponse:
         self.token_requests += 1
-        self.request_times.append(self.now())
         limit_headers, over = self._limit_headers(count=True)
         if over:
             return web.json_response({"error": "too_many_requests", "error_description": "Too Many Requests"},
@@ -290,19 +242,20 @@ class LocalAuthServer:
                 status=429, headers={**limit_headers, **quota_headers},
             )  # fmt: skip
         response = await self._issue(request)
-        if not response.prepared:  # a streamed fault has sent its headers already
+        if not response.prepared:  # a streamed answer (a subclass may stream one) has sent its headers already
             quota_headers, _ = self._quota_state(issue=response.status == 200)
             response.headers.update({**limit_headers, **quota_headers})
         return response
 
     async def _issue(self, request: web.Request) -> web.StreamResponse:
-        fault = self.token_faults.popleft() if self.token_faults else self.token_chaos() if self.token_chaos else None
-        override = None
-        if fault is not None:
-            response = await self._fault_response(fault, request)
-            if response is not None:
-                return response
-            override = fault.access_token
+        """The answer to a token request within the rate limit and quotas: a new token, or the OAuth error."""
+        granted = await self._authenticate(request)
+        if isinstance(granted, web.Response):
+            return granted
+        return self._grant(self._new_token(*granted))
+
+    async def _authenticate(self, request: web.Request) -> tuple[str, str] | web.Response:
+        """(client id, audience) of a valid client-credentials request, or the error answer Auth0 would give."""
         try:
             params = await self._read_params(request)
         except (ValueError, UnicodeDecodeError):
@@ -316,23 +269,22 @@ class LocalAuthServer:
         audience = params.get("audience", "")
         if audience not in self.audiences:
             return self._error(403, "access_denied", f"Service not found: {audience[:100]}")
+        return client_id, audience
+
+    def _new_token(self, client_id: str, audience: str) -> str:
+        """A genuine token for this client and audience, signed with the current key."""
+        return self.mint(self.claims_for(client_id, audience))
+
+    def _grant(self, token: str) -> web.Response:
+        """The successful token answer, counted."""
         self.tokens_issued += 1
-        token = override if override is not None else self.mint(self.claims_for(client_id, audience))
-        self.issued.append(token)
-        if override is None:
-            self.good_issue_times.append(self.now())
         return web.json_response(
             {"access_token": token, "expires_in": max(1, round(self.ttl)), "token_type": "Bearer", "scope": self.scope}
         )
 
     async def _jwks(self, request: web.Request) -> web.StreamResponse:
         self.jwks_requests += 1
-        fault = self.jwks_faults.popleft() if self.jwks_faults else self.jwks_chaos() if self.jwks_chaos else None
-        if fault is not None:
-            response = await self._fault_response(fault, request)
-            if response is not None:
-                return response
-        return web.Response(text=json.dumps(self.jwks()), content_type="application/json")
+        return web.json_response(self.jwks())
 
     async def _discovery(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(

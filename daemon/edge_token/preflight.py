@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import socket
-import ssl
 import stat
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -34,7 +33,7 @@ from pathlib import Path
 from edge_token.config.trust import parse_listen
 from edge_token.core.errors import EX_CANTCREAT, EX_CONFIG, ConfigError, SinkError
 from edge_token.core.settings import SA_DIR, Config, KubernetesSecretOptions, SecretSource, SinkConfig, VaultKvOptions
-from edge_token.net.tls import regular_file
+from edge_token.net.tls import client_context
 from edge_token.observe.hooks import hook_environment
 from edge_token.secrets import read_secret
 from edge_token.sinks.atomicfile import check_directory, describe_os_error, not_regular, temp_name
@@ -224,15 +223,11 @@ def _readable(where: str, path: Path, what: str, explicit: bool) -> Iterator[Pro
 
 def _ca_file(where: str, path: Path | None, explicit: bool) -> Iterator[Problem]:
     if path is None or (not explicit and not path.exists()):
-        return  # the default in-cluster CA: absent outside a pod, and then the system CAs are used (storehttp)
-    if not regular_file(path):
-        yield Problem(where, f"{path} is not a regular file; point ca_file at a PEM CA bundle", EX_CANTCREAT)
-        return
+        return  # the default in-cluster CA: absent outside a pod, and then the system CAs are used (kubernetes.py)
     try:
-        ssl.create_default_context(cafile=str(path))
-    except (OSError, ssl.SSLError, ValueError) as exc:
-        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or type(exc).__name__
-        yield Problem(where, f"cannot load {path} as a PEM CA bundle ({reason}); fix ca_file", EX_CANTCREAT)
+        client_context("", path)  # the builder `run` uses (net/tls.py): never blocks on a FIFO, bounded
+    except ConfigError as exc:
+        yield Problem(where, f"{exc}; fix ca_file", EX_CANTCREAT)
 
 
 def _program(where: str, sink: SinkConfig, environ: Mapping[str, str]) -> Iterator[Problem]:

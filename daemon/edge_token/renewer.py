@@ -70,7 +70,9 @@ class Renewer:
         self.profile = profile
         self._secrets = secrets or SecretCache(environ)
         self.sinks: list[Sink] = (
-            list(sinks) if sinks is not None else [build_sink(s, session, on_secret, environ) for s in profile.sinks]
+            list(sinks)
+            if sinks is not None
+            else [build_sink(s, session, on_secret, environ, log) for s in profile.sinks]
         )
         self.settings = RefreshSettings(
             refresh_at=profile.refresh_at, jitter=profile.jitter, retry_max=profile.retry_max_seconds

@@ -377,7 +377,7 @@ def write_config(bench: Bench, server: LocalAuthServer, count: int, sinks: Path)
 def verify_sinks(server: LocalAuthServer, sinks: Path, count: int) -> None:
     """Every sink holds a token from `server` that verifies (signature, iss, aud, exp): a fill that is fast
     because it did not do the work must not be timed as one. Runs after the timing, outside it."""
-    keys = KeySet.import_key_set(server.jwks())  # type: ignore[arg-type]  # a plain JWKS dict
+    keys = KeySet.import_key_set(server.jwks())
     rules = jwt.JWTClaimsRegistry(
         iss={"essential": True, "value": server.issuer}, aud={"essential": True, "value": DEFAULT_AUDIENCE},
         exp={"essential": True},

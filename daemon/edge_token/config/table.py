@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 from edge_token.config.trust import is_loopback_host
 from edge_token.core.errors import ConfigError
 from edge_token.core.settings import Egress, SecretSource
-from edge_token.net.egress import check_proxy_url, tls_context
+from edge_token.net.egress import check_proxy_url
+from edge_token.net.tls import client_context
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -178,13 +179,7 @@ def absolute_path(table: Table, path: Path | None) -> Path | None:
 def ca_bundle(table: Table) -> Path | None:
     """A profile's `ca_file`, loaded once now so a typo or a non-PEM file fails `check` and the start (exit 78)."""
     path = absolute_path(table, optional_path(table, "ca_file", None))
-    if path is not None:
-        try:
-            tls_context(path)
-        except ConfigError as exc:
-            raise ConfigError(
-                f"{table.file}: {table.path('ca_file')}: {exc}; give a PEM bundle of CA certificates"
-            ) from None
+    client_context(f"{table.file}: {table.where}", path)  # the one builder (net/tls.py), as `run` uses it
     return path
 
 

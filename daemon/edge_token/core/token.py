@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+#: one or more characters of the unpadded base64url alphabet (RFC 7515 section 2), nothing else: use fullmatch
+BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
+#: the shape of a compact JWS (header.payload.signature, each part non-empty base64url): use fullmatch. Strict, for
+#: deciding what a token is; core/scrub.py has its own deliberately looser pattern for finding tokens in text.
+COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True, repr=False)

@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 import re
 import socket
-import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,11 +32,11 @@ from typing import Any
 
 import aiohttp
 
-from edge_token.core import scrub
+from edge_token.core import scrub, strictjson
 from edge_token.core.errors import EdgeTokenError
 from edge_token.core.settings import FleetConfig
 from edge_token.net import egress
-from edge_token.net.http import read_limited, sanitize
+from edge_token.net.http import exchange, sanitize
 from edge_token.net.tls import client_context
 from edge_token.secrets import read_secret
 
@@ -103,9 +101,8 @@ class Etcd:
         #: re-authentications attempted, and how many of them etcd answered with a rejection (for metrics)
         self.authentications = 0
         self.auth_rejections = 0
-        # a missing or broken TLS file is a configuration error (exit 78) naming the key, never a traceback
-        context = client_context("fleet", config.ca_file, config.cert_file, config.key_file)
-        self._tls: ssl.SSLContext | bool = context if context is not None else True
+        self._tls_files = (config.ca_file, config.cert_file, config.key_file)
+        client_context("fleet", *self._tls_files)  # now: a missing or broken file fails the start (exit 78), key named
 
     async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST one gateway call, trying each endpoint once from the last one that worked; one re-authentication on a
@@ -128,14 +125,15 @@ class Etcd:
     async def _post(self, endpoint: str, path: str, body: dict[str, Any], *, reauthenticated: bool = False) -> Any:
         """One request; on a 401 (our auth token expired) re-authenticate once and retry once, never more."""
         headers = {"Authorization": self._auth_token} if self._auth_token else {}
-        timeout = aiohttp.ClientTimeout(total=self.config.timeout_seconds)
-        via = egress.route(self.config.egress, endpoint, os.environ)  # [fleet] proxy (egress.py)
-        async with self._session.post(
-            f"{endpoint}{path}", json=body, headers=headers, timeout=timeout, ssl=self._tls, allow_redirects=False,
-            proxy=via.proxy, proxy_headers=via.proxy_headers,
-        ) as response:  # fmt: skip
-            raw = await read_limited(response, MAX_ETCD_BYTES, "etcd answer")
-            status = response.status
+        # the shared exchange (net/http.py): bounded body, [fleet] proxy, timeout, failures as EtcdUnavailable;
+        # the TLS files through the one cached builder, so a renewed CA or client certificate is used at once
+        status, raw = await exchange(
+            self._session, "POST", f"{endpoint}{path}", what="etcd", error=EtcdUnavailable,
+            limit=MAX_ETCD_BYTES, timeout=self.config.timeout_seconds, headers=headers, body=body,
+            tls=client_context("fleet", *self._tls_files),
+            secrets=tuple(filter(None, (self._auth_token, body.get("password")))),
+            via=egress.route(self.config.egress, endpoint, os.environ), key="fleet.etcd_endpoints",
+        )  # fmt: skip
         if status == 401 and self.config.username and path != AUTHENTICATE:
             if reauthenticated:
                 self.auth_rejections += 1
@@ -153,7 +151,7 @@ class Etcd:
             # scrub the whole answer, then truncate: cutting first could leave half an echoed password behind
             raise EtcdUnavailable(f"etcd answered {status}: {sanitize(raw.decode('utf-8', 'replace'))}")
         with _answer_shape("an answer"):
-            data = json.loads(raw)
+            data = strictjson.loads(raw)  # the one strict parse of network bodies (duplicates, NaN, depth)
             if not isinstance(data, dict):
                 raise ValueError("etcd answer is not an object")
         return data

@@ -19,14 +19,10 @@ the environment the daemon was started with.
 from __future__ import annotations
 
 import base64
-import functools
 import ipaddress
-import os
 import ssl
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -34,6 +30,7 @@ import aiohttp
 from edge_token.core import scrub
 from edge_token.core.errors import ConfigError, CredentialsRejected, EdgeTokenError
 from edge_token.core.settings import Egress
+from edge_token.net.tls import client_context
 from edge_token.secrets import read_secret
 
 MAX_NO_PROXY_ENTRIES = 256
@@ -63,7 +60,7 @@ class ProxyRejected(CredentialsRejected):
 def route(egress: Egress, url: str, environ: Mapping[str, str]) -> Route:
     """The proxy and TLS settings for a request to `url`. Raises ConfigError if a proxy credential is unreadable
     or an environment proxy variable is not a usable http:// proxy URL."""
-    tls = tls_context(egress.ca_file)
+    tls = client_context("", egress.ca_file)  # the one cached builder (tls.py): ca_file replaces the system trust
     # http:// is allowed for loopback destinations only (config.py), and a proxy cannot reach our loopback: those
     # go direct, as Go's ProxyFromEnvironment does for localhost. (Forwarding plain requests is also where proxies
     # and aiohttp disagree: tinyproxy closes the connection after each answer without saying so.)
@@ -157,43 +154,6 @@ def bypassed(host: str, port: int | None, no_proxy: str) -> bool:
         if name and (host == name or host.endswith("." + name)):
             return True
     return False
-
-
-MAX_CA_BYTES = 4 * 1024 * 1024  # the Debian bundle is ~220 KiB
-
-
-def tls_context(ca_file: Path | None) -> ssl.SSLContext | bool:
-    """Verification always on: the system trust (True), or ONLY the CAs of `ca_file` (it replaces the system
-    trust). Loaded once per file version (path, size, mtime), so a renewed bundle is picked up without a restart."""
-    if ca_file is None:
-        return True
-    try:
-        info = os.stat(ca_file)
-    except OSError as exc:
-        raise ConfigError(f"cannot read CA bundle {ca_file}: {exc.strerror}") from None
-    if not stat.S_ISREG(info.st_mode):  # a FIFO here would block the event loop forever on open (and SIGTERM)
-        raise ConfigError(f"CA bundle {ca_file} is not a regular file; point ca_file at a PEM file")
-    return _load_context(str(ca_file), info.st_size, info.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=32)
-def _load_context(path: str, _size: int, _mtime: int) -> ssl.SSLContext:
-    try:
-        # Read it ourselves, never blocking (O_NONBLOCK; the type checked again on the open file, the path may have
-        # changed since the stat), bounded; then the CAs from memory. Only this bundle, hostname checks on.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ConfigError(f"CA bundle {path} is not a regular file; point ca_file at a PEM file")
-            pem = os.read(fd, MAX_CA_BYTES + 1)
-        finally:
-            os.close(fd)
-        if len(pem) > MAX_CA_BYTES:
-            raise ConfigError(f"CA bundle {path} is larger than {MAX_CA_BYTES} bytes; is it the right file?")
-        context = ssl.create_default_context(cadata=pem.decode("ascii"))
-    except (OSError, ssl.SSLError, ValueError) as exc:
-        raise ConfigError(f"cannot load CA bundle {path}: {type(exc).__name__}: {exc}") from None
-    return context
 
 
 def proxy_failure(

@@ -1,64 +1,117 @@
-"""TLS client contexts from configured PEM files, failing as configuration errors that name the key.
+"""The one TLS client-context builder: CA bundle, client certificate and key from configured PEM files.
 
-Used twice on purpose: by config loading (so `edge-token check` refuses a missing, unreadable or malformed
-`ca_file`/`cert_file`/`key_file` with exit 78) and by the client that uses the context at run time (a file
-removed or broken after `check` is still exit 78 with the key named, never a traceback).
+Every caller goes through `client_context` — config loading (so `edge-token check` refuses a missing, unreadable
+or malformed file with exit 78, the key named), the profile's `ca_file` (egress), the secret stores and etcd — so
+they all get the same guarantees:
+
+- `ca_file` REPLACES the system trust: only its CAs verify the far end; without it, the system trust. Hostname
+  checks always on.
+- Never blocks: each file is opened O_NONBLOCK and its type checked on the open descriptor (a FIFO swapped in
+  after any earlier check would otherwise block the opening thread — the event loop — forever, and SIGTERM with
+  it). OpenSSL then reads that same open file through /proc/self/fd, never the path again.
+- Bounded: a file over MAX_PEM_BYTES is refused before anything reads it.
+- Cached per file version (path, device, inode, size, mtime, ctime of each file), so a renewed bundle or client
+  certificate is picked up at the next request without a restart, and an unchanged one costs three stat calls.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import ssl
 import stat
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from edge_token.core.errors import ConfigError
 
+MAX_PEM_BYTES = 4 * 1024 * 1024  # the Debian CA bundle is ~220 KiB
+_PROC_FD = Path("/proc/self/fd")
+Version = tuple[str, int, int, int, int, int]  # path, st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns
+
+
+class _Refused(Exception):
+    """A file that cannot be used: (config key, problem); turned into a ConfigError naming the caller's key."""
+
 
 def client_context(
     where: str, ca_file: Path | None = None, cert_file: Path | None = None, key_file: Path | None = None
-) -> ssl.SSLContext | None:
-    """The verifying client context for these files (None when none is set). `where`: e.g. "config.toml: fleet"."""
+) -> ssl.SSLContext | bool:
+    """The verifying context for these files: True (the system trust, nothing to load) when none is set.
+
+    `where` prefixes the key in messages, e.g. "config.toml: fleet" -> "config.toml: fleet.ca_file = '...': ...".
+    ConfigError (exit 78) for a missing, unreadable, non-regular, oversized or malformed file."""
+    prefix = f"{where}." if where else ""
     if key_file is not None and cert_file is None:
-        raise ConfigError(f"{where}.key_file: set cert_file too (key_file is the private key of the client cert)")
+        raise ConfigError(f"{prefix}key_file: set cert_file too (key_file is the private key of the client cert)")
     if ca_file is None and cert_file is None:
-        return None
-    for key, path in (("ca_file", ca_file), ("cert_file", cert_file), ("key_file", key_file)):
-        if path is not None:
-            _readable(where, key, path)
+        return True
+    files = (("ca_file", ca_file), ("cert_file", cert_file), ("key_file", key_file))
     try:
-        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-    except (ssl.SSLError, OSError, ValueError) as exc:
-        raise ConfigError(f"{where}.ca_file = {str(ca_file)!r}: not a PEM CA certificate ({_reason(exc)})") from None
-    if cert_file is not None:
+        versions = tuple(_version(key, path) if path is not None else None for key, path in files)
+        return _load(*versions)
+    except _Refused as refused:
+        key, problem = refused.args
+        path = dict(files)[key]
+        raise ConfigError(f"{prefix}{key} = {str(path)!r}: {problem}") from None
+
+
+def _version(key: str, path: Path) -> Version:
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise _Refused(key, f"cannot read the file: {exc.strerror or type(exc).__name__}") from None
+    _check(key, info)
+    return str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
+
+
+def _check(key: str, info: os.stat_result) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        raise _Refused(key, "not a regular file; point it at a PEM file")
+    if info.st_size > MAX_PEM_BYTES:
+        raise _Refused(key, f"larger than {MAX_PEM_BYTES} bytes; is it the right file?")
+
+
+@contextmanager
+def _opened(key: str, path: str) -> Iterator[str]:
+    """A name under which OpenSSL reads the file we opened without blocking and checked on its descriptor."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _Refused(key, f"cannot read the file: {exc.strerror or type(exc).__name__}") from None
+    try:
+        _check(key, os.fstat(fd))  # the path may name another file now than when it was stat'ed
+        # /proc/self/fd/N re-opens this very inode (a regular file: no open of it can block). Without /proc (not
+        # Linux, or a sandbox without it) the path is the only name left; the type was checked just above.
+        yield str(_PROC_FD / str(fd)) if _PROC_FD.is_dir() else path
+    finally:
+        os.close(fd)
+
+
+@functools.lru_cache(maxsize=32)
+def _load(ca: Version | None, cert: Version | None, key: Version | None) -> ssl.SSLContext:
+    with ExitStack() as files:
         try:
-            context.load_cert_chain(str(cert_file), str(key_file) if key_file else None, password=_no_password)
+            cafile = files.enter_context(_opened("ca_file", ca[0])) if ca else None
+            context = ssl.create_default_context(cafile=cafile)
         except (ssl.SSLError, OSError, ValueError) as exc:
-            raise ConfigError(
-                f"{where}.cert_file = {str(cert_file)!r}: cannot load the client certificate and key "
-                f"({_reason(exc)}); both must be PEM, the key unencrypted and matching the certificate"
+            raise _Refused(
+                "ca_file", f"not a PEM CA bundle ({_reason(exc)}); give a PEM file of CA certificates"
+            ) from None
+        if cert is None:
+            return context
+        certfile = files.enter_context(_opened("cert_file", cert[0]))
+        keyfile = files.enter_context(_opened("key_file", key[0])) if key else None
+        try:
+            context.load_cert_chain(certfile, keyfile, password=_no_password)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise _Refused(
+                "cert_file",
+                f"cannot load the client certificate and key ({_reason(exc)}); both must be PEM, the key "
+                "unencrypted and matching the certificate",
             ) from None
     return context
-
-
-def regular_file(path: Path) -> bool:
-    """True if `path` is a regular file (following links). Checked before OpenSSL opens a PEM file: a FIFO there
-    would block the opening thread, which is the event loop, forever (and with it SIGTERM)."""
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return True  # let the open report the real error (missing, permission denied...)
-
-
-def _readable(where: str, key: str, path: Path) -> None:
-    if not regular_file(path):
-        raise ConfigError(f"{where}.{key} = {str(path)!r}: not a regular file; point it at a PEM file")
-    try:
-        with path.open("rb") as handle:
-            handle.read(1)
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise ConfigError(f"{where}.{key} = {str(path)!r}: cannot read the file: {reason}") from None
 
 
 def _no_password() -> str:

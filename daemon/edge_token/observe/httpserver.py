@@ -146,6 +146,7 @@ class ConnectionLimiter:
         return _Connection(self, self.server())
 
     def admit(self, connection: _Connection) -> bool:
+        """Take a new connection, evicting the oldest idle one when full; False if every slot serves a request."""
         if len(self.active) >= self.max_connections:
             victim = next((c for c in self.active.values() if not c.busy), None)
             if victim is None:
@@ -159,6 +160,7 @@ class ConnectionLimiter:
         return True
 
     def release(self, connection: _Connection) -> None:
+        """Forget a closed connection (its slot is free again)."""
         if self.active.get(connection.handler) is connection:
             del self.active[connection.handler]
 
@@ -186,9 +188,11 @@ class GuardedRunner(web.AppRunner):
 
     @property
     def addresses(self) -> list[Any]:
+        """The bound (host, port, ...) of each listening socket."""
         return [sock.getsockname() for sock in (self.listener.sockets if self.listener else ())]
 
     async def cleanup(self) -> None:
+        """Stop accepting, then close the open connections and the app as AppRunner does."""
         if self.listener is not None:
             self.listener.close()  # stop accepting; existing connections are closed by the runner below
         await super().cleanup()
@@ -225,13 +229,23 @@ class AcceptErrorLog:
 
 
 def build_app(metrics: Metrics, source: HealthSource, middlewares: tuple[Any, ...] = ()) -> web.Application:
+    """The four read-only endpoints; none of them can reveal a token."""
     app = web.Application(middlewares=middlewares)
 
-    async def metrics_handler(request: web.Request) -> web.Response:
-        body, headers = metrics.exposition(
+    async def metrics_handler(request: web.Request) -> web.StreamResponse:
+        parts, headers = metrics.exposition_parts(
             request.headers.get("Accept", ""), request.headers.get("Accept-Encoding", "")
         )
-        return web.Response(body=body, headers=headers)
+        if request.method == "HEAD":
+            return web.Response(body=b"".join(parts), headers=headers)  # aiohttp sends a HEAD answer's headers only
+        # the cached chunks go out as they are (no joined copy per scrape); Content-Length keeps keep-alive simple
+        response = web.StreamResponse(headers=headers)
+        response.content_length = sum(len(part) for part in parts)
+        await response.prepare(request)
+        for part in parts:
+            await response.write(part)
+        await response.write_eof()
+        return response
 
     async def healthz(request: web.Request) -> web.Response:
         ok = source.alive()

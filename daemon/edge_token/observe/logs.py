@@ -16,8 +16,6 @@ from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-import structlog
-
 from edge_token.core import scrub as scrubbing
 from edge_token.observe import journal
 
@@ -76,6 +74,8 @@ def configure(
     log_format: str = "auto", level: str = "info", stream: TextIO | None = None, redactor: Redactor | None = None
 ) -> Redactor:
     """Configure structlog and stdlib logging (aiohttp, APScheduler) to one redacted pipeline on `stream`."""
+    import structlog  # here, not at the top: `once` uses Redactor without structlog (observe/plainlog.py)
+
     stream = stream or sys.stderr
     redactor = redactor or Redactor()
     as_json = log_format == "json" or (log_format == "auto" and not stream.isatty())

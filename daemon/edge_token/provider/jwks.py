@@ -15,9 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import random
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,9 +24,11 @@ import aiohttp
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from edge_token.core import strictjson
 from edge_token.core.clock import Clock
 from edge_token.core.errors import EdgeTokenError, JwksAnswerError, JwksError
 from edge_token.core.settings import DIRECT, Egress
+from edge_token.core.token import BASE64URL
 from edge_token.net import egress
 from edge_token.net.http import exchange, sanitize
 
@@ -37,7 +37,6 @@ MAX_KEYS = 64
 RETRY_AFTER_FAILURE = 5.0  # an unknown kid may refetch this soon after a *failed* fetch (not min_refetch)
 MIN_RSA_BITS = 2048
 MAX_RSA_BITS = 16384  # larger moduli only cost CPU on every verification; no provider uses them
-_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 ALLOWED_KTY = frozenset({"RSA", "EC", "OKP"})
 
@@ -77,7 +76,7 @@ def base64url_uint(value: Any) -> int | None:
     octet; zero itself is the single octet 0). Any other spelling of the same integer is refused, so no check on
     the text can be fooled by how the number is written.
     """
-    if not isinstance(value, str) or not _BASE64URL.fullmatch(value) or len(value) % 4 == 1:
+    if not isinstance(value, str) or not BASE64URL.fullmatch(value) or len(value) % 4 == 1:
         return None
     try:
         octets = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
@@ -217,8 +216,8 @@ class JwksCache:
         if status != 200:  # 404, 403, a redirect...: the URL does not serve a key set
             raise JwksAnswerError(f"JWKS {self.url} answered HTTP {status}, not a key set; check jwks_url")
         try:
-            document = json.loads(raw)
-        except (ValueError, UnicodeDecodeError, RecursionError):
+            document = strictjson.loads(raw)  # the one strict parse of network bodies (duplicates, NaN, depth)
+        except ValueError:
             kind = "an HTML page" if raw.lstrip()[:1] == b"<" else "not valid JSON"
             raise JwksAnswerError(f"JWKS {self.url} is {kind}, not a key set; check jwks_url") from None
         accepted, _skipped = usable_keys(document)

@@ -113,7 +113,7 @@ def _oauth_error(raw: bytes) -> tuple[str | None, str | None]:
     """(error, error_description) from an OAuth error body, if it is one."""
     try:
         data = strictjson.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+    except ValueError:  # strictjson: every refusal (ambiguous, invalid, too deep) is a ValueError
         return None, None
     if not isinstance(data, dict):
         return None, None
@@ -156,7 +156,7 @@ def _parse_body(raw: bytes, content_type: str) -> dict[str, Any]:
             raise ProtocolError("token answer is not valid form-encoded text") from None
     try:
         data = strictjson.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+    except ValueError:
         kind = "an HTML page" if raw.lstrip()[:1] == b"<" else "not valid JSON"
         raise ProtocolError(f"token answer with status 200 is {kind}; check token_url") from None
     if not isinstance(data, dict):

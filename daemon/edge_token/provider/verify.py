@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,11 +28,10 @@ from joserfc.jwk import KeySet
 from edge_token.core.errors import VerificationError
 from edge_token.core.strictjson import StrictDecoder
 from edge_token.core.strictnum import finite
-from edge_token.core.token import Token
+from edge_token.core.token import COMPACT_JWS, Token
 
 MAX_TOKEN_BYTES = 16 * 1024
 PLAUSIBLE_SECONDS = 100 * 365 * 86400.0  # a NumericDate further than this from now is garbage
-_B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
 KeySetLookup = Callable[[str | None, bool], Awaitable[KeySet]]  # (kid, suspect the cached key) -> keys
 
 
@@ -64,7 +62,7 @@ def parse_header(token: object) -> dict[str, Any]:
     if len(parts) != 3:
         kind = "an encrypted JWE" if len(parts) == 5 else f"{len(parts)} parts"
         raise fail("malformed", f"not a compact JWS (expected 3 dot-separated parts, got {kind})")
-    if not all(parts) or not all(_B64URL.match(part) for part in parts):
+    if not COMPACT_JWS.fullmatch(token):  # fullmatch: a `$` anchor would let a final "\n" through
         raise fail("malformed", "a JWT part is empty or not base64url")
     try:
         header = json.loads(_b64decode(parts[0]), cls=StrictDecoder)

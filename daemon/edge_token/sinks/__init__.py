@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -31,6 +31,7 @@ def build_sink(
     session: aiohttp.ClientSession,
     on_secret: Callable[[str], None] | None = None,
     environ: Mapping[str, str] | None = None,
+    log: Any = None,
 ) -> Sink:
     """The sink implementation for one `[[profiles.X.sinks]]` table (store modules are imported only if used)."""
     if isinstance(config.store, KubernetesSecretOptions):
@@ -43,4 +44,4 @@ def build_sink(
         return VaultKvSink(config, config.store, session, on_secret, environ)
     from edge_token.sinks.file import FileSink
 
-    return FileSink(config)
+    return FileSink(config, log=log)

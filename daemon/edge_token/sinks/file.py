@@ -7,8 +7,7 @@ import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-
-import structlog
+from typing import Any
 
 from edge_token.core.errors import SinkError
 from edge_token.core.settings import SinkConfig
@@ -64,7 +63,11 @@ class FileSink:
     """
 
     def __init__(
-        self, config: SinkConfig, timeout: float = FILE_IO_TIMEOUT_SECONDS, stale_temps: StaleTemps | None = None
+        self,
+        config: SinkConfig,
+        timeout: float = FILE_IO_TIMEOUT_SECONDS,
+        log: Any = None,
+        stale_temps: StaleTemps | None = None,
     ) -> None:
         if config.path is None:
             raise ValueError("a file sink needs a path")
@@ -74,7 +77,11 @@ class FileSink:
         self._calls = BlockingCalls(self.name, timeout)
         self._stale_temps = stale_temps or STALE_TEMPS
         self._held: bytes | None = None  # what the read-back found, if the file was as a write would leave it
-        self.log = structlog.get_logger("edge_token")
+        if log is None:  # `once` passes its structlog-free logger (observe/plainlog.py); everyone else: structlog's
+            import structlog
+
+            log = structlog.get_logger("edge_token")
+        self.log = log
 
     async def write(self, token: Token) -> bool:
         """Write the token in the sink's format (atomically, bounded in time); False if the file already held it."""

@@ -15,6 +15,7 @@ import base64
 import binascii
 import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -25,14 +26,16 @@ from edge_token.core.settings import SA_DIR, KubernetesSecretOptions, SinkConfig
 from edge_token.core.strictnum import ascii_uint
 from edge_token.core.token import Token
 from edge_token.net.http import sanitize
-from edge_token.sinks.storehttp import Answer, call, tls_context
+from edge_token.sinks.store import Held, write_never_regress
+from edge_token.sinks.storehttp import Answer, call
 
 EXPIRY_ANNOTATION = "edge-token.io/expires-at"
-MAX_CONFLICT_RETRIES = 4
 
 
 class KubernetesSecretSink:
     """One key of one Kubernetes Secret, written with optimistic concurrency and never replaced by an older token."""
+
+    noun = "the Secret"
 
     def __init__(
         self,
@@ -73,12 +76,18 @@ class KubernetesSecretSink:
             self._on_secret(token)
         return token
 
+    def _ca_file(self) -> Path | None:
+        """The configured CA bundle; the in-cluster default only where it exists (outside a pod, with api_url
+        set, the system CAs verify the API server). A ca_file set in the config that is missing is an error."""
+        default = SA_DIR / "ca.crt"
+        return None if self.options.ca_file == default and not default.exists() else self.options.ca_file
+
     async def _call(self, method: str, url: str, body: Any = None) -> Answer:
         token = self._token()
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         return await call(
             self._session, method, url, what=f"{self.name}: Kubernetes API", headers=headers, body=body,
-            timeout=self.options.timeout_seconds, tls=tls_context(self.options.ca_file), secrets=(token,),
+            timeout=self.options.timeout_seconds, ca_file=self._ca_file(), secrets=(token,),
             egress_settings=self.options.egress, environ=self._environ,
         )  # fmt: skip
 
@@ -111,42 +120,39 @@ class KubernetesSecretSink:
 
     async def write(self, token: Token) -> bool:
         """Put the token in the Secret unless it holds a newer one; False if it already held this token."""
+        return await write_never_regress(self, token)
+
+    async def held(self) -> Held:
+        """The Secret as it is now (its whole document is the version: the PUT carries its resourceVersion)."""
+        current = await self._call("GET", self._url())
+        if current.status == 404:
+            return Held(None, 0.0, None)
+        if current.status != 200 or current.body is None:
+            raise self._error(current, "read the Secret")
+        annotations = (current.body.get("metadata") or {}).get("annotations") or {}
+        stored = (current.body.get("data") or {}).get(self.options.key)
+        return Held(_decode(stored), _float(annotations.get(EXPIRY_ANNOTATION)), current.body)
+
+    async def write_if_unchanged(self, held: Held, token: Token) -> bool:
+        """Create the Secret if it was absent (409: someone created it meanwhile), else replace it carrying the
+        resourceVersion we read (409: someone changed it meanwhile)."""
         encoded = base64.b64encode(token.jwt.encode()).decode()
-        for _ in range(MAX_CONFLICT_RETRIES):
-            current = await self._call("GET", self._url())
-            if current.status == 404:
-                created = await self._call("POST", self._url(collection=True), self._new_secret(encoded, token))
-                if created.status in (200, 201):
-                    return True
-                if created.status == 409:  # someone created it meanwhile: re-read
-                    continue
-                raise self._error(created, "create the Secret")
-            if current.status != 200 or current.body is None:
-                raise self._error(current, "read the Secret")
-            secret = current.body
-            data = secret.setdefault("data", {}) or {}
-            metadata = secret.setdefault("metadata", {})
-            annotations = metadata.get("annotations") or {}
-            if data.get(self.options.key) == encoded:
-                return False
-            if _float(annotations.get(EXPIRY_ANNOTATION)) > token.exp:
-                return False  # a newer token is already there (another writer); never regress it
-            data[self.options.key] = encoded
-            secret["data"] = data
-            metadata["annotations"] = {
-                **annotations,
-                **self.options.annotations,
-                EXPIRY_ANNOTATION: str(int(token.exp)),
-            }
-            metadata["labels"] = {**(metadata.get("labels") or {}), **self.options.labels}
-            replaced = await self._call("PUT", self._url(), secret)  # carries metadata.resourceVersion
-            if replaced.status == 200:
-                return True
-            if replaced.status != 409:
-                raise self._error(replaced, "update the Secret")
-        raise SinkError(
-            f"{self.name}: the Secret kept changing under us ({MAX_CONFLICT_RETRIES} conflicts); will retry"
-        )
+        if not isinstance(held.version, dict):
+            created = await self._call("POST", self._url(collection=True), self._new_secret(encoded, token))
+            if created.status in (200, 201, 409):
+                return created.status != 409
+            raise self._error(created, "create the Secret")
+        secret = held.version
+        data = secret.get("data") or {}
+        metadata = secret.setdefault("metadata", {})
+        annotations = metadata.get("annotations") or {}
+        secret["data"] = {**data, self.options.key: encoded}
+        metadata["annotations"] = {**annotations, **self.options.annotations, EXPIRY_ANNOTATION: str(int(token.exp))}
+        metadata["labels"] = {**(metadata.get("labels") or {}), **self.options.labels}
+        replaced = await self._call("PUT", self._url(), secret)  # carries metadata.resourceVersion
+        if replaced.status in (200, 409):
+            return replaced.status == 200
+        raise self._error(replaced, "update the Secret")
 
     def _new_secret(self, encoded: str, token: Token) -> dict[str, Any]:
         return {

@@ -1,8 +1,8 @@
-"""Shared HTTP plumbing of the secret-store sinks: bounded, TLS-verified JSON calls that fail as SinkError."""
+"""Shared HTTP plumbing of the secret-store sinks: bounded, TLS-verified, strictly parsed JSON calls that fail as
+SinkError."""
 
 from __future__ import annotations
 
-import json
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -11,33 +11,31 @@ from typing import Any
 
 import aiohttp
 
-from edge_token.core.errors import EdgeTokenError, SinkError
+from edge_token.core import strictjson
+from edge_token.core.errors import ConfigError, EdgeTokenError, SinkError
 from edge_token.core.settings import DIRECT, Egress
 from edge_token.net import egress
 from edge_token.net.http import exchange
-from edge_token.net.tls import regular_file
+from edge_token.net.tls import client_context
 
 MAX_STORE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
 class Answer:
-    """A store's answer: status and the JSON body (None if it was not a JSON object)."""
+    """A store's answer: status and the JSON body (None if it was not one unambiguous JSON object)."""
 
     status: int
     body: dict[str, Any] | None
 
 
-def tls_context(ca_file: Path | None) -> ssl.SSLContext | bool:
-    """Verification always on: the system CAs, or the configured CA bundle (e.g. the in-cluster ca.crt)."""
-    if ca_file is None or not ca_file.exists():
-        return True
-    if not regular_file(ca_file):
-        raise SinkError(f"CA bundle {ca_file} is not a regular file; point ca_file at a PEM file")
+def trust(ca_file: Path | None, what: str) -> ssl.SSLContext | bool:
+    """The store's TLS verification from the one builder (net/tls.py: the system CAs, or only `ca_file`'s; FIFO-safe,
+    bounded, cached per file version). A bad file is this sink's error (the other sinks still get the token)."""
     try:
-        return ssl.create_default_context(cafile=str(ca_file))
-    except (OSError, ssl.SSLError) as exc:
-        raise SinkError(f"cannot load CA bundle {ca_file}: {exc}") from None
+        return client_context("", ca_file)
+    except ConfigError as exc:
+        raise SinkError(f"{what}: {exc}") from None
 
 
 async def call(
@@ -48,14 +46,17 @@ async def call(
     what: str,
     headers: dict[str, str],
     timeout: float,
-    tls: ssl.SSLContext | bool = True,
+    ca_file: Path | None = None,
     body: Any = None,
     secrets: tuple[str, ...] = (),
     egress_settings: Egress = DIRECT,
     environ: Mapping[str, str] | None = None,
 ) -> Answer:
-    """One JSON request; network trouble, timeouts and oversized answers become SinkError naming `what`.
-    `egress_settings` may send it through a proxy (its `ca_file` is unused: `tls` decides the store's trust)."""
+    """One JSON request; network trouble, timeouts, oversized answers and a bad `ca_file` become SinkError naming
+    `what`. `egress_settings` may send it through a proxy (its `ca_file` is unused: `ca_file` decides the store's
+    trust). The body is parsed by the one strict parser (core/strictjson.py): a duplicate member, NaN or an
+    over-deep document is no body at all, never one of its readings."""
+    tls = trust(ca_file, what)
     try:
         via = egress.route(egress_settings, url, environ or {})
     except EdgeTokenError as exc:
@@ -65,7 +66,7 @@ async def call(
         headers=headers, body=body, tls=tls, secrets=secrets, via=via,
     )  # fmt: skip
     try:
-        parsed = json.loads(raw) if raw else None
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        parsed = strictjson.loads(raw) if raw else None
+    except ValueError:
         parsed = None
     return Answer(status, parsed if isinstance(parsed, dict) else None)

@@ -24,15 +24,17 @@ from edge_token.core.strictnum import finite, whole
 from edge_token.core.token import Token
 from edge_token.net.http import sanitize
 from edge_token.secrets import read_secret
-from edge_token.sinks.storehttp import Answer, call, tls_context
+from edge_token.sinks.store import Held, write_never_regress
+from edge_token.sinks.storehttp import Answer, call
 
-MAX_CAS_RETRIES = 4
 MAX_VERSION = 2**53  # Vault versions are JSON integers; anything beyond is not one
 MAX_EPOCH = 10**11  # about year 5138: beyond any real expiry
 
 
 class VaultKvSink:
     """A Vault KV v2 secret, written with check-and-set and never replaced by an older token."""
+
+    noun = "the secret"
 
     def __init__(
         self,
@@ -112,7 +114,7 @@ class VaultKvSink:
             headers["X-Vault-Namespace"] = self.options.namespace
         return await call(
             self._session, method, url, what=f"{self.name}: Vault", headers=headers, body=body,
-            timeout=self.options.timeout_seconds, tls=tls_context(self.options.ca_file),
+            timeout=self.options.timeout_seconds, ca_file=self.options.ca_file,
             secrets=tuple(t for t in (token,) if t), egress_settings=self.options.egress, environ=self._environ,
         )  # fmt: skip
 
@@ -155,34 +157,41 @@ class VaultKvSink:
 
     async def write(self, token: Token) -> bool:
         """Put the token in Vault unless it holds a newer one; False if it already held this token."""
+        return await write_never_regress(self, token)
+
+    async def held(self) -> Held:
+        """The secret's current value and its raw metadata.version (a soft-deleted secret answers 404 with one)."""
+        current = await self._authorized("GET")
+        if current.status == 200 and current.body is None:
+            raise self._error(current, "read")  # 200 but no unambiguous JSON object: we cannot know what it holds
+        kv = _kv(current)
+        metadata: dict[str, Any] = kv["metadata"] if isinstance(kv.get("metadata"), dict) else {}
+        if current.status == 200:
+            existing: dict[str, Any] = kv["data"] if isinstance(kv.get("data"), dict) else {}
+            stored = existing.get("token")
+            return Held(stored if isinstance(stored, str) else None, _number(existing.get("expires_at_unix")),
+                        metadata.get("version", 0))  # fmt: skip
+        if current.status != 404 or "no handler for route" in str((current.body or {}).get("errors")):
+            raise self._error(current, "read")
+        return Held(None, 0.0, metadata.get("version", 0))
+
+    async def write_if_unchanged(self, held: Held, token: Token) -> bool:
+        """Write with check-and-set on the version read (0: create only if absent); a cas mismatch is False."""
+        version = whole(held.version, 0, MAX_VERSION)
+        if version is None:
+            raise SinkError(f"{self.name}: Vault answered a metadata.version that is not a version number")
         value = {
             "token": token.jwt,
             "token_type": token.token_type,
             "expires_at": datetime.fromtimestamp(token.exp, UTC).isoformat(timespec="seconds"),
             "expires_at_unix": int(token.exp),
         }
-        for _ in range(MAX_CAS_RETRIES):
-            current = await self._authorized("GET")
-            kv = _kv(current)
-            metadata: dict[str, Any] = kv["metadata"] if isinstance(kv.get("metadata"), dict) else {}
-            if current.status == 200:
-                existing: dict[str, Any] = kv["data"] if isinstance(kv.get("data"), dict) else {}
-                if existing.get("token") == token.jwt:
-                    return False
-                if _number(existing.get("expires_at_unix")) > token.exp:
-                    return False  # a newer token is already stored; never regress it
-            elif current.status != 404 or "no handler for route" in str((current.body or {}).get("errors")):
-                raise self._error(current, "read")
-            version = whole(metadata.get("version", 0), 0, MAX_VERSION)  # 0: create only if absent
-            if version is None:
-                raise SinkError(f"{self.name}: Vault answered a metadata.version that is not a version number")
-            written = await self._authorized("POST", {"options": {"cas": version}, "data": value})
-            if written.status in (200, 204):
-                return True
-            if written.status == 400 and "check-and-set" in str((written.body or {}).get("errors")):
-                continue  # someone wrote in between: re-read and decide again
-            raise self._error(written, "write")
-        raise SinkError(f"{self.name}: the secret kept changing under us ({MAX_CAS_RETRIES} cas mismatches)")
+        written = await self._authorized("POST", {"options": {"cas": version}, "data": value})
+        if written.status in (200, 204):
+            return True
+        if written.status == 400 and "check-and-set" in str((written.body or {}).get("errors")):
+            return False  # someone wrote in between: re-read and decide again
+        raise self._error(written, "write")
 
 
 def _kv(answer: Answer) -> dict[str, Any]:

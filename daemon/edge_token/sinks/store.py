@@ -1,0 +1,58 @@
+"""The one "read, never regress, conditional write" loop of the secret stores (Kubernetes Secret, Vault KV v2).
+
+Several daemons (or an operator) may write the same secret. Each attempt reads what the store holds, leaves it
+alone if it is our token already or one that expires later (never regress a newer token), and otherwise writes
+conditionally on the version it read (Kubernetes `resourceVersion`, Vault check-and-set): if someone wrote in
+between, the store refuses and we decide again on what is there now. Bounded: MAX_ATTEMPTS reads and writes, then
+a SinkError (retried at the next cycle), never a loop against a store that keeps changing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from edge_token.core.errors import SinkError
+from edge_token.core.token import Token
+
+MAX_ATTEMPTS = 4
+
+
+@dataclass(frozen=True)
+class Held:
+    """What a store holds: the JWT (None when absent), its expiry in UNIX seconds (0 when unknown or garbage, so
+    garbage can never block an update) and the store's own version of it, passed back to `write_if_unchanged`."""
+
+    jwt: str | None
+    expires: float
+    version: object
+
+
+class ConditionalStore(Protocol):
+    """The per-store half of the loop: one read, one conditional write."""
+
+    name: str
+    #: what keeps changing, for the message after MAX_ATTEMPTS conflicts ("the Secret", "the secret")
+    noun: str
+
+    async def held(self) -> Held:
+        """What the store holds now; SinkError if it cannot be read."""
+        ...
+
+    async def write_if_unchanged(self, held: Held, token: Token) -> bool:
+        """Write `token` only if the store still has `held.version`: True if written, False if someone wrote in
+        between (the loop re-reads); SinkError for any other refusal."""
+        ...
+
+
+async def write_never_regress(store: ConditionalStore, token: Token) -> bool:
+    """Put `token` in the store unless it holds this token or a newer one; True if written."""
+    for _ in range(MAX_ATTEMPTS):
+        held = await store.held()
+        if held.jwt == token.jwt or held.expires > token.exp:
+            return False  # ours already, or a newer token from another writer: never regress it
+        if await store.write_if_unchanged(held, token):
+            return True
+    raise SinkError(
+        f"{store.name}: {store.noun} kept changing under us ({MAX_ATTEMPTS} conflicting writes); will retry"
+    )

@@ -1,0 +1,78 @@
+"""`once` imports only what it needs: no structlog, APScheduler or prometheus-client (issue 15)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from cliproc import edge_token
+from conftest import profile_toml
+from daemonproc import reference_check
+from edge_token.localauth import LocalAuthServer
+
+FORBIDDEN = ("structlog", "apscheduler", "prometheus_client")
+SECRET = "hunter2-plainlog-5f1e"
+JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+
+
+def _imported(stderr: str) -> set[str]:
+    """Top-level packages named by `python -X importtime` lines."""
+    return {
+        line.rsplit("|", 1)[1].strip().split(".")[0]
+        for line in stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("live_auth")
+async def test_once_imports_neither_structlog_apscheduler_nor_prometheus_client(
+    tmp_path: Path, auth: LocalAuthServer, secret_file: Path
+) -> None:
+    """A real cold `once` (request, verify, write) imports none of the daemon-only libraries, still writes a
+    verified token, and logs JSON lines with the daemon's fields."""
+    sink = tmp_path / "token.jwt"
+    config = tmp_path / "config.toml"
+    config.write_text(profile_toml("main", auth, secret_file, [{"path": str(sink)}]))
+    code, _out, err = await edge_token("once", "-c", str(config), argv0=[sys.executable, "-X", "importtime"])
+    assert code == 0, err[-2000:]
+    assert reference_check(sink.read_text(), auth) is None
+    imported = _imported(err)
+    assert "aiohttp" in imported and "joserfc" in imported  # the measurement sees the libraries it does use
+    assert sorted(set(FORBIDDEN) & imported) == []
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert [(e["event"], e["level"]) for e in lines] == [("sink.written", "info"), ("token.renewed", "info")]
+    assert list(lines[1]) == ["profile", "fingerprint", "expires_at", "lifetime", "event", "level", "timestamp"]
+    assert lines[1]["timestamp"].endswith("Z")
+
+
+ARGVS = [
+    ["once", "-c", "x.toml", "--profile", "a", "--timeout", "5"],
+    ["run", "--profile", "a", "--profile", "b"],
+    ["exec", "-c", "x.toml", "--on-rotation", "signal", "--", "sleep", "1"],
+    ["check", "--online", "--as", "nobody"],
+    ["inspect", "t.jwt", "--verify"],
+    ["local-auth", "--client-secret-file", "s", "--port", "1"],
+    ["demo", "--ttl", "3"],
+]
+
+
+@pytest.mark.parametrize("argv", ARGVS, ids=[argv[0] for argv in ARGVS])
+def test_the_parser_built_for_one_command_parses_and_helps_like_the_full_one(argv: list[str]) -> None:
+    """`once` builds only its own subparser: for every command the arguments parse to the same values and the
+    command's --help is the same text as with every command built."""
+    from edge_token import cli
+
+    full, partial = cli._parser([]), cli._parser(argv)
+    assert vars(partial.parse_args(argv)) == vars(full.parse_args(argv))
+    helps = []
+    for parser in (full, partial):
+        with pytest.raises(SystemExit), contextlib.redirect_stdout(io.StringIO()) as out:
+            parser.parse_args([argv[0], "--help"])
+        helps.append(out.getvalue())
+    assert helps[0] == helps[1] and argv[0] in helps[0]
