@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from dataclasses import dataclass
 
@@ -66,10 +67,10 @@ async def exercise(plan: Plan, workers: Workers, release: threading.Event, name:
     async def healthy_owner(calls: BlockingCalls, script: list[int | str]) -> None:
         for item in script:
             if isinstance(item, int):
-                assert await calls.call(lambda v=item: returns(v)) == item
+                assert await calls.call(functools.partial(returns, item)) == item
             else:
                 try:
-                    await calls.call(lambda m=item: raises(m))
+                    await calls.call(functools.partial(raises, item))
                 except ValueError as exc:
                     assert str(exc) == item
                 else:

@@ -78,6 +78,35 @@ def configure(
 
     stream = stream or sys.stderr
     redactor = redactor or Redactor()
+    shared, tail = _processors(log_format, stream, redactor)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared, processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail]
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # our own lines go straight from the same processors to the stream: through stdlib logging each line cost two
+    # LogRecords, a caller lookup walking the stack and the handler's lock, about a third of a line's cost
+    writer = LineWriter(stream)
+    structlog.configure(
+        processors=[*shared, *tail],
+        logger_factory=lambda *_args: writer,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        cache_logger_on_first_use=False,
+    )
+    return redactor
+
+
+def _processors(log_format: str, stream: TextIO, redactor: Redactor) -> tuple[list[Any], list[Any]]:
+    """(what every line gets first: context, level, time; what renders it: tracebacks as data, the redactor, the
+    JSON or console renderer, with journald's priority prefix when `stream` is the journal)."""
+    import structlog
+
     as_json = log_format == "json" or (log_format == "auto" and not stream.isatty())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -101,27 +130,7 @@ def configure(
         if as_json
         else [structlog.processors.format_exc_info, iso_times, redactor, renderer]
     )
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared, processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail]
-        )
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    # our own lines go straight from the same processors to the stream: through stdlib logging each line cost two
-    # LogRecords, a caller lookup walking the stack and the handler's lock, about a third of a line's cost
-    writer = LineWriter(stream)
-    structlog.configure(
-        processors=[*shared, *tail],
-        logger_factory=lambda *_args: writer,
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        cache_logger_on_first_use=False,
-    )
-    return redactor
+    return shared, tail
 
 
 class LineWriter:
