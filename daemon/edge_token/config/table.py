@@ -3,7 +3,6 @@ the field parsers the profile, sink and fleet tables share (URLs, modes, owners,
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 import stat
@@ -81,6 +80,8 @@ class Table:
         unknown = sorted(set(self.data) - self.used)
         if unknown:
             where = self.where or "the top level"
+            import difflib  # only on this error path: ~1 ms of every start (issue 15, cold once)
+
             close = difflib.get_close_matches(unknown[0], sorted(self.used), n=1, cutoff=0.6)
             hint = f"did you mean {close[0]!r}?" if close else f"valid keys here: {', '.join(sorted(self.used))}"
             raise ConfigError(f"{self.file}: unknown key {self.path(unknown[0])!r} in {where}; {hint}")
