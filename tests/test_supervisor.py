@@ -25,7 +25,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from conftest import SOAK, FakeClock, profile_toml
 from edge_token.config import load_config
-from edge_token.core.health import readiness
+from edge_token.core.health import readiness, summary
 from edge_token.core.policy import MIN_RUN_GAP
 from edge_token.core.token import Token
 from edge_token.daemon import Daemon
@@ -194,6 +194,11 @@ class DaemonMachine(RuleBasedStateMachine):
         statuses = {status.profile: status for status in self.daemon.profiles.statuses()}
         # the fast /readyz (only suspects looked at) says exactly what the full readiness of every status says
         assert self.daemon.profiles.readiness() == readiness(list(statuses.values()))
+        # ... and systemd's fast STATUS= line is the one built from every status
+        profiles = self.daemon.profiles
+        runs = [self.harness.scheduler.next_run(job_id(name)) for name in profiles.supervisor.slots]
+        next_run = min((run for run in runs if run is not None), default=None)
+        assert profiles.summary() == summary(list(statuses.values()), next_run)
         for name, spec in self.profiles.items():
             renewer = self.daemon.profiles.renewers[name]
             for directory in spec["sinks"]:

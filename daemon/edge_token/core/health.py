@@ -99,13 +99,17 @@ def alive(last_tick: float, now: float, tick_seconds: float, scheduler_running: 
 
 def summary(statuses: list[ProfileStatus], next_renewal: float | None) -> str:
     """A one-line status for systemd's STATUS= ("3/3 profiles fresh, next renewal 14:02Z")."""
+    fresh = sum(1 for status in statuses if status.state == "fresh")
+    return summary_line(fresh, len(statuses), [s.profile for s in statuses if not s.ready], next_renewal)
+
+
+def summary_line(fresh: int, total: int, not_ready: list[str], next_renewal: float | None) -> str:
+    """`summary` from its counts, for callers that know them without a status per profile."""
     from datetime import UTC, datetime
 
-    fresh = sum(1 for status in statuses if status.state == "fresh")
-    text = f"{fresh}/{len(statuses)} profiles fresh"
-    bad = [s.profile for s in statuses if not s.ready]
-    if bad:
-        text += f", not ready: {', '.join(bad[:5])}" + ("..." if len(bad) > 5 else "")
+    text = f"{fresh}/{total} profiles fresh"
+    if not_ready:
+        text += f", not ready: {', '.join(not_ready[:5])}" + ("..." if len(not_ready) > 5 else "")
     if next_renewal is not None:
         text += ", next renewal " + datetime.fromtimestamp(next_renewal, UTC).strftime("%H:%MZ")
     return text
