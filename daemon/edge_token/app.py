@@ -22,6 +22,7 @@ from edge_token.net.http import make_session
 from edge_token.provider.jwks import JwksCache
 from edge_token.renewer import Renewer
 from edge_token.secrets import SecretCache
+from edge_token.sinks import Sink, build_sink
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -68,8 +69,11 @@ class Parts:
             self.jwks[key] = cache
         return cache
 
-    def renewer(self, profile: ProfileConfig, **kwargs: Any) -> Renewer:
-        """A renewer for the profile over the shared session, JWKS cache and secret cache."""
+    def renewer(self, profile: ProfileConfig, *, sinks: list[Sink] | None = None, **kwargs: Any) -> Renewer:
+        """A renewer for the profile over the shared session, JWKS cache and secret cache, with its sinks (those
+        of its config unless `sinks` are given: `check --online` and `inspect --verify` write nowhere)."""
+        if sinks is None:
+            sinks = [build_sink(s, self.session, self.on_secret, self.environ, self.log) for s in profile.sinks]
         return Renewer(
             profile,
             self.session,
@@ -77,6 +81,7 @@ class Parts:
             self.clock,
             self.log,
             environ=self.environ,
+            sinks=sinks,
             rng=self.rng,
             on_secret=self.on_secret,
             secrets=self.secrets,

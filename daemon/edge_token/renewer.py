@@ -36,7 +36,7 @@ from edge_token.provider.jwks import JwksCache
 from edge_token.provider.oauth import request_token
 from edge_token.provider.verify import Rules, verify_token
 from edge_token.secrets import SecretCache, read_secret
-from edge_token.sinks import Sink, build_sink
+from edge_token.sinks import Sink
 
 if TYPE_CHECKING:
     from edge_token.core.health import ProfileStatus
@@ -61,7 +61,7 @@ class Renewer:
         log: Any,
         *,
         environ: Mapping[str, str],
-        sinks: Sequence[Sink] | None = None,
+        sinks: Sequence[Sink],
         rng: random.Random | None = None,
         on_written: Callable[[str, Sink, Token], None] | None = None,
         on_secret: Callable[[str], None] | None = None,
@@ -69,11 +69,7 @@ class Renewer:
     ) -> None:
         self.profile = profile
         self._secrets = secrets or SecretCache(environ)
-        self.sinks: list[Sink] = (
-            list(sinks)
-            if sinks is not None
-            else [build_sink(s, session, on_secret, environ, log) for s in profile.sinks]
-        )
+        self.sinks: list[Sink] = list(sinks)  # built by the composition root (app.Parts), one per sink table
         self.settings = RefreshSettings(
             refresh_at=profile.refresh_at, jitter=profile.jitter, retry_max=profile.retry_max_seconds
         )
