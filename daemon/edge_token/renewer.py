@@ -135,10 +135,11 @@ class Renewer:
         """The operator-facing snapshot (no token, no secret)."""
         from edge_token.core.health import ProfileStatus, state_name  # daemon only: keep `once` start-up lean
 
-        token = self.current
+        token, state = self.current, self.state()
         return ProfileStatus(
             profile=self.profile.name,
-            state=state_name(self.state(), self.last_error),
+            state=state_name(state, self.last_error),
+            expired=state is TokenState.EXPIRED,
             expires_at=token.exp if token else None,
             last_success_at=self.last_success_at,
             next_attempt_at=next_attempt_at,

@@ -28,11 +28,13 @@ class ProfileStatus:
     kid: str | None = None
     fingerprint: str | None = None
     fleet_role: str | None = None  # leader | follower | standalone, in fleet mode
+    expired: bool = False  # the held token's own state, whatever `state` shows (credentials_rejected overrides it)
 
     @property
     def token_valid(self) -> bool:
-        """The profile holds a verified token that has not expired."""
-        return self.state != TokenState.EXPIRED.value and self.expires_at is not None
+        """The profile holds a verified token that has not expired. Not judged by `state` alone: a profile whose
+        credentials are refused shows credentials_rejected, also once its last token has expired."""
+        return self.state != TokenState.EXPIRED.value and not self.expired and self.expires_at is not None
 
     @property
     def ready(self) -> bool:

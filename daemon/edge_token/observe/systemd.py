@@ -83,12 +83,18 @@ class Notifier:
         self.send("WATCHDOG=1")
 
     def reloading(self) -> None:
+        """RELOADING=1 at SIGHUP, as Type=notify-reload expects; nothing before the first READY=1 (systemd is still
+        waiting for the start: the READY=1 that ends a reload would tell it the service is up)."""
+        if not self.ready_sent:
+            return
         # RELOADING=1 must carry MONOTONIC_USEC (systemd >= 253 checks it; older ones ignore it)
-        """RELOADING=1 at SIGHUP, as Type=notify-reload expects."""
         self.send("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
 
     def reloaded(self, status: str) -> None:
-        """READY=1 after a reload, with what it did."""
+        """READY=1 after a reload, with what it did; before the first READY=1 only the STATUS= line."""
+        if not self.ready_sent:
+            self.status(status)
+            return
         self.send("READY=1", f"STATUS={_one_line(status)}")
 
     def stopping(self) -> None:
