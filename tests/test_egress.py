@@ -179,11 +179,12 @@ async def test_proxy_407_is_a_credentials_error_naming_the_proxy(
 async def test_proxy_down_is_a_transient_error_naming_the_proxy(
     tls_auth: LocalAuthServer, ca: PrivateCA, renew_once: Callable[..., Any]
 ) -> None:
-    """A proxy that is not listening: transient (retried with backoff), the message names the proxy."""
+    """A proxy that is not listening: transient (retried with backoff), the message names the proxy. (The JWKS
+    fetch meets it first: no token is requested before the keys to verify it are there.)"""
     port = free_port()
     outcome = await renew_once(tls_auth, proxy=f"http://127.0.0.1:{port}", ca_file=str(ca.ca_file))
     error = outcome.error
-    assert type(error) is TransientError and f"proxy 127.0.0.1:{port} unreachable" in str(error), error
+    assert isinstance(error, TransientError) and f"proxy 127.0.0.1:{port} unreachable" in str(error), error
     assert tls_auth.token_requests == 0
 
 

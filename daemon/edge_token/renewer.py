@@ -20,6 +20,7 @@ import aiohttp
 
 from edge_token.core.clock import Clock
 from edge_token.core.errors import (
+    ConfigError,
     CredentialsRejected,
     EdgeTokenError,
     InternalError,
@@ -205,6 +206,9 @@ class Renewer:
             )
             if self._on_secret is not None:
                 self._on_secret(secret)  # the log redactor learns it before anything could echo it
+            # the keys first: with no JWKS ever loaded, every token requested would be thrown away unverified
+            # (providers count issued tokens against a quota); the last good set is enough to go on
+            await self._jwks.key_set(None)
             requested = True  # counted even if what follows raises: the provider may have issued a token
             answer = await request_token(self._session, self.profile, secret, self._clock, self._environ)
             token = await verify_token(
@@ -217,7 +221,8 @@ class Renewer:
                 scope=answer.scope,
             )
         except EdgeTokenError as exc:
-            return self._failed(exc, started, mono, requested)
+            # a ConfigError (TLS file, proxy credentials) stops the request before anything is sent
+            return self._failed(exc, started, mono, requested and not isinstance(exc, ConfigError))
         except Exception as exc:
             error = InternalError.wrap(exc, "renewing")
             self._internal(error, exc)

@@ -87,6 +87,14 @@ class JwksError(TransientError):
     kind = "jwks"
 
 
+class JwksConfigError(JwksError, ConfigError):
+    """Our own configuration stops the JWKS fetch (a proxy URL or credential, a CA bundle): exit 78 like any config
+    problem, yet a JWKS failure for the key cache (the last good key set is kept)."""
+
+    exit_code = EX_CONFIG
+    kind = "config"
+
+
 class JwksAnswerError(JwksError):
     """The JWKS URL answered, but not with a key set (404, an HTML page, not JSON): most likely a wrong `jwks_url`.
 

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from edge_token.core import scrub
-from edge_token.core.errors import ConfigError, CredentialsRejected, EdgeTokenError
+from edge_token.core.errors import ConfigError, CredentialsRejected, EdgeTokenError, JwksError
 from edge_token.core.settings import Egress
 from edge_token.net.tls import client_context
 from edge_token.secrets import read_secret
@@ -55,6 +55,15 @@ class Route:
 
 class ProxyRejected(CredentialsRejected):
     """The HTTP proxy refused our proxy credentials (407): the proxy's fault to fix, not the provider's."""
+
+
+class JwksProxyRejected(JwksError, ProxyRejected):
+    """The proxy refused our credentials on the way to the JWKS: a credentials problem to fix at the proxy (exit 77,
+    state credentials_rejected) whichever request meets it first, yet a JWKS failure for the key cache (the last
+    good key set is kept)."""
+
+    exit_code = ProxyRejected.exit_code
+    kind = ProxyRejected.kind
 
 
 def route(egress: Egress, url: str, environ: Mapping[str, str]) -> Route:

@@ -74,13 +74,14 @@ async def exchange(
     secrets: tuple[str, ...] = (),
     via: egress.Route | None = None,
     key: str = "",
+    rejected: type[EdgeTokenError] | None = None,
 ) -> tuple[int, bytes]:
     """(status, body) of one request without redirects; `error` on network trouble, timeout or oversize.
 
     `secrets` are the credentials this request carries: they are registered with the process scrubber before
     anything is sent, so an echo of them (in any encoding) is cut from every message and log line. `via` sends the
-    request through its proxy (egress.py); a proxy failure names the proxy, as `error`. `key` is the config key
-    holding `url`, named in the message of a network failure."""
+    request through its proxy (egress.py); a proxy failure names the proxy, as `error` (a 407 as `rejected`, if
+    given). `key` is the config key holding `url`, named in the message of a network failure."""
     for secret in secrets:
         scrub.register(secret)
     try:
@@ -91,7 +92,7 @@ async def exchange(
         ) as response:  # fmt: skip
             return response.status, await read_limited(response, limit, what)
     except egress.PROXY_ERRORS as exc:
-        raise egress.proxy_failure(exc, via or egress.Route(None, None, True), what, error) from None
+        raise egress.proxy_failure(exc, via or egress.Route(None, None, True), what, error, rejected) from None
     except ProtocolError as exc:
         raise error(f"{what}: {exc}") from None
     except TimeoutError:

@@ -26,7 +26,7 @@ from joserfc.jwk import KeySet
 
 from edge_token.core import strictjson
 from edge_token.core.clock import Clock
-from edge_token.core.errors import EdgeTokenError, JwksAnswerError, JwksError
+from edge_token.core.errors import ConfigError, EdgeTokenError, JwksAnswerError, JwksConfigError, JwksError
 from edge_token.core.settings import DIRECT, Egress
 from edge_token.core.token import BASE64URL
 from edge_token.net import egress
@@ -205,11 +205,14 @@ class JwksCache:
         what = f"JWKS {self._host}"
         try:
             via = egress.route(self._egress, self.url, self._environ)
+        except ConfigError as exc:
+            raise JwksConfigError(f"{what}: {exc}") from None
         except EdgeTokenError as exc:
             raise JwksError(f"{what}: {exc}") from None
         status, raw = await exchange(
             self._session, "GET", self.url, what=what, error=JwksError, limit=MAX_JWKS_BYTES,
             timeout=self._timeout, headers={"Accept": "application/json"}, tls=via.ssl, via=via, key="jwks_url",
+            rejected=egress.JwksProxyRejected,
         )  # fmt: skip
         if status == 429 or status >= 500:
             raise JwksError(f"{what} answered HTTP {status}; will retry")
