@@ -14,8 +14,10 @@ from edge_token.config.table import (
     ENV_NAME,
     PROXY_KEYS,
     Table,
+    absolute_path,
     egress_setting,
     file_mode,
+    file_ref,
     optional_path,
     owner_id,
     string_list,
@@ -84,7 +86,7 @@ def parse_sink(table: Table) -> SinkConfig:
         "on_update": on_update,
         "on_update_timeout": table.number("on_update_timeout", 30.0, 0.1, 3600.0),
         "signal": signal,
-        "pid_file": Path(pid_file) if pid_file else None,
+        "pid_file": absolute_path(table, Path(pid_file)) if pid_file else None,
     }
     return parse_options(table, common)
 
@@ -149,7 +151,8 @@ def vault_options(table: Table) -> VaultKvOptions:
             f"{table.file}: {table.where}: authenticate to Vault with exactly one of token_file, token_env, "
             "or role_id + secret_id_file (AppRole)"
         )
-    token = SecretSource("file", token_file) if token_file else SecretSource("env", token_env) if token_env else None
+    token = SecretSource("file", file_ref(table, token_file)) if token_file else None
+    token = token or (SecretSource("env", token_env) if token_env else None)
     return VaultKvOptions(
         address=address.rstrip("/"),
         path=kv_path.strip("/"),
@@ -157,7 +160,7 @@ def vault_options(table: Table) -> VaultKvOptions:
         namespace=table.text("namespace", None),
         token=token,
         role_id=role_id,
-        secret_id=SecretSource("file", secret_id_file) if secret_id_file else None,
+        secret_id=SecretSource("file", file_ref(table, secret_id_file)) if secret_id_file else None,
         approle_mount=(table.text("approle_mount", "approle") or "approle").strip("/"),
         ca_file=optional_path(table, "ca_file", None),
         timeout_seconds=table.number("timeout_seconds", 10.0, 0.1, 300.0),

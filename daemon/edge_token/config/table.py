@@ -167,9 +167,15 @@ def string_table(table: Table, key: str) -> dict[str, str]:
 
 
 def optional_path(table: Table, key: str, default: Path | None) -> Path | None:
-    """A path, or `default` when the key is absent."""
+    """A path, or `default` when the key is absent. Relative paths are relative to the config file, like every path
+    in it (the daemon's working directory under systemd is /)."""
     text = table.text(key, None)
-    return Path(text) if text else default
+    return absolute_path(table, Path(text)) if text else default
+
+
+def file_ref(table: Table, text: str) -> str:
+    """A file path given as text (a secret file), relative to the config file like every path in it."""
+    return str(absolute_path(table, Path(text)))
 
 
 def absolute_path(table: Table, path: Path | None) -> Path | None:
