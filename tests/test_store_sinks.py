@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,14 @@ from edge_token.sinks.vault import VaultKvSink
 from fakestores import FakeKubernetes, FakeVault
 
 
+def jws(exp: float) -> str:
+    """A compact JWS claiming `exp` (unsigned: the stores never verify, they only compare expiries)."""
+    payload = base64.urlsafe_b64encode(json.dumps({"exp": int(exp)}).encode()).decode().rstrip("=")
+    return f"eyJhbGciOiJSUzI1NiJ9.{payload}.sig"
+
+
 def token(exp: float, jwt: str | None = None) -> Token:
-    return Token(jwt=jwt or f"eyJh.eyJ{int(exp)}.sig", claims={"exp": exp}, received_at=exp - 1000, lifetime=1000)
+    return Token(jwt=jwt or jws(exp), claims={"exp": exp}, received_at=exp - 1000, lifetime=1000)
 
 
 @pytest.fixture
@@ -165,9 +173,9 @@ async def test_vault_cas_mismatch_rereads_and_never_regresses(
     vault.interfere.append({"token": "older", "expires_at_unix": 2e9 - 5})
     assert await sink.write(token(2e9 + 10)) is True
     assert vault.current("secret", "edge-token/production")["token"] == token(2e9 + 10).jwt  # type: ignore[index]
-    vault.interfere.append({"token": "newer", "expires_at_unix": 2e9 + 999})
+    vault.interfere.append({"token": jws(2e9 + 999), "expires_at_unix": 2e9 + 999})
     assert await sink.write(token(2e9 + 20)) is False
-    assert vault.current("secret", "edge-token/production")["token"] == "newer"  # type: ignore[index]
+    assert vault.current("secret", "edge-token/production")["token"] == jws(2e9 + 999)  # type: ignore[index]
 
 
 async def test_vault_approle_login_renewal_and_relogin(
@@ -227,3 +235,23 @@ async def test_once_adopts_a_fresh_token_from_the_stores(
         assert exit_code(results) == 0, [r.error for r in results]
     assert auth.token_requests == 1
     assert k8s.value("apps", "edge-token") == vault.current("secret", "edge-token/p")["token"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("value", ["not-a-jwt-at-all", "eyJh.eyJ9.sig", "JWT-shaped-but.e30.claims-no-exp"])
+async def test_a_forged_expiry_beside_garbage_never_freezes_a_store(
+    k8s: FakeKubernetes, vault: FakeVault, session: aiohttp.ClientSession, sa_token: Path, tmp_path: Path, value: str
+) -> None:
+    """Someone put garbage (or a token-shaped value claiming no such expiry) in the store with a far-future expiry
+    beside it: that is not "a newer token"; ours replaces it (it used to be left there forever, reported healthy)."""
+    sink = k8s_sink(k8s, session, sa_token)
+    await sink.write(token(2e9))
+    secret = k8s.secrets[("apps", "edge-token")]
+    secret["data"]["token"] = base64.b64encode(value.encode()).decode()
+    secret["metadata"]["annotations"][EXPIRY_ANNOTATION] = "99999999999"
+    assert await sink.write(token(2e9 + 10)) is True
+    assert k8s.value("apps", "edge-token") == token(2e9 + 10).jwt
+    store = vault_sink(vault, session, tmp_path)
+    await store.write(token(2e9))
+    vault.interfere.append({"token": value, "expires_at_unix": 99999999999})
+    assert await store.write(token(2e9 + 10)) is True
+    assert vault.current("secret", "edge-token/production")["token"] == token(2e9 + 10).jwt  # type: ignore[index]

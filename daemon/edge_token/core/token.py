@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from edge_token.core import strictjson
 
 #: one or more characters of the unpadded base64url alphabet (RFC 7515 section 2), nothing else: use fullmatch
 BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
@@ -53,3 +58,20 @@ class Token:
         return f"Token(fingerprint={self.fingerprint}, kid={self.kid!r}, expires_at={expiry})"
 
     __str__ = __repr__
+
+
+def claimed_exp(jwt: str) -> float | None:
+    """The `exp` a compact JWS claims, unverified (None if it is not one, or has no numeric exp).
+
+    Only for deciding whether a value someone else put in a store is worth keeping: its expiry as recorded next to
+    it (an annotation, a field) counts only if the value itself claims the same, so garbage or a forged expiry
+    beside it cannot freeze the store. Never a reason to use the token: that takes verification."""
+    if len(jwt) > 64 * 1024 or not COMPACT_JWS.fullmatch(jwt):
+        return None
+    payload = jwt.split(".")[1]
+    try:
+        claims = strictjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) and math.isfinite(exp) else None

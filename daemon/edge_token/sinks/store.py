@@ -1,7 +1,8 @@
 """The one "read, never regress, conditional write" loop of the secret stores (Kubernetes Secret, Vault KV v2).
 
 Several daemons (or an operator) may write the same secret. Each attempt reads what the store holds, leaves it
-alone if it is our token already or one that expires later (never regress a newer token), and otherwise writes
+alone if it is our token already or one that expires later (never regress a newer token: a JWT whose own `exp`
+is the recorded expiry, never garbage beside a forged one), and otherwise writes
 conditionally on the version it read (Kubernetes `resourceVersion`, Vault check-and-set): if someone wrote in
 between, the store refuses and we decide again on what is there now. Bounded: MAX_ATTEMPTS reads and writes, then
 a SinkError (retried at the next cycle), never a loop against a store that keeps changing.
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from edge_token.core.errors import SinkError
-from edge_token.core.token import Token
+from edge_token.core.token import Token, claimed_exp
 
 MAX_ATTEMPTS = 4
 
@@ -49,10 +50,17 @@ async def write_never_regress(store: ConditionalStore, token: Token) -> bool:
     """Put `token` in the store unless it holds this token or a newer one; True if written."""
     for _ in range(MAX_ATTEMPTS):
         held = await store.held()
-        if held.jwt == token.jwt or held.expires > token.exp:
+        if held.jwt == token.jwt or (held.expires > token.exp and _claims_its_expiry(held)):
             return False  # ours already, or a newer token from another writer: never regress it
         if await store.write_if_unchanged(held, token):
             return True
     raise SinkError(
         f"{store.name}: {store.noun} kept changing under us ({MAX_ATTEMPTS} conflicting writes); will retry"
     )
+
+
+def _claims_its_expiry(held: Held) -> bool:
+    """The expiry recorded beside the value is the one the value itself claims: garbage, or any value with a forged
+    far-future expiry beside it, is not "a newer token" and is replaced (it froze the store, reported healthy)."""
+    exp = claimed_exp(held.jwt) if held.jwt is not None else None
+    return exp is not None and int(exp) == int(held.expires)
