@@ -18,7 +18,7 @@ from edge_token.core.errors import ConfigError, VerificationError
 from edge_token.provider.verify import Rules, check_claims
 
 ISSUER, AUDIENCE, CLIENT = "https://issuer.example/", "https://api.example", "client-1"
-NAMES = ["iss", "aud", "azp", "client_id", "appid", "sub", "exp", "iat", "nbf", "tenant_id", "scope", "org"]
+NAMES = ["jti", "iss", "aud", "azp", "client_id", "appid", "sub", "exp", "iat", "nbf", "tenant_id", "scope", "org"]
 
 
 def load(pins: dict[str, str]) -> Any:
@@ -36,7 +36,10 @@ def load(pins: dict[str, str]) -> Any:
 
 def satisfiable(pins: dict[str, str]) -> bool:
     """The most permissive token carrying every pin: list-valued where the verifier allows a list (aud), the pin's
-    string itself elsewhere. If even it fails the verifier, no token can pass."""
+    string itself elsewhere. If even it fails the verifier, no token can pass. `jti` is a token's unique id: a pin
+    could match one token, never the next one."""
+    if "jti" in pins:
+        return False
     now = time.time()
     claims: dict[str, Any] = {"iss": ISSUER, "aud": AUDIENCE, "azp": CLIENT, "exp": now + 3600, "iat": now}
     for name, value in pins.items():
@@ -70,6 +73,7 @@ def test_a_config_loads_exactly_when_its_pins_can_be_met(pins: dict[str, str]) -
         ({"iss": "https://other.example/"}, "issuer"),
         ({"azp": "client-2"}, "client_id"),
         ({"exp": "1700000000"}, "NumericDate"),
+        ({"jti": "abc"}, "unique"),
     ],
 )
 def test_the_refusal_names_the_pin_and_the_setting_it_contradicts(pins: dict[str, str], said: str) -> None:

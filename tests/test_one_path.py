@@ -341,6 +341,7 @@ HOSTILE = {
     "a duplicate member": '"note": 1, "note": 2',
     "NaN": '"note": NaN',
     "Infinity": '"note": -Infinity',
+    "a number that overflows to Infinity": '"note": 1e400',
     "nesting 40 deep": '"note": ' + "[" * 40 + "]" * 40,
 }
 

@@ -223,4 +223,6 @@ def impossible_pin(profile: ProfileConfig) -> tuple[str, str] | None:
             return name, f"pins {value!r}, but a token naming another client than client_id is always refused"
         if name in NUMERIC_DATES:
             return name, "is a NumericDate (a number that changes with every token); it cannot be pinned to a string"
+        if name == "jti":
+            return name, "is unique to every token (its id): a pin would refuse every token after the first"
     return None

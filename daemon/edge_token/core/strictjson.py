@@ -3,7 +3,8 @@ etcd) and of JWT headers and claims.
 
 - No duplicate member names: with two `access_token`, `alg` or `expires_at_unix` members, which one did the
   other side mean? Python's json keeps the last one silently; we refuse the document instead.
-- No NaN / Infinity / -Infinity (not JSON; they would compare false with everything, e.g. an expiry).
+- No NaN / Infinity / -Infinity (not JSON; they would compare false with everything, e.g. an expiry), and no
+  number that only becomes one when parsed (1e400).
 - Bounded: at most MAX_BYTES (the HTTP layer reads less than that anyway) and MAX_DEPTH levels of nesting (no
   body we read nests beyond ~10; Python's own limit surfaces as RecursionError, which is not a ValueError).
 Every refusal is a ValueError (UnicodeDecodeError is one), so a caller catches exactly one thing.
@@ -29,11 +30,18 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # 1e400: valid JSON text, but Infinity once parsed
+        raise ValueError("a number too large for a float")
+    return value
+
+
 class StrictDecoder(json.JSONDecoder):
     """A JSONDecoder with the member and constant rules above (joserfc accepts it as `decoder_cls`)."""
 
     def __init__(self, **kwargs: Any) -> None:
-        kwargs.update(object_pairs_hook=_unique_members, parse_constant=_no_constant)
+        kwargs.update(object_pairs_hook=_unique_members, parse_constant=_no_constant, parse_float=_finite_float)
         super().__init__(**kwargs)
 
 

@@ -210,10 +210,10 @@ class Metrics:
         """The body of GET /metrics as chunks to send one after the other, and its headers: OpenMetrics when asked
         for, else text 0.0.4; gzip when accepted. The big first chunk is the cached object itself: a fresh 1 MiB
         copy per scrape cost more than everything else in a scrape (page faults and the copy)."""
-        openmetrics = "application/openmetrics-text" in accept
+        openmetrics = accepts(accept, "application/openmetrics-text")
         headers = {"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE}
         section, rest = self.render_profiles(openmetrics), self._rest(openmetrics)
-        if "gzip" in accept_encoding:
+        if accepts(accept_encoding, "gzip"):
             headers["Content-Encoding"] = "gzip"
             return self._gzip(openmetrics, section, rest), headers
         return [section, rest], headers
@@ -222,3 +222,20 @@ class Metrics:
         """(body, headers) for GET /metrics, in one piece (see `exposition_parts`)."""
         parts, headers = self.exposition_parts(accept, accept_encoding)
         return b"".join(parts), headers
+
+
+def accepts(header: str, value: str) -> bool:
+    """True if an Accept / Accept-Encoding header lists `value` with a quality above zero (`gzip;q=0` refuses it)."""
+    for item in header.split(","):
+        name, *params = (part.strip() for part in item.split(";"))
+        if name.lower() != value:
+            continue
+        for param in params:
+            key, _, number = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    return float(number) > 0
+                except ValueError:
+                    return False
+        return True
+    return False
