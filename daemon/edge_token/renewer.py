@@ -206,9 +206,7 @@ class Renewer:
             )
             if self._on_secret is not None:
                 self._on_secret(secret)  # the log redactor learns it before anything could echo it
-            # the keys first: with no JWKS ever loaded, every token requested would be thrown away unverified
-            # (providers count issued tokens against a quota); the last good set is enough to go on
-            await self._jwks.key_set(None)
+            await self._jwks.key_set(None)  # no keys ever loaded: a token now would be thrown away (and cost quota)
             requested = True  # counted even if what follows raises: the provider may have issued a token
             answer = await request_token(self._session, self.profile, secret, self._clock, self._environ)
             token = await verify_token(
