@@ -19,7 +19,9 @@ from edge_token.core.outcome import RenewalOutcome
 from edge_token.core.policy import TokenState
 from edge_token.core.settings import Config, Egress, ProfileConfig
 from edge_token.net.http import make_session
+from edge_token.observe.events import log_outcome
 from edge_token.provider.jwks import JwksCache
+from edge_token.provider.verify import rules_for, verifies
 from edge_token.renewer import Renewer
 from edge_token.secrets import SecretCache
 from edge_token.sinks import Sink, build_sink
@@ -73,7 +75,12 @@ class Parts:
         """A renewer for the profile over the shared session, JWKS cache and secret cache, with its sinks (those
         of its config unless `sinks` are given: `check --online` and `inspect --verify` write nowhere)."""
         if sinks is None:
-            sinks = [build_sink(s, self.session, self.on_secret, self.environ, self.log) for s in profile.sinks]
+            jwks, rules, clock = self.jwks_for(profile), rules_for(profile), self.clock
+
+            async def verify(jwt: str) -> bool:  # a store keeps another writer's newer token only if it verifies
+                return await verifies(jwt, jwks.key_set, rules, clock.time())
+
+            sinks = [build_sink(s, self.session, self.on_secret, self.environ, self.log, verify) for s in profile.sinks]
         return Renewer(
             profile,
             self.session,
@@ -107,10 +114,13 @@ async def obtain(renewer: Renewer, clock: Clock, deadline: float, sleep: Sleep) 
     """Make one profile's sinks hold a verified token: adopt a FRESH one, else renew with bounded retries."""
     name = renewer.profile.name
     outcome = await renewer.adopt()
-    if outcome is not None and renewer.state() is TokenState.FRESH:
-        return _settled(name, outcome)
+    if outcome is not None:
+        log_outcome(renewer.log, outcome)
+        if renewer.state() is TokenState.FRESH:
+            return _settled(name, outcome)
     while True:
         outcome = await renewer.renew()
+        log_outcome(renewer.log, outcome)
         if outcome.error is None or isinstance(outcome.error, PermanentError | ConfigError):  # retrying won't fix it
             break
         delay = renewer.next_attempt_at() - clock.time()

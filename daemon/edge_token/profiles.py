@@ -20,6 +20,7 @@ from edge_token.core.policy import next_run_at
 from edge_token.core.settings import Config, ReloadPlan
 from edge_token.core.token import Token
 from edge_token.cycle import Cycle
+from edge_token.observe.events import log_outcome
 from edge_token.observe.hooks import run_on_update, secret_variables, signal_pid_file
 from edge_token.observe.metrics import Metrics
 from edge_token.renewer import Renewer
@@ -128,7 +129,9 @@ class Profiles:
             self.remove(name)
         for name, inherit in plan.changed:
             self.ready_index.waiting(name)  # until the new renewer's first cycle says otherwise
-            self.supervisor.replace(name, self._renewer(name), inherit=inherit)
+            renewer = self._renewer(name)
+            self.supervisor.replace(name, renewer, inherit=inherit)
+            self.metrics.keep_sinks(name, {sink.name for sink in renewer.sinks})
         for name in plan.added:
             self.add(name)
 
@@ -163,6 +166,7 @@ class Profiles:
             self.ready_index.update(name, renewer.ready(), expires_at)
         state = state_name(renewer.state(), renewer.last_error)
         for outcome in outcomes:
+            log_outcome(self.log, outcome)
             self.metrics.observe(outcome, state, when)
         self.after_cycle()
 

@@ -3,7 +3,9 @@
 The renewer makes no scheduling decisions and never raises: every step returns a frozen `RenewalOutcome`
 (anything unforeseen becomes an `InternalError` outcome) and keeps the numbers the policy needs (the jittered
 renewal point of the held token, the failure count, when a failed renewal may be retried). The caller (the
-`once` command or the daemon's supervisor) asks `next_attempt_at()` when to come back.
+`once` command or the daemon's supervisor) asks `next_attempt_at()` when to come back. It reports nothing itself:
+observers read the outcome (observe/events.py writes the log lines); it logs only the diagnostics a step alone can
+give (why a sink's token was not adopted, a lifetime mismatch, an internal error's rate-limited traceback).
 
 Long because every step (adopt, renew, accept, retry the sinks) keeps the same per-profile state and ends in
 the same outcome bookkeeping; split apart, each part would reach into the others' state.
@@ -26,7 +28,6 @@ from edge_token.core.errors import (
     InternalError,
     SinkError,
     TransientError,
-    VerificationError,
 )
 from edge_token.core.outcome import RenewalOutcome, Result
 from edge_token.core.policy import RefreshSettings, TokenState, next_attempt_at, refresh_due_at, token_state
@@ -35,7 +36,7 @@ from edge_token.core.settings import ProfileConfig
 from edge_token.core.token import Token
 from edge_token.provider.jwks import JwksCache
 from edge_token.provider.oauth import request_token
-from edge_token.provider.verify import Rules, verify_token
+from edge_token.provider.verify import rules_for, verify_token
 from edge_token.secrets import SecretCache, read_secret
 from edge_token.sinks import Sink
 
@@ -74,14 +75,7 @@ class Renewer:
         self.settings = RefreshSettings(
             refresh_at=profile.refresh_at, jitter=profile.jitter, retry_max=profile.retry_max_seconds
         )
-        self.rules = Rules(
-            issuer=profile.issuer,
-            audience=profile.audience,
-            client_id=profile.client_id,
-            algorithms=profile.algorithms,
-            leeway=profile.leeway_seconds,
-            required_claims=profile.required_claims,
-        )
+        self.rules = rules_for(profile)
         self._session, self._jwks, self._clock, self._environ = session, jwks, clock, environ
         self._rng = rng or random.Random()
         self._on_written, self._on_secret = on_written, on_secret
@@ -183,14 +177,10 @@ class Renewer:
         candidates = [token for token in seen.values() if token is not None]
         if not candidates:
             return None
-        held = max(candidates, key=lambda token: token.expires_at)
-        self.take(held)
+        self.take(max(candidates, key=lambda token: token.expires_at))
         self.last_success_at = self._clock.time()
-        written, errors = await self.write_pending()
-        self.log.info(
-            "token.adopted", fingerprint=held.fingerprint, expires_at=held.expires_at, state=self.state().value
-        )
-        return self._finish(Result.ADOPTED, started, mono, None, written=written, sink_errors=errors)
+        written, changed, errors = await self.write_pending()
+        return self._finish(Result.ADOPTED, started, mono, None, written=written, changed=changed, sink_errors=errors)
 
     async def renew(self) -> RenewalOutcome:
         """Request, verify and write a new token. Failures leave `current` and every sink untouched."""
@@ -230,30 +220,15 @@ class Renewer:
         self.failures, self.last_error = 0, None
         self.last_success_at = self._clock.time()
         self.take(token)
-        written, errors = await self.write_pending()
-        self.log.info(
-            "token.renewed",
-            fingerprint=token.fingerprint,
-            expires_at=token.expires_at,
-            lifetime=round(token.lifetime, 3),
-        )
+        written, changed, errors = await self.write_pending()
         return self._finish(
-            Result.NEW_TOKEN, started, mono, None, requested=True, written=written, sink_errors=errors,
-            rate_limit=answer.rate_limit,
+            Result.NEW_TOKEN, started, mono, None, requested=True, written=written, changed=changed,
+            sink_errors=errors, rate_limit=answer.rate_limit,
         )  # fmt: skip
 
     def _failed(self, exc: EdgeTokenError, started: float, mono: float, requested: bool) -> RenewalOutcome:
         self.failures += 1
         self.last_error = exc
-        reason = exc.reason if isinstance(exc, VerificationError) else exc.kind
-        self.log.warning(
-            "token.renewal_failed",
-            error=exc.kind,
-            reason=reason,
-            message=str(exc),
-            failures=self.failures,
-            state=self.state().value,
-        )
         now = self._clock.time()
         self.retry_at = next_attempt_at(now, self.current, exc, self.failures, self.settings, self._rng)
         limits = exc.rate_limit if isinstance(exc, TransientError) else None
@@ -282,27 +257,29 @@ class Renewer:
         try:
             token = await verify_token(jwt, self._jwks.key_set, self.rules, self._clock.time())
         except EdgeTokenError as exc:
-            self.log.warning("fleet.token_rejected", reason=getattr(exc, "reason", exc.kind), message=str(exc))
-            return self._finish(Result.FAILED, started, mono, error=exc)
+            return self._finish(Result.FAILED, started, mono, error=exc, from_fleet=True)
         except Exception as exc:
             error = InternalError.wrap(exc, "verifying a token from the fleet store")
             self._internal(error, exc)
-            return self._finish(Result.FAILED, started, mono, error=error)
+            return self._finish(Result.FAILED, started, mono, error=error, from_fleet=True)
         if self.current is not None and token.exp <= self.current.exp:
             return None
         self.failures, self.last_error = 0, None
         self.last_success_at = self._clock.time()
         self.take(token)
-        written, errors = await self.write_pending()
-        self.log.info("fleet.token_received", fingerprint=token.fingerprint, expires_at=token.expires_at)
-        return self._finish(Result.RECEIVED, started, mono, None, written=written, sink_errors=errors)
+        written, changed, errors = await self.write_pending()
+        return self._finish(
+            Result.RECEIVED, started, mono, None, written=written, changed=changed, sink_errors=errors, from_fleet=True
+        )
 
-    async def write_pending(self) -> tuple[tuple[str, ...], dict[str, SinkError]]:
-        """Write `current` to every sink that does not hold it yet; sinks fail independently."""
+    async def write_pending(self) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, SinkError]]:
+        """Write `current` to every sink that does not hold it yet; sinks fail independently. (Written, changed,
+        failed): a sink that already held the token is written but not changed, and runs no hook."""
         token = self.current
         if token is None:
-            return (), {}
+            return (), (), {}
         written: list[str] = []
+        changed_sinks: list[str] = []
         errors: dict[str, SinkError] = {}
         for sink in self.sinks:
             if sink.name not in self.pending_sinks:
@@ -312,23 +289,24 @@ class Renewer:
             except Exception as exc:
                 error = exc if isinstance(exc, SinkError) else _sink_bug(sink.name, exc)
                 errors[sink.name] = self.sink_errors[sink.name] = error
-                self.log.error("sink.write_failed", sink=sink.name, message=str(error))
                 continue
             self.pending_sinks.discard(sink.name)
             self.sink_errors.pop(sink.name, None)
             written.append(sink.name)
             if changed:
-                self.log.info("sink.written", sink=sink.name, fingerprint=token.fingerprint)
+                changed_sinks.append(sink.name)
                 if self._on_written is not None:
                     self._on_written(self.profile.name, sink, token)
         self.sink_failures = self.sink_failures + 1 if errors else 0
-        return tuple(written), errors
+        return tuple(written), tuple(changed_sinks), errors
 
     async def retry_sinks(self) -> RenewalOutcome:
         """Retry only the sinks that failed, with the token already held: no token request."""
         started, mono = self._clock.time(), self._clock.monotonic()
-        written, errors = await self.write_pending()
-        return self._finish(Result.SINKS_RETRIED, started, mono, None, written=written, sink_errors=errors)
+        written, changed, errors = await self.write_pending()
+        return self._finish(
+            Result.SINKS_RETRIED, started, mono, None, written=written, changed=changed, sink_errors=errors
+        )
 
     def _finish(
         self,
@@ -339,8 +317,10 @@ class Renewer:
         *,
         requested: bool = False,
         written: tuple[str, ...] = (),
+        changed: tuple[str, ...] = (),
         sink_errors: dict[str, SinkError] | None = None,
         rate_limit: RateLimit | None = None,
+        from_fleet: bool = False,
     ) -> RenewalOutcome:
         outcome = RenewalOutcome(
             profile=self.profile.name,
@@ -354,6 +334,10 @@ class Renewer:
             sink_errors=sink_errors or {},
             next_attempt_at=self.next_attempt_at(),
             rate_limit=rate_limit,
+            sinks_changed=changed,
+            failures=self.failures,
+            state=self.state().value,
+            from_fleet=from_fleet,
         )
         self.last_outcome = outcome
         return outcome

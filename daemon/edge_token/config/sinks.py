@@ -4,6 +4,7 @@ type is one entry and parser here and one module in sinks/)."""
 from __future__ import annotations
 
 import grp
+import os
 import pwd
 import re
 from collections.abc import Callable
@@ -98,7 +99,7 @@ def file_sink(table: Table, common: dict[str, Any]) -> SinkConfig:
         raise table.fail("path", "the absolute path of the token file")
     path = Path(path_text)
     if not path.is_absolute():
-        path = (table.file.parent / path).resolve()
+        path = Path(os.path.normpath(table.file.parent / path))  # never resolve(): it follows a symlink at the path
     fmt = table.text("format", "raw", choices=("raw", "json", "env")) or "raw"
     env_name = table.text("env_name", "EDGE_TOKEN") or "EDGE_TOKEN"
     if not ENV_NAME.match(env_name):

@@ -1,8 +1,8 @@
 """What one step of a profile's cycle did: a frozen `RenewalOutcome` with a `Result` enum.
 
-The renewer returns outcomes; the supervisor decides the next run from them; observers (metrics, logs, systemd,
-rotation callbacks) read them. A result is an enum, never a free string compared by literal, so "the sinks
-recovered" can never be mistaken for "a new token arrived".
+The renewer returns outcomes; the supervisor decides the next run from them; observers (observe/events.py for the
+log lines, metrics, readiness, systemd, rotation callbacks) read them. A result is an enum, never a free string
+compared by literal, so "the sinks recovered" can never be mistaken for "a new token arrived".
 """
 
 from __future__ import annotations
@@ -41,6 +41,10 @@ class RenewalOutcome:
     sink_errors: Mapping[str, SinkError] = field(default_factory=dict)
     next_attempt_at: float | None = None
     rate_limit: RateLimit | None = None  # what the token endpoint said about our rate limit and quota
+    sinks_changed: tuple[str, ...] = ()  # the sinks whose content this step changed (hooks ran for these)
+    failures: int = 0  # consecutive failed renewals after this step
+    state: str = ""  # the held token's state after this step: fresh | stale | expired
+    from_fleet: bool = False  # a token another daemon published (fleet mode), taken or refused
 
     @property
     def ok(self) -> bool:

@@ -156,6 +156,13 @@ class Metrics:
         self.reload_ok.set(1 if ok else 0)
         self.reload_at.set(at)
 
+    def keep_sinks(self, profile: str, names: set[str]) -> None:
+        """Drop the series of a profile's sinks a reload removed (a failing one would keep its alert firing)."""
+        series = self.profiles.get(profile)
+        if series is not None and set(series.sinks) - names:
+            series.sinks = {name: sink for name, sink in series.sinks.items() if name in names}
+            self._changed(series)
+
     def forget(self, profile: str) -> None:
         """Drop a removed profile's series so dashboards do not show ghosts."""
         if self.profiles.pop(profile, None) is not None:

@@ -25,7 +25,8 @@ from joserfc.errors import (
 )
 from joserfc.jwk import KeySet
 
-from edge_token.core.errors import VerificationError
+from edge_token.core.errors import EdgeTokenError, VerificationError
+from edge_token.core.settings import ProfileConfig
 from edge_token.core.strictjson import StrictDecoder
 from edge_token.core.strictnum import finite
 from edge_token.core.token import COMPACT_JWS, Token
@@ -45,6 +46,24 @@ class Rules:
     algorithms: tuple[str, ...] = ("RS256",)
     leeway: float = 60.0
     required_claims: tuple[tuple[str, str], ...] = ()  # config `required_claims`: (claim, exact value) pins
+
+
+def rules_for(profile: ProfileConfig) -> Rules:
+    """A profile's verification rules."""
+    return Rules(
+        issuer=profile.issuer, audience=profile.audience, client_id=profile.client_id, algorithms=profile.algorithms,
+        leeway=profile.leeway_seconds, required_claims=profile.required_claims,
+    )  # fmt: skip
+
+
+async def verifies(jwt: str, keys: KeySetLookup, rules: Rules, now: float) -> bool:
+    """Does `jwt` pass verification? (A secret store asks before keeping another writer's "newer" token; when the
+    keys cannot be had, the answer is no: our own verified token then replaces it, which is never wrong.)"""
+    try:
+        await verify_token(jwt, keys, rules, now)
+    except EdgeTokenError:
+        return False
+    return True
 
 
 def fail(reason: str, message: str) -> VerificationError:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import aiohttp
@@ -32,16 +32,18 @@ def build_sink(
     on_secret: Callable[[str], None] | None = None,
     environ: Mapping[str, str] | None = None,
     log: Any = None,
+    verify: Callable[[str], Awaitable[bool]] | None = None,
 ) -> Sink:
-    """The sink implementation for one `[[profiles.X.sinks]]` table (store modules are imported only if used)."""
+    """The sink implementation for one `[[profiles.X.sinks]]` table (store modules are imported only if used).
+    `verify` (the profile's token verification) lets a secret store tell a newer token from a forged one."""
     if isinstance(config.store, KubernetesSecretOptions):
         from edge_token.sinks.kubernetes import KubernetesSecretSink
 
-        return KubernetesSecretSink(config, config.store, session, on_secret, environ)
+        return KubernetesSecretSink(config, config.store, session, on_secret, environ, verify=verify)
     if isinstance(config.store, VaultKvOptions):
         from edge_token.sinks.vault import VaultKvSink
 
-        return VaultKvSink(config, config.store, session, on_secret, environ)
+        return VaultKvSink(config, config.store, session, on_secret, environ, verify=verify)
     from edge_token.sinks.file import FileSink
 
     return FileSink(config, log=log)

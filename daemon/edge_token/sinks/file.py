@@ -76,7 +76,8 @@ class FileSink:
         self.path: Path = config.path
         self._calls = BlockingCalls(self.name, timeout)
         self._stale_temps = stale_temps or STALE_TEMPS
-        self._held: bytes | None = None  # what the read-back found, if the file was as a write would leave it
+        # what the read-back found, if the file was as a write would leave it, and that file's identity
+        self._held: tuple[bytes, tuple[int, ...]] | None = None
         if log is None:  # `once` passes its structlog-free logger (observe/plainlog.py); everyone else: structlog's
             import structlog
 
@@ -87,9 +88,9 @@ class FileSink:
         """Write the token in the sink's format (atomically, bounded in time); False if the file already held it."""
         data = render(token, self.config.format, self.config.env_name)
         held, self._held = self._held, None
-        if held == data:
-            # the adopted token, just read back from this file with the right type, mode and owner: the read was
-            # the unchanged check (step 1 of the atomic write), so a second trip to a worker thread is saved
+        if held is not None and held[0] == data and await self._calls.call(lambda: self._still(held[1])):
+            # the adopted token, read back from this very file (same inode, unchanged since, still ours with the
+            # right mode, alone in an untouchable directory): the read was the unchanged check, no second read
             return False
         cfg = self.config
         changed = await self._calls.call(lambda: write_atomic(self.path, data, cfg.mode, cfg.uid, cfg.gid))
@@ -108,8 +109,8 @@ class FileSink:
             return None
         return extract(content, self.config.format) if content is not None else None
 
-    def _read(self) -> tuple[str | None, bytes | None]:
-        """(the file's text, its bytes if the file is exactly as `write_atomic` would leave them), in a worker."""
+    def _read(self) -> tuple[str | None, tuple[bytes, tuple[int, ...]] | None]:
+        """(the file's text, its bytes and identity if it is exactly as `write_atomic` would leave it); in a worker."""
         self._stale_temps.remove(self.path)
         cfg = self.config
         try:
@@ -117,16 +118,33 @@ class FileSink:
             content = data.decode("utf-8")
         except (OSError, UnicodeDecodeError):
             return None, None
-        return content, data if self._as_written(data, info) else None
+        return content, (data, _identity(info)) if self._as_written(data, info) else None
+
+    def _still(self, identity: tuple[int, ...]) -> bool:
+        """Is the file at our path still the one the read-back saw? Anything swapped in meanwhile (a symlink, another
+        user's file, a chmod, a hard link) fails this and goes through the full atomic write, which refuses or
+        replaces it (the read-back may be seconds old: adoption verifies against a JWKS first)."""
+        try:
+            info = os.lstat(self.path)
+            check_directory(self.path.parent, os.stat(self.path.parent))
+        except (OSError, SinkError):
+            return False
+        return _identity(info) == identity
 
     def _as_written(self, data: bytes, info: os.stat_result) -> bool:
         """Would `write_atomic` of `data` find nothing to do (its steps 0 and 1)? A directory others may rename in
         is refused there, so it must not pass here either."""
         cfg = self.config
-        if not as_written(info, len(data), cfg.mode, cfg.uid, cfg.gid):
-            return False
+        if not as_written(info, len(data), cfg.mode, cfg.uid, cfg.gid) or info.st_nlink != 1:
+            return False  # a hard link elsewhere is a second name others may read or write through
         try:
             check_directory(self.path.parent, os.stat(self.path.parent))
         except (OSError, SinkError):
             return False
         return True
+
+
+def _identity(info: os.stat_result) -> tuple[int, ...]:
+    """What a file swapped, rewritten, chmod-ed, chown-ed or linked since would change (ctime covers the metadata)."""
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_mode, info.st_uid,
+            info.st_gid, info.st_nlink)  # fmt: skip

@@ -26,7 +26,7 @@ from edge_token.core.settings import SA_DIR, KubernetesSecretOptions, SinkConfig
 from edge_token.core.strictnum import ascii_uint
 from edge_token.core.token import Token
 from edge_token.net.http import sanitize
-from edge_token.sinks.store import Held, write_never_regress
+from edge_token.sinks.store import Held, Verifier, write_never_regress
 from edge_token.sinks.storehttp import Answer, call
 
 EXPIRY_ANNOTATION = "edge-token.io/expires-at"
@@ -44,8 +44,10 @@ class KubernetesSecretSink:
         session: aiohttp.ClientSession,
         on_secret: Callable[[str], None] | None = None,
         environ: Mapping[str, str] | None = None,
+        verify: Verifier | None = None,
     ) -> None:
         self.config, self.options, self.name = config, options, config.name
+        self._verify = verify  # the profile's verification: what the store holds counts as newer only if it passes
         self._session, self._on_secret = session, on_secret
         self._environ = os.environ if environ is None else environ
 
@@ -120,7 +122,7 @@ class KubernetesSecretSink:
 
     async def write(self, token: Token) -> bool:
         """Put the token in the Secret unless it holds a newer one; False if it already held this token."""
-        return await write_never_regress(self, token)
+        return await write_never_regress(self, token, self._verify)
 
     async def held(self) -> Held:
         """The Secret as it is now (its whole document is the version: the PUT carries its resourceVersion)."""

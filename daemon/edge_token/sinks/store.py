@@ -10,6 +10,7 @@ a SinkError (retried at the next cycle), never a loop against a store that keeps
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,6 +18,7 @@ from edge_token.core.errors import SinkError
 from edge_token.core.token import Token, claimed_exp
 
 MAX_ATTEMPTS = 4
+Verifier = Callable[[str], Awaitable[bool]]  # does this JWT pass the profile's full verification?
 
 
 @dataclass(frozen=True)
@@ -46,12 +48,17 @@ class ConditionalStore(Protocol):
         ...
 
 
-async def write_never_regress(store: ConditionalStore, token: Token) -> bool:
-    """Put `token` in the store unless it holds this token or a newer one; True if written."""
+async def write_never_regress(store: ConditionalStore, token: Token, verify: Verifier | None = None) -> bool:
+    """Put `token` in the store unless it holds this token or a newer one; True if written. With `verify`, a newer
+    value counts only if it passes the profile's verification (signature, issuer, audience, client): a forged
+    token claiming a far expiry is replaced, never kept as "newer" while the sink reports healthy."""
     for _ in range(MAX_ATTEMPTS):
         held = await store.held()
-        if held.jwt == token.jwt or (held.expires > token.exp and _claims_its_expiry(held)):
-            return False  # ours already, or a newer token from another writer: never regress it
+        if held.jwt == token.jwt:
+            return False  # ours already
+        newer = held.jwt is not None and held.expires > token.exp and _claims_its_expiry(held)
+        if newer and held.jwt is not None and (verify is None or await verify(held.jwt)):
+            return False  # a newer verified token from another writer: never regress it
         if await store.write_if_unchanged(held, token):
             return True
     raise SinkError(

@@ -24,7 +24,7 @@ from edge_token.core.strictnum import finite, whole
 from edge_token.core.token import Token
 from edge_token.net.http import sanitize
 from edge_token.secrets import read_secret
-from edge_token.sinks.store import Held, write_never_regress
+from edge_token.sinks.store import Held, Verifier, write_never_regress
 from edge_token.sinks.storehttp import Answer, call
 
 MAX_VERSION = 2**53  # Vault versions are JSON integers; anything beyond is not one
@@ -44,8 +44,10 @@ class VaultKvSink:
         on_secret: Callable[[str], None] | None = None,
         environ: Mapping[str, str] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        verify: Verifier | None = None,
     ) -> None:
         self.config, self.options, self.name = config, options, config.name
+        self._verify = verify  # the profile's verification: what the store holds counts as newer only if it passes
         self._session, self._on_secret, self._monotonic = session, on_secret, monotonic
         self._environ = os.environ if environ is None else environ
         self._client_token: str | None = None  # AppRole: cached client token
@@ -157,7 +159,7 @@ class VaultKvSink:
 
     async def write(self, token: Token) -> bool:
         """Put the token in Vault unless it holds a newer one; False if it already held this token."""
-        return await write_never_regress(self, token)
+        return await write_never_regress(self, token, self._verify)
 
     async def held(self) -> Held:
         """The secret's current value and its raw metadata.version (a soft-deleted secret answers 404 with one)."""
