@@ -130,3 +130,23 @@ def test_a_sink_removed_by_a_reload_takes_its_series_with_it(world: LoopWorld) -
     body, _ = daemon.metrics.exposition("", "")
     assert b"missing-dir" not in body
     assert os.path.exists(world.dir / "a.jwt")
+
+
+@pytest.mark.parametrize("exposure", ["mode 0644", "a hard link"])
+async def test_a_token_others_could_read_is_not_adopted(
+    make_config: Callable[..., Config], tmp_path: Path, clock: FakeClock, log: Any, auth: FaultyAuthServer,
+    exposure: str,
+) -> None:  # fmt: skip
+    """A token found in a file wider than its configured mode (or with a second name elsewhere) may have leaked:
+    `once` (and the daemon's start) requests a new one instead of adopting it, and writes it 0600."""
+    config = make_config()
+    assert exit_code(await run_once(config, clock, log, environ={})) == 0
+    target = tmp_path / "token.jwt"
+    first = target.read_text()
+    if exposure == "mode 0644":
+        target.chmod(0o644)
+    else:
+        os.link(target, tmp_path / "other-name.jwt")
+    assert exit_code(await run_once(config, clock, log, environ={})) == 0
+    assert auth.token_requests == 2, "the exposed token was adopted"
+    assert target.read_text() != first and target.stat().st_mode & 0o777 == 0o600

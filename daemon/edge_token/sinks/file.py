@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,12 @@ class FileSink:
             content = data.decode("utf-8")
         except (OSError, UnicodeDecodeError):
             return None, None
+        wider = stat.S_IMODE(info.st_mode) & 0o077 & ~cfg.mode
+        if wider or info.st_nlink != 1:
+            # a token others could read (a wider mode than configured, a second name elsewhere) may have leaked:
+            # it is not adopted, a new one is requested and written over it
+            why = f"mode {stat.S_IMODE(info.st_mode):04o}, wider than {cfg.mode:04o}" if wider else "it has hard links"
+            raise SinkError(f"{self.path}: {why}: not adopted (treated as leaked); a new token replaces it")
         return content, (data, _identity(info)) if self._as_written(data, info) else None
 
     def _still(self, identity: tuple[int, ...]) -> bool:
