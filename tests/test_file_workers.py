@@ -119,8 +119,8 @@ async def exercise(plan: Plan, workers: Workers, release: threading.Event, name:
             raise AssertionError("an owner whose call hung never recovered")
     for calls in healthy:
         assert await calls.call(lambda: 8) == 8
-    for _ in range(200):
+    for _ in range(200):  # threads that leave do so at once; a loaded machine may take seconds to run them
         if pool_threads(name) <= LIMIT:
             break
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
     assert pool_threads(name) <= LIMIT
