@@ -1,6 +1,6 @@
 """edge-token benchmark: every figure beside a floor measured in the same run, the ratio, the goal, PASS/MISS.
 
-    python tests/bench/bench.py            # the full run (10,000 profiles, 20 s tokens): 10-15 minutes on 2 cores
+    python tests/bench/bench.py            # the full run (10,000 profiles, 20 s tokens): about 4 minutes on 2 cores
     python tests/bench/bench.py --quick    # about 2 minutes on 2 cores: fewer rounds, no 10,000, 8 s tokens
     python tests/bench/bench.py --only once,fill     # sections: once, fill, scale, lifetimes
 
