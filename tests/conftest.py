@@ -197,3 +197,25 @@ def rng() -> random.Random:
 
 def no_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("EDGE_TOKEN_")}
+
+
+@pytest.fixture
+def world(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The step-by-step daemon scaffold (harness.LoopWorld), closed after the test. Token lifetime 1,000 s unless a
+    test parametrizes it: `@pytest.mark.parametrize("world", [100.0], indirect=True)`."""
+    from harness import LoopWorld
+
+    built = LoopWorld(ttl=getattr(request, "param", 1000.0))
+    yield built
+    built.close()
+
+
+@pytest.fixture
+async def k8s() -> AsyncIterator[Any]:
+    """An in-process Kubernetes API server (fakestores.FakeKubernetes) on loopback."""
+    from fakestores import FakeKubernetes
+
+    server = FakeKubernetes()
+    await server.start()
+    yield server
+    await server.stop()

@@ -6,21 +6,11 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
-
-import pytest
 
 from edge_token.config import load_config
 from egressparts import make_ca
 from faultyauth import Fault
 from harness import LoopWorld
-
-
-@pytest.fixture
-def world() -> Iterator[LoopWorld]:
-    w = LoopWorld(ttl=1000.0)
-    yield w
-    w.close()
 
 
 def test_no_token_is_requested_while_no_jwks_was_ever_loaded(world: LoopWorld) -> None:

@@ -19,13 +19,7 @@ from faultyauth import Fault
 from harness import LoopWorld
 
 
-@pytest.fixture
-def world() -> Iterator[LoopWorld]:
-    w = LoopWorld(ttl=100.0)
-    yield w
-    w.close()
-
-
+@pytest.mark.parametrize("world", [100.0], indirect=True)  # tokens of 100 s
 def test_rejected_credentials_and_an_expired_token_are_not_ready(world: LoopWorld) -> None:
     world.write("a.jwt")
     daemon = world.harness.start(load_config(world.config, environ={}), rng=random.Random(1))

@@ -5,21 +5,12 @@ once."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 
-import pytest
 from prometheus_client import generate_latest
 
 from edge_token.config import load_config
 from harness import LoopWorld
 from promsample import sample
-
-
-@pytest.fixture
-def world() -> Iterator[LoopWorld]:
-    w = LoopWorld()
-    yield w
-    w.close()
 
 
 def test_a_refused_reload_is_counted_alertable_and_shown(world: LoopWorld) -> None:

@@ -8,7 +8,7 @@ import base64
 import os
 import random
 import shutil
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +26,6 @@ from edge_token.sinks.kubernetes import EXPIRY_ANNOTATION
 from fakestores import FakeKubernetes
 from faultyauth import FaultyAuthServer
 from harness import LoopWorld
-
-
-@pytest.fixture
-async def k8s() -> AsyncIterator[FakeKubernetes]:
-    server = FakeKubernetes()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def test_a_forged_token_claiming_a_far_expiry_never_freezes_a_store(
@@ -107,13 +99,6 @@ def test_a_relative_sink_path_is_not_resolved_through_a_symlink(tmp_path: Path) 
     config.chmod(0o600)
     (sink,) = load_config(config, environ={}).profiles["p"].sinks
     assert sink.path == tmp_path / "out" / "t.jwt"
-
-
-@pytest.fixture
-def world() -> Iterator[LoopWorld]:
-    w = LoopWorld()
-    yield w
-    w.close()
 
 
 def test_a_sink_removed_by_a_reload_takes_its_series_with_it(world: LoopWorld) -> None:

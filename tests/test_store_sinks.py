@@ -39,14 +39,6 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-async def k8s() -> AsyncIterator[FakeKubernetes]:
-    server = FakeKubernetes()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
 async def vault() -> AsyncIterator[FakeVault]:
     server = FakeVault()
     await server.start()
