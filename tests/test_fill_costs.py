@@ -82,14 +82,19 @@ async def fleet_dir(tmp_path: Path, auth: LocalAuthServer, secret_file: Path) ->
     yield sinks
 
 
+def unfired_daemon(config: Path, clock: FakeClock) -> Daemon:
+    """The real daemon on a manual scheduler that nothing fires (only first cycles run), no signals, no tick."""
+    return Daemon(
+        load_config(config, environ={}), clock=clock, environ={}, handle_signals=False,
+        scheduler=ManualScheduler(clock.time), tick_seconds=3600,
+    )  # fmt: skip
+
+
 async def run_until_first_cycles(config: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> Daemon:
     """Start the daemon as a new process would (nothing listed yet), let every profile's first cycle finish, stop.
     Jobs are scheduled on a manual scheduler that nothing fires: only the first cycles run."""
     monkeypatch.setattr(file_sink, "STALE_TEMPS", StaleTemps(), raising=False)
-    daemon = Daemon(
-        load_config(config, environ={}), clock=clock, environ={}, handle_signals=False,
-        scheduler=ManualScheduler(clock.time), tick_seconds=3600,
-    )  # fmt: skip
+    daemon = unfired_daemon(config, clock)
     task = asyncio.create_task(daemon.run())
     try:
         for _ in range(3000):
@@ -166,10 +171,7 @@ async def test_a_profile_changed_by_reload_adopts_the_token_written_after_start(
     config, sink = tmp_path / "config.toml", tmp_path / "sinks" / "t.jwt"
     sink.parent.mkdir()
     config.write_text('[daemon]\nlisten = ""\n' + profile_toml("main", auth, secret_file, [{"path": str(sink)}]))
-    daemon = Daemon(
-        load_config(config, environ={}), clock=clock, environ={}, handle_signals=False,
-        scheduler=ManualScheduler(clock.time), tick_seconds=3600,
-    )  # fmt: skip
+    daemon = unfired_daemon(config, clock)
     task = asyncio.create_task(daemon.run())
     try:
         await until(
