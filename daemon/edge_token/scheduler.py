@@ -9,10 +9,15 @@ Job defaults: `misfire_grace_time=None` (a late job still runs; the default of 1
 Jobs run through APScheduler's DebugExecutor: called directly, on the event loop, when due. Our jobs only start
 tasks, so they are quick; and there is no task per firing for shutdown to cancel (the asyncio executor logged a
 CancelledError traceback at error level for every job queued at the moment of a graceful stop).
+
+APScheduler wakes itself after every job added, changed or removed, each time through `call_soon_threadsafe`: a
+write to the loop's self-pipe and one pass over the due jobs per renewal. Every call here is made on the event
+loop, so `_CoalescingScheduler` turns the wakeups of one loop turn into one pass, queued without the pipe.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -24,11 +29,34 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 Job = Callable[[], Any]
 
 
+class _CoalescingScheduler(AsyncIOScheduler):  # type: ignore[misc]  # APScheduler ships no type hints
+    """AsyncIOScheduler whose wakeups, asked for on its own loop, cost one pass per loop turn (module docstring)."""
+
+    _wake_queued = False
+
+    def wakeup(self) -> None:
+        loop = self._eventloop
+        if loop is None or self._wake_queued:
+            return
+        self._wake_queued = True
+        try:
+            here = asyncio.get_running_loop() is loop
+        except RuntimeError:  # another thread (none of ours does this): APScheduler's own thread-safe way
+            here = False
+        (loop.call_soon if here else loop.call_soon_threadsafe)(self._wake)
+
+    def _wake(self) -> None:
+        self._wake_queued = False
+        if self._eventloop is not None and self.running:  # not after shutdown
+            self._stop_timer()
+            self._start_timer(self._process_jobs())
+
+
 class Scheduler:
     """A thin, typed face on AsyncIOScheduler with the defaults this daemon needs."""
 
     def __init__(self) -> None:
-        self._scheduler = AsyncIOScheduler(
+        self._scheduler = _CoalescingScheduler(
             timezone=UTC,
             executors={"default": DebugExecutor()},
             job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},

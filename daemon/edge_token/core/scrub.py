@@ -310,6 +310,11 @@ class ScrubbingStream:
                 self._pending = ""
             self._stream.flush()
 
+    @property
+    def underlying(self) -> TextIO:
+        """The real stream: for a writer whose every line is already scrubbed field by field (the log pipeline)."""
+        return self._stream
+
     def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding...: the real stream's
         return getattr(self._stream, name)
 
