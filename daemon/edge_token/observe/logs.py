@@ -9,6 +9,7 @@ frame locals (structlog's default dict tracebacks would print a local `secret`; 
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -22,6 +23,12 @@ from edge_token.observe import journal
 REDACTED = scrubbing.REDACTED
 SECRET_KEY = re.compile(r"(secret|password|passwd|authorization|access_token|^token$|^jwt$|credential_value)", re.I)
 JWT_SHAPE = scrubbing.JWT
+
+
+@functools.lru_cache(maxsize=4096)
+def names_secret(key: str) -> bool:
+    """Does this field name say its value is a secret? (Asked for every field of every line: remembered.)"""
+    return SECRET_KEY.search(key) is not None
 
 
 class Redactor:
@@ -39,7 +46,7 @@ class Redactor:
         included), and anything that is not JSON's own kind of value turned into its scrubbed `repr` (what the
         renderers would print for it). So the rendered line holds nothing unscrubbed, and goes to the stream
         without a second, whole-line pass (`configure`)."""
-        if key and SECRET_KEY.search(key):
+        if key and names_secret(key):
             return REDACTED
         if isinstance(value, str):
             return self._scrubber.scrub_text(value)
@@ -57,8 +64,11 @@ class Redactor:
         return self._scrubber.scrub(value)
 
     def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        scrub_key = self._scrubber.scrub_text
-        return {scrub_key(key): self.redact(value, key if key != "event" else "") for key, value in event_dict.items()}
+        scrub, redact = self._scrubber.scrub_text, self.redact
+        return {
+            scrub(key): scrub(value) if type(value) is str and not names_secret(key) else redact(value, key)
+            for key, value in event_dict.items()
+        }
 
 
 MAX_SHOWN_TIME = 253402300800  # 10000-01-01: beyond it datetime cannot show a time (a wild number stays a number)
