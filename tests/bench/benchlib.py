@@ -512,10 +512,11 @@ class Daemon:
 
 
 class FloorServer:
-    """floor.py serve/idle: a bare aiohttp server (the floor of /metrics and of idle memory)."""
+    """floor.py serve/idle: a bare aiohttp server (the floor of /metrics and of idle memory); or, with `ready`,
+    any floor that prints that word once running (pace: the floor of CPU over lifetimes)."""
 
-    def __init__(self, bench: Bench, *args: str) -> None:
-        self.bench, self.args = bench, args
+    def __init__(self, bench: Bench, *args: str, ready: bytes | None = None) -> None:
+        self.bench, self.args, self.ready = bench, args, ready
         self.process: asyncio.subprocess.Process | None = None
         self.port = 0
 
@@ -523,8 +524,10 @@ class FloorServer:
         self.process = await self.bench.spawn(sys.executable, str(FLOOR), *self.args, stdout=asyncio.subprocess.PIPE)
         assert self.process.stdout is not None
         line = await asyncio.wait_for(self.process.stdout.readline(), 60)
+        if self.ready is not None and line.strip() == self.ready:
+            return self
         if not line.strip().isdigit():
-            raise RuntimeError(f"floor server did not start: {line!r}")
+            raise RuntimeError(f"floor {self.args[0]} did not start: {line!r}")
         self.port = int(line)
         return self
 

@@ -2,14 +2,16 @@
 
     python floor.py once  TOKEN_URL JWKS_URL ISSUER AUDIENCE CLIENT_ID SECRET_FILE OUT
     python floor.py fill  TOKEN_URL JWKS_URL ISSUER AUDIENCE CLIENT_ID SECRET_FILE OUT_DIR COUNT
+    python floor.py pace  TOKEN_URL JWKS_URL ISSUER AUDIENCE CLIENT_ID SECRET_FILE OUT_DIR COUNT TTL
     python floor.py serve BODY_FILE CONTENT_TYPE     # a bare aiohttp server answering every GET with the file
     python floor.py idle                             # the daemon's libraries imported + an idle aiohttp server
 
-`once` and `fill` do what edge-token does per token and nothing more: a client-credentials POST (16 at a time
-for `fill`, over one session), one JWKS fetch, joserfc signature verification plus the iss/aud/exp claim check,
+`once`, `fill` and `pace` do what edge-token does per token and nothing more: a client-credentials POST (16 at a time
+for `fill` and `pace`, over one session), one JWKS fetch, joserfc signature verification plus the iss/aud/exp claim check,
 and an atomic write (O_EXCL temp in the target's directory, fchmod 0600, write, fsync, rename, fsync of the
-directory) in a worker thread. `fill` prints "done" and its CPU seconds when every token is on disk; the servers
-print their port.
+directory) in a worker thread. `fill` prints "done" and its CPU seconds when every token is on disk; `pace`
+renews COUNT tokens of TTL seconds on the daemon's schedule until killed (the floor of CPU over lifetimes); the
+servers print their port.
 Only the standard library is imported at the top, so each floor pays for exactly the libraries it uses.
 """
 
@@ -70,6 +72,48 @@ async def fetch(args: list[str], outs: list[Path]) -> None:
         await asyncio.gather(*(one(out) for out in outs))
 
 
+async def pace(args: list[str], outs: list[Path], ttl: float) -> None:
+    """What a daemon must do per renewal, and nothing else, on the daemon's schedule: every token requested,
+    verified and written (CONCURRENCY at a time), then again at a uniform 75-80 % of its lifetime, until killed.
+    Prints "started" once running; the benchmark reads this process's CPU and counts its requests."""
+    import random
+
+    import aiohttp
+    from joserfc import jwt
+    from joserfc.jwk import KeySet
+
+    token_url, jwks_url, issuer, audience, client_id, secret_file = args[:6]
+    secret = Path(secret_file).read_text().strip()
+    body = {"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret, "audience": audience}
+    claims_rules = jwt.JWTClaimsRegistry(
+        iss={"essential": True, "value": issuer}, aud={"essential": True, "value": audience}, exp={"essential": True}
+    )
+    gate = asyncio.Semaphore(CONCURRENCY)
+    loop = asyncio.get_running_loop()
+    running: set[asyncio.Task[None]] = set()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        async with session.get(jwks_url) as response:
+            keys = KeySet.import_key_set(await response.json())
+
+        async def renew(out: Path) -> None:
+            async with gate:
+                async with session.post(token_url, json=body) as response:
+                    token = (await response.json())["access_token"]
+                claims_rules.validate(jwt.decode(token, keys, algorithms=["RS256"]).claims)
+                await asyncio.to_thread(write_atomic, out, token.encode())
+            loop.call_later(ttl * random.uniform(0.75, 0.80), start, out)
+
+        def start(out: Path) -> None:
+            task = loop.create_task(renew(out))
+            running.add(task)
+            task.add_done_callback(running.discard)
+
+        for out in outs:
+            start(out)
+        print("started", flush=True)
+        await asyncio.Event().wait()  # until killed
+
+
 async def serve(body: bytes | None, content_type: str) -> None:
     from aiohttp import web
 
@@ -95,6 +139,9 @@ def main(argv: list[str]) -> None:
         asyncio.run(fetch(args, [out_dir / f"p{i}.jwt" for i in range(count)]))
         usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread's CPU, start-up included
         print("done", usage.ru_utime + usage.ru_stime, flush=True)
+    elif command == "pace":
+        out_dir, count, ttl = Path(args[6]), int(args[7]), float(args[8])
+        asyncio.run(pace(args, [out_dir / f"p{i}.jwt" for i in range(count)], ttl))
     elif command == "serve":
         asyncio.run(serve(Path(args[0]).read_bytes(), args[1]))
     elif command == "idle":

@@ -39,6 +39,8 @@ async def read_limited(response: aiohttp.ClientResponse, limit: int, what: str) 
     declared = response.content_length
     if declared is not None and declared > limit:
         raise ProtocolError(f"{what} is {declared} bytes, more than the {limit} byte limit")
+    if declared is not None and "Content-Encoding" not in response.headers:
+        return await response.read()  # the parser stops at the declared length (not so for a decompressed body)
     chunks, size = [], 0
     async for chunk in response.content.iter_chunked(16 * 1024):
         size += len(chunk)

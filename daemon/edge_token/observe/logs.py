@@ -126,8 +126,7 @@ def _processors(log_format: str, stream: TextIO, redactor: Redactor) -> tuple[li
     import structlog
 
     as_json = log_format == "json" or (log_format == "auto" and not stream.isatty())
-    shared: list[Any] = [
-        structlog.contextvars.merge_contextvars,
+    shared: list[Any] = [  # no merge_contextvars: nothing binds context variables, and it walked them per line
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

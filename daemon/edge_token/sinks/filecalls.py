@@ -145,14 +145,25 @@ class BlockingCalls:
             except RuntimeError:
                 pass  # the loop is gone: nobody waits for this any more
 
+        expired = TimeoutError()  # this very instance: the deadline, not a TimeoutError the call raised
+
+        def expire() -> None:
+            if not future.done():
+                future.set_exception(expired)
+
         job = _Job(work)
         self._workers.submit(job)
+        deadline = loop.call_later(self.timeout, expire)  # not wait_for(shield()): two tasks' worth per call
         try:
-            return await asyncio.wait_for(asyncio.shield(future), self.timeout)
-        except TimeoutError:
+            return await future
+        except TimeoutError as exc:
+            if exc is not expired:
+                raise
             self._workers.write_off(job)
             self._stuck = job
             raise SinkError(
                 f"{self.what}: a file operation did not finish within {self.timeout:g} s (hung filesystem?); "
                 "the previous token is kept"
             ) from None
+        finally:
+            deadline.cancel()
