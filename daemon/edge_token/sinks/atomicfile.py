@@ -145,10 +145,18 @@ def write_atomic(
     uid: int = -1,
     gid: int = -1,
     *,
+    known: tuple[int, ...] | None = None,
+    seen: Callable[[tuple[int, ...]], None] | None = None,
     make_temp_name: Callable[[Path], str] = temp_name,
     after_replace: Callable[[], None] | None = None,
 ) -> bool:
     """Atomically replace `path` with `data`. Returns False if it already held them (nothing written).
+
+    `known`: the `identity` the file had when it held other bytes than `data` (the sink's previous token, as this
+    process left it). Found with that identity, the file cannot hold `data`: step 1's read is skipped (four
+    system calls, each a hand-over of the interpreter lock between this worker and the event loop). A wrong
+    `known` can only cause a write, never skip one. `seen` is given the identity of the file that holds `data`
+    on return (written, or found holding them), for the next call's `known`.
 
     Raises SinkError naming the path and the cause; the previous file is then intact and no temp file is left.
     Long because its steps are the module docstring's, numbered and in that order, to be read top to bottom:
@@ -170,7 +178,9 @@ def write_atomic(
         if existing is not None and not stat.S_ISREG(existing.st_mode):
             raise not_regular(path, existing)
         # 1. unchanged bytes, mode and owner: nothing to do (no fsync, no inotify event for readers)
-        if existing is not None and _unchanged(dir_fd, name, data, mode, uid, gid):
+        if existing is not None and identity(existing) != known and _unchanged(dir_fd, name, data, mode, uid, gid):
+            if seen is not None:
+                seen(identity(existing))
             return False
         # 2. exclusive, no-follow create in the same directory; a collision (or a planted file) gets a new name
         step = "create"
@@ -204,7 +214,9 @@ def write_atomic(
             if after_replace is not None:
                 after_replace()
             # 6. the name must lead to the inode we wrote, then make the rename durable
-            _check_ours(path, name, dir_fd, os.fstat(fd))
+            written = _check_ours(path, name, dir_fd, os.fstat(fd))
+            if seen is not None:
+                seen(identity(written))
             step = "fsync"
             os.fsync(dir_fd)
         finally:
@@ -222,7 +234,7 @@ def write_atomic(
     return True
 
 
-def _check_ours(path: Path, name: str, dir_fd: int, written: os.stat_result) -> None:
+def _check_ours(path: Path, name: str, dir_fd: int, written: os.stat_result) -> os.stat_result:
     now = _lstat(name, dir_fd)
     if now is None or (now.st_dev, now.st_ino) != (written.st_dev, written.st_ino):
         owner = f"uid {now.st_uid}" if now is not None else "nobody (it was removed)"
@@ -231,6 +243,13 @@ def _check_ours(path: Path, name: str, dir_fd: int, written: os.stat_result) -> 
             "edge-token wrote; another user can rename files in that directory: fix its permissions "
             "(chmod go-w, or chmod +t) and check the file"
         )
+    return now
+
+
+def identity(info: os.stat_result) -> tuple[int, ...]:
+    """What a file swapped, rewritten, chmod-ed, chown-ed or linked since would change (ctime covers the metadata)."""
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_mode, info.st_uid,
+            info.st_gid, info.st_nlink)  # fmt: skip
 
 
 def read_regular(path: Path, limit: int, uid: int = -1) -> bytes:

@@ -13,7 +13,7 @@ from typing import Any
 from edge_token.core.errors import SinkError
 from edge_token.core.settings import SinkConfig
 from edge_token.core.token import Token
-from edge_token.sinks.atomicfile import as_written, check_directory, read_back, write_atomic
+from edge_token.sinks.atomicfile import as_written, check_directory, identity, read_back, write_atomic
 from edge_token.sinks.filecalls import BlockingCalls
 from edge_token.sinks.tempfiles import StaleTemps
 
@@ -79,6 +79,8 @@ class FileSink:
         self._stale_temps = stale_temps or STALE_TEMPS
         # what the read-back found, if the file was as a write would leave it, and that file's identity
         self._held: tuple[bytes, tuple[int, ...]] | None = None
+        # the token we last left in the file (its fingerprint) and the file's identity then
+        self._last: tuple[str, tuple[int, ...]] | None = None
         if log is None:  # `once` passes its structlog-free logger (observe/plainlog.py); everyone else: structlog's
             import structlog
 
@@ -89,12 +91,20 @@ class FileSink:
         """Write the token in the sink's format (atomically, bounded in time); False if the file already held it."""
         data = render(token, self.config.format, self.config.env_name)
         held, self._held = self._held, None
+        last, self._last = self._last, None
         if held is not None and held[0] == data and await self._calls.call(lambda: self._still(held[1])):
             # the adopted token, read back from this very file (same inode, unchanged since, still ours with the
             # right mode, alone in an untouchable directory): the read was the unchanged check, no second read
+            self._last = (token.fingerprint, held[1])
             return False
         cfg = self.config
-        changed = await self._calls.call(lambda: write_atomic(self.path, data, cfg.mode, cfg.uid, cfg.gid))
+        # a token other than the one we last left there: if the file is as we left it, it cannot hold this one
+        known = last[1] if last is not None and last[0] != token.fingerprint else None
+        seen: list[tuple[int, ...]] = []
+        changed = await self._calls.call(
+            lambda: write_atomic(self.path, data, cfg.mode, cfg.uid, cfg.gid, known=known, seen=seen.append)
+        )
+        self._last = (token.fingerprint, seen[-1]) if seen else None
         self._stale_temps.written(self.path)
         return changed
 
@@ -125,9 +135,9 @@ class FileSink:
             # it is not adopted, a new one is requested and written over it
             why = f"mode {stat.S_IMODE(info.st_mode):04o}, wider than {cfg.mode:04o}" if wider else "it has hard links"
             raise SinkError(f"{self.path}: {why}: not adopted (treated as leaked); a new token replaces it")
-        return content, (data, _identity(info)) if self._as_written(data, info) else None
+        return content, (data, identity(info)) if self._as_written(data, info) else None
 
-    def _still(self, identity: tuple[int, ...]) -> bool:
+    def _still(self, read: tuple[int, ...]) -> bool:
         """Is the file at our path still the one the read-back saw? Anything swapped in meanwhile (a symlink, another
         user's file, a chmod, a hard link) fails this and goes through the full atomic write, which refuses or
         replaces it (the read-back may be seconds old: adoption verifies against a JWKS first)."""
@@ -136,7 +146,7 @@ class FileSink:
             check_directory(self.path.parent, os.stat(self.path.parent))
         except (OSError, SinkError):
             return False
-        return _identity(info) == identity
+        return identity(info) == read
 
     def _as_written(self, data: bytes, info: os.stat_result) -> bool:
         """Would `write_atomic` of `data` find nothing to do (its steps 0 and 1)? A directory others may rename in
@@ -149,9 +159,3 @@ class FileSink:
         except (OSError, SinkError):
             return False
         return True
-
-
-def _identity(info: os.stat_result) -> tuple[int, ...]:
-    """What a file swapped, rewritten, chmod-ed, chown-ed or linked since would change (ctime covers the metadata)."""
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_mode, info.st_uid,
-            info.st_gid, info.st_nlink)  # fmt: skip
