@@ -23,6 +23,7 @@ import logging
 import os
 import string
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,10 +34,12 @@ import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edge_token.core.outcome import RenewalOutcome, Result
 from edge_token.core.scrub import Scrubber, ScrubbingStream
 from edge_token.core.settings import SinkConfig
 from edge_token.core.token import Token
 from edge_token.observe import logs
+from edge_token.observe.events import log_outcome
 from edge_token.scheduler import Scheduler
 from edge_token.sinks.file import FileSink
 from leakscan import ENCODINGS, leaks
@@ -276,3 +279,34 @@ def test_a_new_token_over_the_file_as_we_left_it_is_written_without_reading_it(
             untouched = True
     finally:
         _reads.clear()
+
+
+def test_an_outcomes_lines_go_out_in_one_write_and_another_threads_lines_are_not_held() -> None:
+    writes: list[str] = []
+
+    class Recorder(io.StringIO):
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+    scrubber = Scrubber()
+    token = token_number(1)
+    outcome = RenewalOutcome(
+        profile="p", result=Result.NEW_TOKEN, started_at=0.0, duration=0.1, token=token, requested=True,
+        sinks_written=("file:/run/a.jwt", "file:/run/b.jwt"), sinks_changed=("file:/run/a.jwt", "file:/run/b.jwt"),
+    )  # fmt: skip
+    with configured(scrubber, Recorder()):
+        log: Any = structlog.get_logger("edge_token")
+        log_outcome(log, outcome)
+        assert len(writes) == 1 and [json.loads(line)["event"] for line in writes[0].splitlines()] == [
+            "sink.written", "sink.written", "token.renewed"
+        ]  # fmt: skip
+        writes.clear()
+        with logs.together():
+            log.info("first")
+            other = threading.Thread(target=lambda: log.info("from.another.thread"))
+            other.start()
+            other.join()
+            assert [json.loads(text)["event"] for text in writes] == ["from.another.thread"]
+            log.info("second")
+        assert [json.loads(line)["event"] for line in writes[1].splitlines()] == ["first", "second"]

@@ -13,11 +13,17 @@ from typing import Any
 
 from edge_token.core.errors import VerificationError
 from edge_token.core.outcome import RenewalOutcome, Result
+from edge_token.observe import logs
 
 
 def log_outcome(log: Any, outcome: RenewalOutcome) -> None:
-    """Log one outcome (bound to its profile); never raises for an outcome the renewer produced."""
-    bound = log.bind(profile=outcome.profile)
+    """Log one outcome (bound to its profile), its lines in one write; never raises for an outcome the renewer
+    produced."""
+    with logs.together():
+        _log_outcome(log.bind(profile=outcome.profile), outcome)
+
+
+def _log_outcome(bound: Any, outcome: RenewalOutcome) -> None:
     for name, sink_error in outcome.sink_errors.items():
         bound.error("sink.write_failed", sink=name, message=str(sink_error))
     token = outcome.token

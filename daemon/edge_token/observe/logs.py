@@ -9,11 +9,13 @@ frame locals (structlog's default dict tracebacks would print a local `secret`; 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+import threading
+from collections.abc import Iterator, MutableMapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -110,7 +112,8 @@ def configure(
     # LogRecords, a caller lookup walking the stack and the handler's lock, about a third of a line's cost. And past
     # the CLI's scrubbing stream: the redactor has scrubbed every key and value of the line (`Redactor.redact`), and
     # scrubbing the rendered line again cost 40 % of a line
-    writer = LineWriter(stream.underlying if isinstance(stream, scrubbing.ScrubbingStream) else stream)
+    global _WRITER
+    writer = _WRITER = LineWriter(stream.underlying if isinstance(stream, scrubbing.ScrubbingStream) else stream)
     structlog.configure(
         processors=[*shared, *tail],
         logger_factory=lambda *_args: writer,
@@ -154,17 +157,48 @@ class LineWriter:
     """structlog's last step: each rendered line written to the stream in one call (whole lines, however threads
     interleave). A stream that fails (closed, or EPIPE after journald restarted) loses the line, never the work
     of the caller: a renewal must not fail because its log line could not be written (stdlib logging's handlers
-    behave the same)."""
+    behave the same). Inside `together()`, the lines the same thread logs go out in one write at its end."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
+        self._held: list[str] | None = None  # lines of a `together()` block, and the thread that opened it
+        self._holder = 0
 
     def msg(self, line: str) -> None:
         """Write one rendered line (every level's method is this one: the level is already in the line)."""
+        if self._held is not None and self._holder == threading.get_ident():
+            self._held.append(line)
+        else:
+            self._write(line + "\n")
+
+    debug = info = warning = warn = error = err = critical = fatal = exception = failure = log = msg
+
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """One write for the lines logged in this block by this thread (a step's lines: one system call, not
+        one per line, each of which hands the interpreter lock to a waiting file worker)."""
+        if self._held is not None:  # nested, or another thread's block: lines go out as usual
+            yield
+            return
+        self._held, self._holder = [], threading.get_ident()
         try:
-            self._stream.write(line + "\n")
+            yield
+        finally:
+            lines, self._held = self._held, None
+            if lines:
+                self._write("".join(line + "\n" for line in lines))
+
+    def _write(self, text: str) -> None:
+        try:
+            self._stream.write(text)
             self._stream.flush()
         except (OSError, ValueError):  # ValueError: the stream is closed
             pass
 
-    debug = info = warning = warn = error = err = critical = fatal = exception = failure = log = msg
+
+_WRITER: LineWriter | None = None  # the configured one (`configure`); None: `once`, tests, nothing configured
+
+
+def together() -> contextlib.AbstractContextManager[None]:
+    """`LineWriter.together` of the configured writer; a no-op when structlog is not configured here."""
+    return _WRITER.together() if _WRITER is not None else contextlib.nullcontext()
