@@ -34,6 +34,10 @@ class _CoalescingScheduler(AsyncIOScheduler):  # type: ignore[misc]  # APSchedul
 
     _wake_queued = False
 
+    def start(self, paused: bool = False) -> None:
+        self._wake_queued = False  # a pass queued on a loop that closed before running it is not pending here
+        super().start(paused)
+
     def wakeup(self) -> None:
         loop = self._eventloop
         if loop is None or self._wake_queued:
