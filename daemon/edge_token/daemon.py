@@ -37,7 +37,7 @@ from edge_token.observe import logs
 from edge_token.observe.httpserver import HealthSource, start_http
 from edge_token.observe.metrics import Metrics
 from edge_token.observe.systemd import Notifier
-from edge_token.pid1 import OrphanReaper
+from edge_token.pid1 import OrphanReaper, release_held_signals
 from edge_token.profiles import Profiles
 from edge_token.scheduler import Scheduler
 from edge_token.supervisor import JobScheduler
@@ -139,6 +139,8 @@ class Daemon:
         self.profiles.start(parts)
         stack.callback(self._stopping)  # the first thing shutdown does
         self.log.info("daemon.started", profiles=len(self.profiles.supervisor.slots), config=str(self.config.path))
+        if self.handle_signals:
+            release_held_signals()  # a SIGHUP/SIGUSR1 held since the first instruction is handled now (pid1.py)
 
     async def _main_loop(self, duration: float | None) -> None:
         """Everything happens in scheduled jobs and signal handlers; this only waits for the stop."""

@@ -1,8 +1,18 @@
-"""PID 1 duties in a container: reap orphaned grandchildren so they do not pile up as zombies.
+"""Process-wide signal duties: the signals held during start-up, and (as a container's PID 1) reaping orphans.
 
-As PID 1 we inherit every orphan (e.g. a background process an `on_update` hook left behind). asyncio reaps
-the children it started itself (one `waitpid(pid)` per child), so we must not reap those: we only touch zombies
-whose parent is us, found in /proc, and
+**Held signals.** `run` and `exec` handle SIGHUP, SIGUSR1 and SIGUSR2, but only once their event loop is up,
+about half a second of imports after the process starts; until then the kernel's default action for those
+signals is to *terminate* (a `systemctl reload` or a config-management tool racing a restart killed the
+daemon). So `__main__` blocks them with its first instruction (`HELD_SIGNALS`, written out there because it
+runs before any import) and `release_held_signals` unblocks them once the handlers are installed: a signal
+that came in between stays pending and is delivered to its handler then, so an early reload is carried out,
+not lost. The signal mask is inherited by threads and by child processes (fork and exec keep it), so the
+release must happen before any hook or wrapped command starts, on the thread that starts them (the loop's).
+
+**Orphans.** As PID 1 we reap orphaned grandchildren so they do not pile up as zombies. We inherit every
+orphan (e.g. a background process an `on_update` hook left behind). asyncio reaps the children it started
+itself (one `waitpid(pid)` per child), so we must not reap those: we only touch zombies whose parent is us,
+found in /proc, and
 
 - reap at once those that are not group leaders (pid != pgid): everything we start ourselves runs in a new
   session (start_new_session=True), so it *is* a group leader, and anything else is an orphan;
@@ -13,7 +23,16 @@ whose parent is us, found in /proc, and
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
+
+HELD_SIGNALS = frozenset({signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2})  # the same set as __main__ blocks
+
+
+def release_held_signals() -> None:
+    """Unblock the signals `__main__` held during start-up (call it once their handlers are installed): a
+    pending one is delivered now, to its handler. A no-op where nothing was held (tests, library use)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
 
 
 class OrphanReaper:

@@ -35,6 +35,7 @@ from edge_token.core.settings import Config, env_prefix
 from edge_token.daemon import Daemon
 from edge_token.observe import logs
 from edge_token.observe.hooks import secret_variables
+from edge_token.pid1 import release_held_signals
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -101,6 +102,7 @@ class Wrapper:
         loop = asyncio.get_running_loop()
         for signum in FORWARDED:
             loop.add_signal_handler(signum, self._forward, signum)
+        release_held_signals()  # held since the first instruction (pid1.py); the child must not inherit the mask
         daemon_task: asyncio.Task[int] | None = None
         try:
             code = await self._obtain_tokens()
