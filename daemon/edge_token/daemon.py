@@ -133,14 +133,12 @@ class Daemon:
         stack.callback(self.scheduler.shutdown)
         ticker = asyncio.create_task(self._tick())
         stack.callback(ticker.cancel)
-        ready_timer = loop.call_later(self.config.daemon.ready_timeout_seconds, self._ready_timeout)
-        stack.callback(ready_timer.cancel)
+        stack.callback(loop.call_later(self.config.daemon.ready_timeout_seconds, self._ready_timeout).cancel)
         stack.callback(self.profiles.supervisor.stop)
         self.profiles.start(parts)
         stack.callback(self._stopping)  # the first thing shutdown does
         self.log.info("daemon.started", profiles=len(self.profiles.supervisor.slots), config=str(self.config.path))
-        if self.handle_signals:
-            release_held_signals()  # a SIGHUP/SIGUSR1 held since the first instruction is handled now (pid1.py)
+        release_held_signals()  # a SIGHUP/SIGUSR1 held since the first instruction is handled now (pid1.py)
 
     async def _main_loop(self, duration: float | None) -> None:
         """Everything happens in scheduled jobs and signal handlers; this only waits for the stop."""

@@ -33,6 +33,7 @@ from edge_token import __version__
 from edge_token.core.errors import VerificationError
 from edge_token.core.outcome import RenewalOutcome, Result
 from edge_token.observe import series as profile_series
+from edge_token.observe.negotiation import prefers_openmetrics
 from edge_token.observe.series import FAMILIES, HEADERS, ProfileSeries, SinkSeries, escape, number, rate_limit
 
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -214,10 +215,11 @@ class Metrics:
         return [cached[1], compressor.compress(rest) + compressor.flush()]
 
     def exposition_parts(self, accept: str, accept_encoding: str) -> tuple[list[bytes], dict[str, str]]:
-        """The body of GET /metrics as chunks to send one after the other, and its headers: OpenMetrics when asked
-        for, else text 0.0.4; gzip when accepted. The big first chunk is the cached object itself: a fresh 1 MiB
-        copy per scrape cost more than everything else in a scrape (page faults and the copy)."""
-        openmetrics = accepts(accept, "application/openmetrics-text")
+        """The body of GET /metrics as chunks to send one after the other, and its headers: OpenMetrics when Accept
+        prefers it (negotiation.py), else text; gzip when accepted. The big first chunk is the cached object
+        itself: a fresh 1 MiB copy per scrape cost more than everything else in a scrape (page faults and the
+        copy)."""
+        openmetrics = prefers_openmetrics(accept)
         headers = {"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE}
         section, rest = self.render_profiles(openmetrics), self._rest(openmetrics)
         if accepts(accept_encoding, "gzip"):
