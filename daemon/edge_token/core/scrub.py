@@ -270,6 +270,12 @@ class Scrubber:
             return [self.scrub(item) for item in value]
         return value
 
+    @property
+    def generation(self) -> object:
+        """Replaced (a new object) whenever the registry changes: a cache of text scrubbed under one generation
+        is valid only while `generation` is still that object (observe/statusbody.py compares with `is`)."""
+        return self._raw
+
     def reach(self) -> int:
         """How far past a cut point a registered secret's longest encoding can extend (an astral character is 12
         characters as JSON `\\uXXXX\\uXXXX`, 16 inside base64): text cut at `limit + reach()` before scrubbing, and at

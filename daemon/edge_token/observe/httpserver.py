@@ -1,6 +1,6 @@
 """/metrics /healthz /readyz /status on the daemon's own event loop (aiohttp AppRunner + TCPSite).
 
-No endpoint reveals a token. Bodies are JSON; /status passes the same redaction as the logs.
+No endpoint reveals a token. Bodies are JSON; /status passes the same redaction as the logs (statusbody.py).
 
 The listener cannot be starved (README "Reliability"): local clients could otherwise hold hundreds of idle or
 half-sent connections, exhaust the daemon's descriptors (renewals fail, /healthz hangs). So:
@@ -32,6 +32,7 @@ from edge_token.config.trust import parse_listen
 from edge_token.core.errors import ConfigError
 from edge_token.core.health import ProfileStatus, readiness
 from edge_token.observe.metrics import Metrics
+from edge_token.observe.statusbody import StatusBody
 
 
 class HealthSource:
@@ -44,9 +45,11 @@ class HealthSource:
         scrub: Callable[[Any], Any],
         daemon: Callable[[], dict[str, Any]] = dict,
         ready: Callable[[], tuple[bool, dict[str, Any]]] | None = None,
+        generation: Callable[[], object] | None = None,
     ) -> None:
         self.statuses, self.alive, self.scrub, self.daemon = statuses, alive, scrub, daemon
         self.readiness = ready or (lambda: readiness(self.statuses()))
+        self.status_body = StatusBody(scrub, generation)  # `generation`: when the secret registry changed
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -256,9 +259,8 @@ def build_app(metrics: Metrics, source: HealthSource, middlewares: tuple[Any, ..
         return _json(source.scrub(details), 200 if ready else 503)
 
     async def status(request: web.Request) -> web.Response:
-        body = {"profiles": {s.profile: s.to_json() for s in source.statuses()}, "alive": source.alive()}
-        body["daemon"] = source.daemon()
-        return _json(source.scrub(body))
+        body = source.status_body.render(source.statuses(), source.alive(), source.daemon())
+        return web.Response(text=body, content_type="application/json")
 
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz)
