@@ -344,6 +344,13 @@ HOSTILE = {
     "a number that overflows to Infinity": '"note": 1e400',
     "nesting 40 deep": '"note": ' + "[" * 40 + "]" * 40,
 }
+NAMED = {  # what each refusal's message must say (strictjson's wording, after the caller's own "what")
+    "a duplicate member": 'duplicate member "note"',
+    "NaN": "NaN, which is not JSON",
+    "Infinity": "-Infinity, which is not JSON",
+    "a number that overflows to Infinity": "a number too large for a float",
+    "nesting 40 deep": "nested deeper than 32 levels",
+}
 
 
 def spoiled(document: dict[str, Any], hostile: str | None) -> str:
@@ -351,28 +358,31 @@ def spoiled(document: dict[str, Any], hostile: str | None) -> str:
     return text if hostile is None else "{" + HOSTILE[hostile] + ", " + text[1:]
 
 
-async def body_accepted(env: Env, caller: str, text: str) -> bool:
-    """True if `caller` took this body as its answer; False if it refused it with its own classified error, having
-    written or adopted nothing."""
+async def body_refusal(env: Env, caller: str, text: str) -> str | None:
+    """None if `caller` took this body as its answer; else the message of its own classified error, with nothing
+    written or adopted."""
     if caller == "token endpoint":
         try:
             parse_token_answer(text.encode(), "application/json", 0.0)
-        except ProtocolError:
-            return False
-        return True
+        except ProtocolError as exc:
+            return str(exc)
+        return None
     async with Scripted(lambda _m, _p: (200, text)) as server:
         try:
             if caller == "jwks":
                 cache = jwks_cache(env, server.url + "/jwks.json", None)
                 await cache.refresh()
-                return bool(cache.kids)
+                assert cache.kids
+                return None
             if caller == "etcd":
-                return (await Etcd(fleet(server.url, None), env.session).get("k")).value == "v"
+                assert (await Etcd(fleet(server.url, None), env.session).get("k")).value == "v"
+                return None
             sink = (vault if caller == "vault_kv" else kubernetes)(env, server.url, None)
-            return await sink.write(NEW_TOKEN)
-        except (JwksError, EtcdUnavailable, SinkError):
+            assert await sink.write(NEW_TOKEN)
+            return None
+        except (JwksError, EtcdUnavailable, SinkError) as exc:
             assert server.writes == []  # an ambiguous answer is never the basis of a write
-            return False
+            return str(exc)
 
 
 @pytest.mark.parametrize("hostile", [None, *sorted(HOSTILE)])
@@ -380,8 +390,13 @@ async def body_accepted(env: Env, caller: str, text: str) -> bool:
 async def test_every_network_body_is_parsed_strictly(env: Env, caller: str, hostile: str | None) -> None:
     """Invariant, for every network body the daemon reads: the plain answer is accepted; the same answer with a
     duplicate member, NaN/Infinity or nesting beyond strictjson.MAX_DEPTH is refused with the caller's own error
-    class (JwksError, EtcdUnavailable, SinkError, ProtocolError) and nothing is written or adopted."""
-    assert await body_accepted(env, caller, spoiled(BASE_BODIES[caller], hostile)) is (hostile is None)
+    class (JwksError, EtcdUnavailable, SinkError, ProtocolError), a message that names the defect, and nothing is
+    written or adopted."""
+    refusal = await body_refusal(env, caller, spoiled(BASE_BODIES[caller], hostile))
+    if hostile is None:
+        assert refusal is None
+    else:
+        assert refusal is not None and NAMED[hostile] in refusal, refusal
 
 
 json_values = st.recursive(

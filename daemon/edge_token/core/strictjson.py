@@ -7,34 +7,55 @@ etcd) and of JWT headers and claims.
   number that only becomes one when parsed (1e400).
 - Bounded: at most MAX_BYTES (the HTTP layer reads less than that anyway) and MAX_DEPTH levels of nesting (no
   body we read nests beyond ~10; Python's own limit surfaces as RecursionError, which is not a ValueError).
-Every refusal is a ValueError (UnicodeDecodeError is one), so a caller catches exactly one thing.
+Every refusal is a `JsonDefect` (a ValueError), so a caller catches exactly one thing, and its message names the
+defect (`duplicate member "alg"`, `NaN, which is not JSON`, `nested deeper than 32 levels`, ...) without quoting
+the document: callers put it after their own "what" (`malformed JWT header: duplicate member "alg"`). A member
+name is shown only when it is a short plain identifier; the document itself (a token, an echoed secret) never is.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 MAX_BYTES = 1024 * 1024
 MAX_DEPTH = 32
+# a member name shown in a message: short and plain, so it can be neither a token (JWTs have dots) nor a secret
+SHOWN_NAME = re.compile(r"[A-Za-z0-9_$-]{1,32}")
+KINDS = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+
+
+class JsonDefect(ValueError):
+    """A document we refuse; the message names the defect and never quotes the document."""
 
 
 def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result = dict(pairs)
     if len(result) != len(pairs):
-        raise ValueError("duplicate member name")
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                shown = f'"{name}"' if SHOWN_NAME.fullmatch(name) else "name (not shown: not a plain identifier)"
+                raise JsonDefect(f"duplicate member {shown}")
+            seen.add(name)
     return result
 
 
 def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+    raise JsonDefect(f"{name}, which is not JSON")
 
 
 def _finite_float(text: str) -> float:
     value = float(text)
     if value in (float("inf"), float("-inf")):  # 1e400: valid JSON text, but Infinity once parsed
-        raise ValueError("a number too large for a float")
+        raise JsonDefect("a number too large for a float")
     return value
+
+
+def kind(value: Any) -> str:
+    """What a parsed document is, for "a JSON array, not an object" messages."""
+    return KINDS.get(type(value), "a number")
 
 
 class StrictDecoder(json.JSONDecoder):
@@ -46,19 +67,30 @@ class StrictDecoder(json.JSONDecoder):
 
 
 def loads(raw: str | bytes) -> Any:
-    """Parse strictly; ValueError on anything ambiguous, invalid, too large or nested too deeply."""
+    """Parse strictly; JsonDefect (a ValueError) naming what is wrong with anything ambiguous, invalid, too large
+    or nested too deeply."""
     if len(raw) > MAX_BYTES:
-        raise ValueError(f"more than {MAX_BYTES} bytes of JSON")
+        raise JsonDefect(f"more than {MAX_BYTES} bytes of JSON")
     try:
         value = json.loads(raw, cls=StrictDecoder)
+    except JsonDefect:
+        raise
     except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
-    _check_depth(value)
+        raise JsonDefect(f"nested deeper than {MAX_DEPTH} levels") from None
+    except json.JSONDecodeError as exc:  # its msg is a fixed text; the position says where, not what
+        raise JsonDefect(f"invalid JSON syntax ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except UnicodeDecodeError as exc:
+        raise JsonDefect(f"not UTF-8 text (an invalid byte at offset {exc.start})") from None
+    except ValueError as exc:  # int()'s digit limit (4300), and whatever json may raise one day
+        digits = "integer string conversion" in str(exc)
+        raise JsonDefect("an integer with too many digits" if digits else "a value that cannot be read") from None
+    check_depth(value)
     return value
 
 
-def _check_depth(value: Any) -> None:
-    """Walk the parsed document without recursion; ValueError beyond MAX_DEPTH levels."""
+def check_depth(value: Any) -> None:
+    """Walk a parsed document without recursion; JsonDefect beyond MAX_DEPTH levels (also for documents another
+    parser read with `StrictDecoder`, which has no depth rule: joserfc's JWT payloads)."""
     pending: list[tuple[Any, int]] = [(value, 1)]
     while pending:
         node, depth = pending.pop()
@@ -66,5 +98,5 @@ def _check_depth(value: Any) -> None:
         for child in children:
             if isinstance(child, dict | list):
                 if depth + 1 > MAX_DEPTH:
-                    raise ValueError(f"JSON nested deeper than {MAX_DEPTH} levels")
+                    raise JsonDefect(f"nested deeper than {MAX_DEPTH} levels")
                 pending.append((child, depth + 1))

@@ -75,7 +75,8 @@ def _answer_shape(what: str) -> Iterator[None]:
     try:
         yield
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
-        raise EtcdUnavailable(f"etcd answered {what} of an unexpected shape ({type(exc).__name__})") from None
+        detail = str(exc) if isinstance(exc, strictjson.JsonDefect) else type(exc).__name__  # names, never quotes
+        raise EtcdUnavailable(f"etcd answered {what} of an unexpected shape ({detail})") from None
 
 
 def b64(value: str | bytes) -> str:
@@ -153,7 +154,7 @@ class Etcd:
         with _answer_shape("an answer"):
             data = strictjson.loads(raw)  # the one strict parse of network bodies (duplicates, NaN, depth)
             if not isinstance(data, dict):
-                raise ValueError("etcd answer is not an object")
+                raise strictjson.JsonDefect(f"{strictjson.kind(data)}, not a JSON object")
         return data
 
     async def _authenticate(self, endpoint: str) -> None:

@@ -220,8 +220,8 @@ class JwksCache:
             raise JwksAnswerError(f"JWKS {self.url} answered HTTP {status}, not a key set; check jwks_url")
         try:
             document = strictjson.loads(raw)  # the one strict parse of network bodies (duplicates, NaN, depth)
-        except ValueError:
-            kind = "an HTML page" if raw.lstrip()[:1] == b"<" else "not valid JSON"
+        except ValueError as exc:  # strictjson.JsonDefect: names the defect, never quotes the body
+            kind = "an HTML page" if raw.lstrip()[:1] == b"<" else f"not acceptable JSON ({exc})"
             raise JwksAnswerError(f"JWKS {self.url} is {kind}, not a key set; check jwks_url") from None
         accepted, _skipped = usable_keys(document)
         key_set = build_key_set(accepted)

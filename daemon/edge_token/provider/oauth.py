@@ -156,11 +156,11 @@ def _parse_body(raw: bytes, content_type: str) -> dict[str, Any]:
             raise ProtocolError("token answer is not valid form-encoded text") from None
     try:
         data = strictjson.loads(raw)
-    except ValueError:
-        kind = "an HTML page" if raw.lstrip()[:1] == b"<" else "not valid JSON"
+    except ValueError as exc:  # strictjson.JsonDefect: names the defect, never quotes the body
+        kind = "an HTML page" if raw.lstrip()[:1] == b"<" else f"not acceptable JSON: {exc}"
         raise ProtocolError(f"token answer with status 200 is {kind}; check token_url") from None
     if not isinstance(data, dict):
-        raise ProtocolError("token answer is JSON but not an object")
+        raise ProtocolError(f"token answer is JSON but {strictjson.kind(data)}, not an object; check token_url")
     return data
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,7 @@ from joserfc.errors import (
 )
 from joserfc.jwk import KeySet
 
+from edge_token.core import strictjson
 from edge_token.core.errors import EdgeTokenError, VerificationError
 from edge_token.core.settings import ProfileConfig
 from edge_token.core.strictjson import StrictDecoder
@@ -83,13 +83,18 @@ def parse_header(token: object) -> dict[str, Any]:
         raise fail("malformed", f"not a compact JWS (expected 3 dot-separated parts, got {kind})")
     if not COMPACT_JWS.fullmatch(token):  # fullmatch: a `$` anchor would let a final "\n" through
         raise fail("malformed", "a JWT part is empty or not base64url")
+    return _json_object(_b64decode(parts[0]), "header")
+
+
+def _json_object(raw: bytes, part: str) -> dict[str, Any]:
+    """A JWT part's JSON object; the message names the defect (strictjson), never the token."""
     try:
-        header = json.loads(_b64decode(parts[0]), cls=StrictDecoder)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise fail("malformed", "the JWT header is not a JSON object") from None
-    if not isinstance(header, dict):
-        raise fail("malformed", "the JWT header is not a JSON object")
-    return header
+        value = strictjson.loads(raw)
+    except ValueError as exc:  # strictjson.JsonDefect
+        raise fail("malformed", f"malformed JWT {part}: {exc}") from None
+    if not isinstance(value, dict):
+        raise fail("malformed", f"malformed JWT {part}: {strictjson.kind(value)}, not a JSON object")
+    return value
 
 
 def _b64decode(part: str) -> bytes:
@@ -102,13 +107,7 @@ def _b64decode(part: str) -> bytes:
 def decode_unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(header, claims) WITHOUT checking anything but structure: for `inspect` and diagnostics only."""
     header = parse_header(token)
-    try:
-        claims = json.loads(_b64decode(token.split(".")[1]), cls=StrictDecoder)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise fail("malformed", "the JWT payload is not a JSON object") from None
-    if not isinstance(claims, dict):
-        raise fail("malformed", "the JWT payload is not a JSON object")
-    return header, claims
+    return header, _json_object(_b64decode(token.split(".")[1]), "payload")
 
 
 async def verify_token(
@@ -134,9 +133,7 @@ async def verify_token(
     kid = header.get("kid")
     if kid is not None and not isinstance(kid, str):
         raise fail("malformed", "the JWT header's kid is not a string")
-    claims = await _verified_claims(token, keys, kid, alg, rules.algorithms)
-    if not isinstance(claims, dict):
-        raise fail("malformed", "the JWT payload is not a JSON object")
+    claims = _claims_object(await _verified_claims(token, keys, kid, alg, rules.algorithms))
     lifetime = check_claims(claims, rules, now, received_at=received_at, expires_in=expires_in)
     start = received_at if received_at is not None else _number(claims, "iat", now)
     return Token(
@@ -147,6 +144,17 @@ async def verify_token(
         scope=scope if scope is not None else (claims.get("scope") if isinstance(claims.get("scope"), str) else None),
         kid=kid,
     )
+
+
+def _claims_object(claims: object) -> dict[str, Any]:
+    """joserfc parsed the payload with StrictDecoder (duplicates, NaN); the object and depth rules are ours."""
+    if not isinstance(claims, dict):
+        raise fail("malformed", f"malformed JWT payload: {strictjson.kind(claims)}, not a JSON object")
+    try:
+        strictjson.check_depth(claims)
+    except ValueError as exc:  # strictjson.JsonDefect
+        raise fail("malformed", f"malformed JWT payload: {exc}") from None
+    return claims
 
 
 async def _verified_claims(
@@ -172,6 +180,7 @@ async def _verified_claims(
     except (UnsupportedHeaderError, ExceededSizeError):
         raise fail("malformed", "unsupported or oversized JWT header") from None
     except (JoseError, ValueError, TypeError, KeyError, RecursionError) as exc:
+        _json_object(_b64decode(token.split(".")[1]), "payload")  # names a JSON defect of the payload, if that is it
         raise fail("malformed", f"cannot decode the JWT ({type(exc).__name__})") from None
 
 

@@ -106,7 +106,8 @@ class KubernetesSecretSink:
             404: f"namespace {ns} not found",
             422: f"the API server refused the Secret: {message}",
         }
-        hint = hints.get(answer.status) or f"API server answered {answer.status} {message}; will retry"
+        said = message or answer.defect or ""  # the defect: a 200 whose body is not one JSON object
+        hint = hints.get(answer.status) or f"API server answered {answer.status} {said}; will retry"
         return SinkError(f"{self.name}: cannot {action}: {hint}")
 
     # ---- Sink protocol ---------------------------------------------------------------------------------

@@ -23,10 +23,12 @@ MAX_STORE_BYTES = 1024 * 1024
 
 @dataclass(frozen=True)
 class Answer:
-    """A store's answer: status and the JSON body (None if it was not one unambiguous JSON object)."""
+    """A store's answer: status and the JSON body (None if it was not one unambiguous JSON object: `defect` then
+    says why, for the sink's error message)."""
 
     status: int
     body: dict[str, Any] | None
+    defect: str | None = None
 
 
 def trust(ca_file: Path | None, what: str) -> ssl.SSLContext | bool:
@@ -67,6 +69,8 @@ async def call(
     )  # fmt: skip
     try:
         parsed = strictjson.loads(raw) if raw else None
-    except ValueError:
-        parsed = None
-    return Answer(status, parsed if isinstance(parsed, dict) else None)
+    except ValueError as exc:  # strictjson.JsonDefect: names the defect, never quotes the body
+        return Answer(status, None, f"not acceptable JSON: {exc}")
+    if isinstance(parsed, dict):
+        return Answer(status, parsed)
+    return Answer(status, None, "an empty body" if parsed is None else f"{strictjson.kind(parsed)}, not a JSON object")

@@ -143,7 +143,7 @@ class VaultKvSink:
         elif answer.status == 400:
             hint = f"Vault refused the request: {said}"
         else:
-            hint = f"Vault answered {answer.status} {said}; will retry"
+            hint = f"Vault answered {answer.status} {said or answer.defect or ''}; will retry"
         return SinkError(f"{self.name}: cannot {action}: {hint}")
 
     # ---- Sink protocol ---------------------------------------------------------------------------------
