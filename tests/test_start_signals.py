@@ -77,7 +77,12 @@ def hook_config(tmp_path: Path, auth: FaultyAuthServer, secret_file: Path, mask_
     """One profile whose sink's on_update hook records its own blocked-signal mask."""
     sink = {
         "path": str(tmp_path / "token.jwt"),
-        "on_update": ["/bin/sh", "-c", f"grep SigBlk /proc/self/status > {mask_file}"],
+        # written aside and renamed: the hook runs again after the held SIGUSR1, and a reader must not see it half done
+        "on_update": [
+            "/bin/sh",
+            "-c",
+            f"grep SigBlk /proc/self/status > {mask_file}.$$ && mv {mask_file}.$$ {mask_file}",
+        ],
     }
     path = tmp_path / "config.toml"
     path.write_text('[daemon]\nlog_format = "json"\nlisten = ""\n' + profile_toml("main", auth, secret_file, [sink]))

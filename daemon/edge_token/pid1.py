@@ -1,13 +1,14 @@
 """Process-wide signal duties: the signals held during start-up, and (as a container's PID 1) reaping orphans.
 
-**Held signals.** `run` and `exec` handle SIGHUP, SIGUSR1 and SIGUSR2, but only once their event loop is up,
-about half a second of imports after the process starts; until then the kernel's default action for those
+**Held signals.** `run` handles SIGHUP and SIGUSR1 and `exec` also SIGUSR2, but only once their event loop is
+up, about half a second of imports after the process starts; until then the kernel's default action for those
 signals is to *terminate* (a `systemctl reload` or a config-management tool racing a restart killed the
-daemon). So `__main__` blocks them with its first instruction (`HELD_SIGNALS`, written out there because it
-runs before any import) and `release_held_signals` unblocks them once the handlers are installed: a signal
-that came in between stays pending and is delivered to its handler then, so an early reload is carried out,
-not lost. The signal mask is inherited by threads and by child processes (fork and exec keep it), so the
-release must happen before any hook or wrapped command starts, on the thread that starts them (the loop's).
+daemon). So `__main__` blocks them with its first instruction (written out there, as it runs before any
+import; `HELD_SIGNALS` is their union) and `release_held_signals` unblocks them once the handlers are
+installed: a signal that came in between stays pending and is delivered to its handler then, so an early reload
+is carried out, not lost. The signal mask is inherited by threads and by child processes (fork and exec keep
+it), so the release must happen before any hook or wrapped command starts, on the thread that starts them (the
+loop's).
 
 **Orphans.** As PID 1 we reap orphaned grandchildren so they do not pile up as zombies. We inherit every
 orphan (e.g. a background process an `on_update` hook left behind). asyncio reaps the children it started
@@ -26,7 +27,7 @@ import os
 import signal
 from pathlib import Path
 
-HELD_SIGNALS = frozenset({signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2})  # the same set as __main__ blocks
+HELD_SIGNALS = frozenset({signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2})  # every signal __main__ may hold
 
 
 def release_held_signals() -> None:
