@@ -82,10 +82,10 @@ class Profiles:
         roles = self.roles()
         slots = self.supervisor.slots
         chosen = slots if names is None else [n for n in names if n in slots]
-        return [
-            replace(slots[n].renewer.status(self.scheduler.next_run(job_id(n))), fleet_role=roles.get(n))
-            for n in chosen
-        ]
+        found = [slots[n].renewer.status(self.scheduler.next_run(job_id(n))) for n in chosen]
+        if not roles:  # outside fleet mode: no copy of every status just to set None again
+            return found
+        return [replace(status, fleet_role=roles.get(status.profile)) for status in found]
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """/readyz without a status per profile: only the profiles that may be unready are looked at (those whose
