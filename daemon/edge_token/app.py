@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -17,6 +16,7 @@ from edge_token.core.clock import Clock
 from edge_token.core.errors import ConfigError, EdgeTokenError, PermanentError
 from edge_token.core.outcome import RenewalOutcome
 from edge_token.core.policy import TokenState
+from edge_token.core.record import Record
 from edge_token.core.settings import Config, Egress, ProfileConfig
 from edge_token.net.http import make_session
 from edge_token.observe.events import log_outcome
@@ -96,8 +96,7 @@ class Parts:
         )
 
 
-@dataclass(frozen=True)
-class OnceResult:
+class OnceResult(Record):
     """How `once` ended for one profile."""
 
     profile: str

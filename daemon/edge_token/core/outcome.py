@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 from edge_token.core.errors import EdgeTokenError, SinkError
 from edge_token.core.ratelimit import RateLimit
+from edge_token.core.record import Record, field
 from edge_token.core.token import Token
 
 
@@ -26,8 +26,7 @@ class Result(enum.Enum):
     FAILED = "failed"  # no new token; `error` says why; the previous token (if any) is kept
 
 
-@dataclass(frozen=True)
-class RenewalOutcome:
+class RenewalOutcome(Record):
     """One step. Handed to logs, metrics, health and the supervisor; never holds a secret."""
 
     profile: str

@@ -10,9 +10,9 @@ from __future__ import annotations
 import enum
 import math
 import random
-from dataclasses import dataclass
 
 from edge_token.core.errors import CredentialsRejected, EdgeTokenError, TransientError
+from edge_token.core.record import Record
 from edge_token.core.strictnum import ascii_uint
 from edge_token.core.token import Token
 
@@ -35,8 +35,7 @@ class TokenState(enum.Enum):
     EXPIRED = "expired"  # unusable; readiness fails
 
 
-@dataclass(frozen=True)
-class RefreshSettings:
+class RefreshSettings(Record):
     """The per-profile knobs of the policy."""
 
     refresh_at: float = 0.8

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from edge_token.core.errors import TransientError
+from edge_token.core.record import Record
 from edge_token.core.strictnum import ascii_uint
 
 MAX_HEADER_CHARS = 512
@@ -26,8 +26,7 @@ ABSOLUTE_AFTER = 10**9  # an x-ratelimit-reset this large is a UNIX time (Auth0)
 _BUCKET = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
-@dataclass(frozen=True)
-class Quota:
+class Quota(Record):
     """One bucket of Auth0-Client-Quota-Limit."""
 
     bucket: str  # e.g. per_hour, per_day; [a-z][a-z0-9_]{0,31}, so safe as a metric label
@@ -36,8 +35,7 @@ class Quota:
     reset_seconds: int
 
 
-@dataclass(frozen=True)
-class RateLimit:
+class RateLimit(Record):
     """What one token-endpoint answer said about our limits; every part is optional (None / empty)."""
 
     limit: int | None = None

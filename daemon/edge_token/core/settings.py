@@ -1,4 +1,4 @@
-"""The runtime configuration: frozen dataclasses, validated by config/ and read by everything else.
+"""The runtime configuration: immutable records (core/record.py), validated by config/ and read by everything else.
 
 Pure values: nothing here reads a file or the environment. A secret appears only as a `SecretSource` (where it
 lives); `secrets.read_secret()` is the one place that reads it.
@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from edge_token.core.record import Record, field, replace
 
 SITECORE_TOKEN_URL = "https://auth.sitecorecloud.io/oauth/token"
 
@@ -24,8 +25,7 @@ ALLOWED_ALGORITHMS = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class SecretSource:
+class SecretSource(Record):
     """Where a profile's client secret lives. A reference only: secrets.read_secret() does the reading."""
 
     kind: str  # file | env | credential | inline
@@ -38,8 +38,7 @@ class SecretSource:
         return f"{self.kind} {self.ref}"
 
 
-@dataclass(frozen=True)
-class Egress:
+class Egress(Record):
     """One destination's egress settings: `proxy` is "none", "env" or an http:// proxy URL without user info."""
 
     proxy: str = "none"
@@ -50,8 +49,7 @@ class Egress:
 DIRECT = Egress()
 
 
-@dataclass(frozen=True)
-class SinkConfig:
+class SinkConfig(Record):
     """One destination of a profile's token. `type = "file"` is the only sink type so far."""
 
     type: str
@@ -76,8 +74,7 @@ class SinkConfig:
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
-@dataclass(frozen=True)
-class KubernetesSecretOptions:
+class KubernetesSecretOptions(Record):
     """`type = "kubernetes_secret"`: one key of one Secret, written over the Kubernetes REST API."""
 
     secret_name: str
@@ -97,8 +94,7 @@ class KubernetesSecretOptions:
         return f"kubernetes_secret:{self.namespace or '(pod namespace)'}/{self.secret_name}#{self.key}"
 
 
-@dataclass(frozen=True)
-class VaultKvOptions:
+class VaultKvOptions(Record):
     """`type = "vault_kv"`: a HashiCorp Vault KV v2 secret {token, expires_at, token_type}, check-and-set."""
 
     address: str
@@ -119,8 +115,7 @@ class VaultKvOptions:
         return f"vault_kv:{self.mount}/{self.path}"
 
 
-@dataclass(frozen=True)
-class ProfileConfig:
+class ProfileConfig(Record):
     """One client id + secret + audience, and where its token goes."""
 
     name: str
@@ -144,8 +139,7 @@ class ProfileConfig:
     required_claims: tuple[tuple[str, str], ...] = ()  # (claim, value) pins, e.g. Sitecore's tenant_id
 
 
-@dataclass(frozen=True)
-class DaemonConfig:
+class DaemonConfig(Record):
     """Process-wide settings (`[daemon]`)."""
 
     listen: str = "127.0.0.1:9464"
@@ -157,8 +151,7 @@ class DaemonConfig:
     ready_timeout_seconds: float = 60.0
 
 
-@dataclass(frozen=True)
-class FleetConfig:
+class FleetConfig(Record):
     """`[fleet]`: share one token per profile across daemons through etcd (see fleet.py)."""
 
     etcd_endpoints: tuple[str, ...]
@@ -175,8 +168,7 @@ class FleetConfig:
     egress: Egress = DIRECT  # proxy only; ca_file above decides TLS trust
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(Record):
     """The whole validated configuration."""
 
     path: Path
@@ -190,8 +182,7 @@ def env_prefix(profile: str) -> str:
     return "EDGE_TOKEN_" + re.sub(r"[^A-Za-z0-9]", "_", profile).upper() + "_"
 
 
-@dataclass(frozen=True)
-class ReloadPlan:
+class ReloadPlan(Record):
     """What a reload changes, by profile name: removed, changed (with whether the held token may be kept), added."""
 
     removed: tuple[str, ...]

@@ -8,11 +8,11 @@ import hashlib
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from edge_token.core import strictjson
+from edge_token.core.record import Record, field
 
 #: one or more characters of the unpadded base64url alphabet (RFC 7515 section 2), nothing else: use fullmatch
 BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
@@ -21,8 +21,7 @@ BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
-@dataclass(frozen=True, repr=False)
-class Token:
+class Token(Record):
     """A JWT that passed verification, with the timing the refresh policy needs.
 
     `received_at` is our own wall time when the provider answered (for a token adopted from a sink: its

@@ -22,13 +22,13 @@ import base64
 import ipaddress
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from edge_token.core import scrub
 from edge_token.core.errors import ConfigError, CredentialsRejected, EdgeTokenError, JwksError
+from edge_token.core.record import Record
 from edge_token.core.settings import Egress
 from edge_token.net.tls import client_context
 from edge_token.secrets import read_secret
@@ -36,8 +36,7 @@ from edge_token.secrets import read_secret
 MAX_NO_PROXY_ENTRIES = 256
 
 
-@dataclass(frozen=True, repr=False)
-class Route:
+class Route(Record):
     """The aiohttp arguments of one request: proxy URL (or None), proxy headers, TLS verification."""
 
     proxy: str | None

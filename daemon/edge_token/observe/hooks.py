@@ -12,12 +12,12 @@ hooks get none of them, whatever sink or store names them.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import signal
 from collections.abc import Mapping
 from typing import Any
 
+from edge_token.core.record import Record, fields
 from edge_token.core.settings import Config, SecretSource, SinkConfig, env_prefix
 
 PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "USER", "LOGNAME")
@@ -35,9 +35,9 @@ def secret_variables(config: Config) -> frozenset[str]:
         if isinstance(value, SecretSource):
             if value.kind == "env":
                 names.add(value.ref)
-        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-            for item in dataclasses.fields(value):
-                walk(getattr(value, item.name))
+        elif isinstance(value, Record):
+            for name in fields(value):
+                walk(getattr(value, name))
         elif isinstance(value, Mapping):
             for item in value.values():
                 walk(item)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
@@ -20,6 +19,7 @@ from edge_token.core import ratelimit, strictjson
 from edge_token.core.clock import Clock
 from edge_token.core.errors import CredentialsRejected, ProtocolError, TransientError
 from edge_token.core.policy import parse_retry_after
+from edge_token.core.record import Record, field, replace
 from edge_token.core.settings import ProfileConfig
 from edge_token.core.strictnum import ascii_uint, finite
 from edge_token.net import egress
@@ -36,8 +36,7 @@ TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error", "slow_d
 KNOWN_ERRORS = REJECTING_ERRORS | TRANSIENT_ERRORS | {"too_many_requests", "invalid_token", "insufficient_scope"}
 
 
-@dataclass(frozen=True, repr=False)
-class TokenAnswer:
+class TokenAnswer(Record):
     """A successful token endpoint answer, not yet verified."""
 
     access_token: str = field(repr=False)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from joserfc import jwt
@@ -26,6 +25,7 @@ from joserfc.jwk import KeySet
 
 from edge_token.core import strictjson
 from edge_token.core.errors import EdgeTokenError, VerificationError
+from edge_token.core.record import Record
 from edge_token.core.settings import ProfileConfig
 from edge_token.core.strictjson import StrictDecoder
 from edge_token.core.strictnum import finite
@@ -36,8 +36,7 @@ PLAUSIBLE_SECONDS = 100 * 365 * 86400.0  # a NumericDate further than this from 
 KeySetLookup = Callable[[str | None, bool], Awaitable[KeySet]]  # (kid, suspect the cached key) -> keys
 
 
-@dataclass(frozen=True)
-class Rules:
+class Rules(Record):
     """What a token must satisfy for one profile."""
 
     issuer: str
