@@ -21,17 +21,18 @@ from edge_token.core import scrub
 from edge_token.core.errors import ConfigError
 from edge_token.core.settings import Config, ProfileConfig
 
-INLINE_SECRET_KEY = re.compile(r"secret(?!_file|_env|_credential)|password(?!_file)|^\s*token\s*$", re.I)
+# patterns of the error path only: compiled (and cached by `re`) when a file has a syntax error, not at every start
+INLINE_SECRET_KEY = r"(?i)secret(?!_file|_env|_credential)|password(?!_file)|^\s*token\s*$"
 
-TOML_LINE = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)")
+TOML_LINE = r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)"
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 
 def toml_problem(file: Path, text: str, exc: tomllib.TOMLDecodeError) -> str:
     """A TOML syntax error as an operator can act on it: the line quoted, and the fix for the usual mistakes."""
-    reason = TOML_LINE.sub("", str(exc)).strip()
-    found = TOML_LINE.search(str(exc))
+    reason = re.sub(TOML_LINE, "", str(exc)).strip()
+    found = re.search(TOML_LINE, str(exc))
     lines = text.splitlines()
     if found and found.group(1):
         number, where = int(found.group(1)), f"line {found.group(1)}, column {found.group(2)}"
@@ -40,7 +41,7 @@ def toml_problem(file: Path, text: str, exc: tomllib.TOMLDecodeError) -> str:
         where = f"end of file (line {number})"
     line = lines[number - 1] if 0 < number <= len(lines) else ""
     key, equals, _ = line.partition("=")
-    if equals and INLINE_SECRET_KEY.search(key):  # never quote a secret, even one no one has read yet
+    if equals and re.search(INLINE_SECRET_KEY, key):  # never quote a secret, even one no one has read yet
         line = f"{key.strip()} = {scrub.REDACTED}"
     quoted = line.strip()[:160]
     hint = _toml_hint(line, reason)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import html
 import json
 import re
 import threading
@@ -63,13 +62,21 @@ _PERCENT = re.compile(r"%[0-9A-F]{2}")
 
 def text_forms(secret: str) -> set[str]:
     """Every textual form the secret can take in a request we send (or a server's echo of it)."""
-    forms = {secret, html.escape(secret), html.escape(secret, quote=False)}
+    forms = {secret, html_escape(secret), html_escape(secret, quote=False)}
     for encoded in (quote(secret, safe=""), quote(secret), quote_plus(secret), quote_plus(secret, safe="/")):
         forms |= {encoded, _PERCENT.sub(lambda m: m.group().lower(), encoded)}
     for escaped in (json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]):
         twice = json.dumps(escaped)[1:-1]  # a JSON body quoted inside another JSON string
         forms |= {escaped, escaped.replace("/", "\\/"), twice, twice.replace("/", "\\/")}
     return {form for form in forms if len(form) >= MIN_SECRET}
+
+
+def html_escape(text: str, quote: bool = True) -> str:
+    """`html.escape`, without importing `html` where nothing is unescaped: that import loads `html.entities`, a
+    2,000-entry table, about 1.3 ms of every cold `once` (issue 15). tests/test_once_imports.py pins the two
+    to the same answers."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace('"', "&quot;").replace("'", "&#x27;") if quote else text
 
 
 def base64_cores(form: str) -> set[str]:
@@ -145,6 +152,8 @@ def _views(text: str, depth: int = 2, runs: bool = True) -> Iterable[str]:
     if "%" in text or "+" in text:
         found += [unquote(text), unquote_plus(text)]
     if "&" in text:
+        import html  # only here: see html_escape
+
         found.append(html.unescape(text))
     if "\\" in text:
         found.append(_unescape_backslashes(text))
