@@ -76,3 +76,36 @@ def test_the_parser_built_for_one_command_parses_and_helps_like_the_full_one(arg
             parser.parse_args([argv[0], "--help"])
         helps.append(out.getvalue())
     assert helps[0] == helps[1] and argv[0] in helps[0]
+
+
+def _reachable_by_anyone(path: Path) -> None:
+    """`nobody` must be able to walk to `path` (pytest's base directory is 0700)."""
+    path.chmod(0o755)
+    for parent in path.parents:
+        if parent != Path("/") and not parent.stat().st_mode & 0o001:
+            parent.chmod(parent.stat().st_mode | 0o001)
+
+
+@pytest.mark.usefixtures("live_auth")
+async def test_check_as_another_user_has_every_module_it_imports_on_demand(
+    tmp_path: Path, auth: LocalAuthServer, secret_file: Path
+) -> None:
+    """`check --as` drops to a user who may not read this interpreter's files (here under /root, mode 0700), so
+    what config loading and scrubbing import only on demand (to keep `once` light) must already be loaded: the
+    suggestion for an unknown key (difflib), a sink's owner and group (pwd, grp), a printed line with an `&`
+    (html). Each case ends with its own answer, never "internal error" (exit 70)."""
+    _reachable_by_anyone(tmp_path)
+    odd = tmp_path / "tokens&keys"
+    odd.mkdir(mode=0o755)
+    sink = {"path": str(odd / "token.jwt"), "owner": "root", "group": "root"}
+    valid = tmp_path / "valid.toml"
+    valid.write_text('[daemon]\nlisten = ""\n' + profile_toml("main", auth, secret_file, [sink]))
+    typo = tmp_path / "typo.toml"
+    typo.write_text(valid.read_text().replace("client_id =", "client_idd ="))
+    for config in (valid, typo):
+        config.chmod(0o644)
+    code, out, err = await edge_token("check", "--as", "nobody", "-c", str(typo))
+    assert code == 78 and "did you mean 'client_id'?" in err, err[-2000:]
+    code, out, err = await edge_token("check", "--as", "nobody", "-c", str(valid))
+    assert "internal error" not in err and code in (0, 73, 78), err[-2000:]
+    assert f"sink file:{odd}/token.jwt" in out  # the `&` line, scrubbed and printed

@@ -173,8 +173,13 @@ def check_as(args: argparse.Namespace) -> int:
 
 def _preload_for_check(online: bool) -> None:
     """Import now what the check will need: the user `check --as` drops to may not be able to read this
-    interpreter's files."""
+    interpreter's files. Besides our modules, the ones imported on demand: difflib (an unknown key's
+    suggestion), grp and pwd (a sink's owner and group), html (scrubbing a line that holds an `&`)."""
+    import difflib  # noqa: F401
     import encodings.idna  # noqa: F401 - socket.getaddrinfo looks this codec up lazily
+    import grp  # noqa: F401
+    import html  # noqa: F401
+    import pwd  # noqa: F401
 
     import edge_token.preflight
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 
 from edge_token.config.sinks import parse_sink
 from edge_token.config.table import (
@@ -71,11 +71,12 @@ SECRET_KEYS = {
     "client_secret": "inline",
 }
 
+PROFILE_AND_SECRET_KEYS = PROFILE_KEYS | SECRET_KEYS.keys()
 
-def secret_source(table: Table, environ: Mapping[str, str], file_private: bool) -> SecretSource:
-    """The one client secret source of a profile (file, env, credential or inline; EDGE_TOKEN_<PROFILE>_* overrides
-    win). Inline secrets only in a file nobody else can read."""
-    prefix = env_prefix(table.where.split(".", 1)[1])
+
+def secret_source(table: Table, environ: Mapping[str, str], file_private: bool, prefix: str) -> SecretSource:
+    """The one client secret source of a profile (file, env, credential or inline; `prefix`* overrides, i.e.
+    EDGE_TOKEN_<PROFILE>_*, win). Inline secrets only in a file nobody else can read."""
     overrides = [(key, environ[prefix + key.upper()]) for key in SECRET_KEYS if prefix + key.upper() in environ]
     given: list[tuple[str, str | None]] = list(overrides) or [
         (key, table.text(key)) for key in SECRET_KEYS if key in table.data
@@ -96,7 +97,7 @@ def secret_source(table: Table, environ: Mapping[str, str], file_private: bool) 
         )
     if key == "client_secret_env" and not ENV_NAME.match(value):
         raise table.fail(key, "an environment variable name")
-    if key == "client_secret_file" and not Path(value).is_absolute():
+    if key == "client_secret_file" and not os.path.isabs(value):
         value = str(table.file.parent / value)  # relative to the config file, like sink paths
     return SecretSource(SECRET_KEYS[key], value)
 
@@ -105,8 +106,9 @@ def parse_profile(name: str, table: Table, environ: Mapping[str, str], file_priv
     """`[profiles.NAME]` -> ProfileConfig: every key checked, defaults are Sitecore's."""
     if not PROFILE_NAME.match(name):
         raise ConfigError(f"{table.file}: profile name {name!r}: use only letters, digits, '_', '.', '-'")
-    table.only(PROFILE_KEYS | SECRET_KEYS.keys())
-    client_id = environ.get(env_prefix(name) + "CLIENT_ID") or table.text("client_id")
+    table.only(PROFILE_AND_SECRET_KEYS)
+    prefix = env_prefix(name)
+    client_id = environ.get(prefix + "CLIENT_ID") or table.text("client_id")
     table.used.add("client_id")
     if not client_id:
         raise table.fail("client_id", "the OAuth2 client id (a non-empty string)")
@@ -124,7 +126,7 @@ def parse_profile(name: str, table: Table, environ: Mapping[str, str], file_priv
     profile = ProfileConfig(
         name=name,
         client_id=client_id,
-        secret=secret_source(table, environ, file_private),
+        secret=secret_source(table, environ, file_private, prefix),
         sinks=tuple(sinks),
         token_url=url_setting(table, "token_url", SITECORE_TOKEN_URL),
         audience=table.text("audience", SITECORE_AUDIENCE) or SITECORE_AUDIENCE,

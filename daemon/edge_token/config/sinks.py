@@ -3,9 +3,7 @@ type is one entry and parser here and one module in sinks/)."""
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -72,9 +70,9 @@ VAULT_KEYS = (
 
 def parse_sink(table: Table) -> SinkConfig:
     """One `[[profiles.NAME.sinks]]` table -> SinkConfig: the keys its type accepts, hooks, then the type's options."""
-    kind = table.text("type", "file", choices=tuple(SINK_TYPES)) or "file"
+    kind = table.text("type", "file", choices=SINK_TYPE_NAMES) or "file"
     keys, parse_options = SINK_TYPES[kind]
-    table.only(COMMON_SINK_KEYS | keys)
+    table.only(keys)
     signal = table.text("signal", None, choices=SIGNALS)
     pid_file = table.text("pid_file", None)
     if (signal is None) != (pid_file is None):
@@ -109,10 +107,22 @@ def file_sink(table: Table, common: dict[str, Any]) -> SinkConfig:
         path=path,
         format=fmt,
         mode=file_mode(table, "mode"),
-        uid=owner_id(table, "owner", lambda name: pwd.getpwnam(name).pw_uid),
-        gid=owner_id(table, "group", lambda name: grp.getgrnam(name).gr_gid),
+        uid=owner_id(table, "owner", _uid),
+        gid=owner_id(table, "group", _gid),
         env_name=env_name,
     )
+
+
+def _uid(user: str) -> int:
+    import pwd  # here: most sinks name no owner, and `once` need not load the module
+
+    return pwd.getpwnam(user).pw_uid
+
+
+def _gid(group: str) -> int:
+    import grp  # here: most sinks name no group, and `once` need not load the module
+
+    return grp.getgrnam(group).gr_gid
 
 
 def kubernetes_options(table: Table) -> KubernetesSecretOptions:
@@ -194,10 +204,11 @@ def vault_sink(table: Table, common: dict[str, Any]) -> SinkConfig:
     return SinkConfig(**common, store=vault_options(table))
 
 
-# Every sink type: the keys its table may hold (besides the common ones) and its parser. A new sink type is one
+# Every sink type: the keys its table may hold (the common ones and its own) and its parser. A new sink type is one
 # entry here and one module in sinks/ (sinks.build_sink).
 SINK_TYPES: dict[str, tuple[frozenset[str], Callable[[Table, dict[str, Any]], SinkConfig]]] = {
-    "file": (FILE_KEYS, file_sink),
-    "kubernetes_secret": (KUBERNETES_KEYS, kubernetes_sink),
-    "vault_kv": (VAULT_KEYS, vault_sink),
+    "file": (COMMON_SINK_KEYS | FILE_KEYS, file_sink),
+    "kubernetes_secret": (COMMON_SINK_KEYS | KUBERNETES_KEYS, kubernetes_sink),
+    "vault_kv": (COMMON_SINK_KEYS | VAULT_KEYS, vault_sink),
 }
+SINK_TYPE_NAMES = tuple(SINK_TYPES)

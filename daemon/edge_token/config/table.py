@@ -3,7 +3,7 @@ the field parsers the profile, sink and fleet tables share (URLs, modes, owners,
 
 from __future__ import annotations
 
-import math
+import functools
 import re
 import stat
 from collections.abc import Callable, Mapping
@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from edge_token.config.trust import is_loopback_host
 from edge_token.core.errors import ConfigError
-from edge_token.core.settings import Egress, SecretSource
+from edge_token.core.settings import DIRECT, Egress, SecretSource
 from edge_token.net.egress import check_proxy_url
 from edge_token.net.tls import client_context
 
@@ -49,21 +49,28 @@ class Table:
             raise self.fail(key, expected)
         return value
 
+    # text() and number() are read ~25 times per profile: the message is built only for a value that is wrong
+
     def text(self, key: str, default: str | None = None, *, choices: tuple[str, ...] = ()) -> str | None:
-        """A non-empty string (one of `choices`, if given), or `default`."""
-        expected = f"one of {', '.join(map(repr, choices))}" if choices else "a non-empty string"
-        value = self.get(key, str, default, expected)
-        if value is not None and (not value or (choices and value not in choices)):
-            raise self.fail(key, expected)
-        return value
+        """A non-empty string (one of `choices`, if given), or `default` when the key is absent."""
+        self.used.add(key)
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if isinstance(value, str) and value and (not choices or value in choices):
+            return value
+        raise self.fail(key, f"one of {', '.join(map(repr, choices))}" if choices else "a non-empty string")
 
     def number(self, key: str, default: float, low: float, high: float) -> float:
-        """A finite number within [low, high], or `default`."""
-        expected = f"a number from {low:g} to {high:g}"
-        value = self.get(key, float, default, expected)
-        if not (math.isfinite(value) and low <= value <= high):
-            raise self.fail(key, expected)
-        return value
+        """A number within [low, high] (ints accepted, bools never; NaN and infinities fail the bounds), or
+        `default` when the key is absent."""
+        self.used.add(key)
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high:
+            return float(value)  # compared first: float() of a 400-digit TOML integer would overflow
+        raise self.fail(key, f"a number from {low:g} to {high:g}")
 
     def table(self, key: str) -> Table:
         """A sub-table (empty if absent)."""
@@ -77,7 +84,7 @@ class Table:
 
     def finish(self) -> None:
         """Reject any key nobody read, suggesting the closest valid one."""
-        unknown = sorted(set(self.data) - self.used)
+        unknown = sorted(self.data.keys() - self.used)
         if unknown:
             where = self.where or "the top level"
             import difflib  # only on this error path: ~1 ms of every start (issue 15, cold once)
@@ -98,16 +105,10 @@ def url_setting(table: Table, key: str, default: str) -> str:
 def checked_url(table: Table, key: str, value: str) -> str:
     """`value` if it is an https:// URL (http:// only for a loopback host) without user info or fragment: tokens and
     secrets never travel in clear."""
-    parts = urlsplit(value)
-    expected = "an https:// URL (http:// only for a loopback host) without user info or fragment"
-    try:
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise table.fail(key, expected) from None
-    if not host or parts.username or parts.password or parts.fragment or parts.scheme not in ("https", "http"):
-        raise table.fail(key, expected)
-    if parts.scheme == "http" and not is_loopback_host(host):
+    problem, host = url_problem(value)
+    if problem == "malformed":
+        raise table.fail(key, "an https:// URL (http:// only for a loopback host) without user info or fragment")
+    if problem == "plain http":
         raise ConfigError(
             f"{table.file}: {table.path(key)}: plain http:// is refused for {host!r} (tokens and secrets would "
             "travel unencrypted); use https://, or a loopback address for local testing"
@@ -115,10 +116,29 @@ def checked_url(table: Table, key: str, value: str) -> str:
     return value
 
 
+@functools.lru_cache(maxsize=1024)
+def url_problem(value: str) -> tuple[str | None, str | None]:
+    """(None, host) for a usable URL, ("malformed", None), or ("plain http", host) for http:// to a host that is
+    not loopback. Cached: a thousand profiles usually share one token URL and one JWKS URL."""
+    parts = urlsplit(value)
+    try:
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return "malformed", None
+    if not host or parts.username or parts.password or parts.fragment or parts.scheme not in ("https", "http"):
+        return "malformed", None
+    if parts.scheme == "http" and not is_loopback_host(host):
+        return "plain http", host
+    return None, host
+
+
 def file_mode(table: Table, key: str) -> int:
     """An octal file mode that nobody but the owner (and group, for reading) can use: a token file is a credential."""
     table.used.add(key)
-    raw = table.data.get(key, "0600")
+    if key not in table.data:
+        return 0o600
+    raw = table.data[key]
     expected = 'an octal mode string such as "0600" or "0640" (not writable by group or others)'
     if isinstance(raw, str) and re.fullmatch(r"0?[0-7]{3}", raw):
         mode = int(raw, 8)
@@ -186,7 +206,8 @@ def absolute_path(table: Table, path: Path | None) -> Path | None:
 def ca_bundle(table: Table) -> Path | None:
     """A profile's `ca_file`, loaded once now so a typo or a non-PEM file fails `check` and the start (exit 78)."""
     path = absolute_path(table, optional_path(table, "ca_file", None))
-    client_context(f"{table.file}: {table.where}", path)  # the one builder (net/tls.py), as `run` uses it
+    if path is not None:
+        client_context(f"{table.file}: {table.where}", path)  # the one builder (net/tls.py), as `run` uses it
     return path
 
 
@@ -204,4 +225,6 @@ def egress_setting(table: Table, ca_file: Path | None) -> Egress:
             raise ConfigError(f'{table.file}: {table.where}: proxy credentials are set but proxy is "none"; set proxy')
         auth = SecretSource("file", str(absolute_path(table, Path(auth_file)))) if auth_file else None
         auth = auth or SecretSource("credential", auth_credential or "")
+    if setting == "none" and auth is None and ca_file is None:
+        return DIRECT  # equal to a new Egress(); shared, as a thousand profiles' JWKS cache key
     return Egress(proxy=setting, proxy_auth=auth, ca_file=ca_file)

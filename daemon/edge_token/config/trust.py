@@ -3,6 +3,7 @@ the listen address and its exposure."""
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import re
@@ -12,6 +13,7 @@ from pathlib import Path
 from edge_token.core.errors import ConfigError
 
 
+@functools.lru_cache(maxsize=256)
 def is_loopback_host(host: str) -> bool:
     """True for localhost and 127.0.0.0/8 / ::1: the only places plain HTTP may go."""
     if host.lower() in ("localhost", "localhost."):

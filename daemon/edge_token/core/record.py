@@ -53,7 +53,7 @@ def field(
 class _Layout:
     """A Record class's fields, computed once when the class is created."""
 
-    __slots__ = ("compared", "defaults", "factories", "names", "shown")
+    __slots__ = ("compared", "defaults", "factories", "name_set", "names", "shown")
 
     def __init__(self, cls: type) -> None:
         names: list[str] = []
@@ -80,7 +80,7 @@ class _Layout:
                     setattr(cls, name, value)
             if value is not _MISSING:
                 self.defaults[name] = value
-        self.names = tuple(names)
+        self.names, self.name_set = tuple(names), frozenset(names)
         self.shown = tuple(name for name in names if name not in hidden)
         self.compared = tuple(name for name in names if name not in uncompared)
 
@@ -106,22 +106,29 @@ class Record:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         layout = self._layout
-        values = dict(zip(layout.names, args, strict=False))  # more args than fields: refused below
-        if len(args) > len(values) or not values.keys().isdisjoint(kwargs):
-            raise TypeError(f"{type(self).__qualname__}(): too many positional arguments, or one given twice")
-        values.update(kwargs)
-        for name in layout.names:
-            if name not in values:
-                if name in layout.factories:
-                    values[name] = layout.factories[name]()
-                elif name in layout.defaults:
-                    values[name] = layout.defaults[name]
-                else:
-                    raise TypeError(f"{type(self).__qualname__}(): missing argument {name!r}")
-        if len(values) != len(layout.names):
-            unknown = sorted(values.keys() - set(layout.names))
+        if args:
+            if len(args) > len(layout.names) or not kwargs.keys().isdisjoint(layout.names[: len(args)]):
+                raise TypeError(f"{type(self).__qualname__}(): too many positional arguments, or one given twice")
+            kwargs.update(zip(layout.names, args, strict=False))
+        if kwargs.keys() != layout.name_set:  # some left to their defaults (or a wrong name)
+            self._complete(kwargs)
+        self.__dict__.update(kwargs)
+
+    def _complete(self, values: dict[str, Any]) -> None:
+        """Add the defaults of the fields not given; a TypeError for an unknown or a missing one."""
+        layout = self._layout
+        unknown = sorted(values.keys() - layout.name_set)
+        if unknown:
             raise TypeError(f"{type(self).__qualname__}(): unexpected argument {unknown[0]!r}")
-        self.__dict__.update(values)
+        for name in layout.names:
+            if name in values:
+                continue
+            if name in layout.factories:
+                values[name] = layout.factories[name]()
+            elif name in layout.defaults:
+                values[name] = layout.defaults[name]
+            else:
+                raise TypeError(f"{type(self).__qualname__}(): missing argument {name!r}")
 
     def __setattr__(self, name: str, value: object) -> None:
         raise FrozenInstanceError(f"cannot assign to field {name!r}")
