@@ -109,7 +109,6 @@ def parse_profile(name: str, table: Table, environ: Mapping[str, str], file_priv
     table.only(PROFILE_AND_SECRET_KEYS)
     prefix = env_prefix(name)
     client_id = environ.get(prefix + "CLIENT_ID") or table.text("client_id")
-    table.used.add("client_id")
     if not client_id:
         raise table.fail("client_id", "the OAuth2 client id (a non-empty string)")
     algorithms = string_list(table, "algorithms", ("RS256",))
