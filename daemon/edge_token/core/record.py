@@ -111,24 +111,23 @@ class Record:
                 raise TypeError(f"{type(self).__qualname__}(): too many positional arguments, or one given twice")
             kwargs.update(zip(layout.names, args, strict=False))
         if kwargs.keys() != layout.name_set:  # some left to their defaults (or a wrong name)
-            self._complete(kwargs)
+            kwargs = self._complete(kwargs)
         self.__dict__.update(kwargs)
 
-    def _complete(self, values: dict[str, Any]) -> None:
-        """Add the defaults of the fields not given; a TypeError for an unknown or a missing one."""
+    def _complete(self, given: dict[str, Any]) -> dict[str, Any]:
+        """`given` with the defaults of the fields it lacks; a TypeError for an unknown or a missing one."""
         layout = self._layout
-        unknown = sorted(values.keys() - layout.name_set)
-        if unknown:
-            raise TypeError(f"{type(self).__qualname__}(): unexpected argument {unknown[0]!r}")
-        for name in layout.names:
-            if name in values:
-                continue
-            if name in layout.factories:
-                values[name] = layout.factories[name]()
-            elif name in layout.defaults:
-                values[name] = layout.defaults[name]
-            else:
-                raise TypeError(f"{type(self).__qualname__}(): missing argument {name!r}")
+        values = layout.defaults | given
+        for name, factory in layout.factories.items():
+            if name not in given:
+                values[name] = factory()
+        if values.keys() != layout.name_set:
+            unknown = sorted(values.keys() - layout.name_set)
+            if unknown:
+                raise TypeError(f"{type(self).__qualname__}(): unexpected argument {unknown[0]!r}")
+            missing = [name for name in layout.names if name not in values]
+            raise TypeError(f"{type(self).__qualname__}(): missing argument {missing[0]!r}")
+        return values
 
     def __setattr__(self, name: str, value: object) -> None:
         raise FrozenInstanceError(f"cannot assign to field {name!r}")
