@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import math
 import re
@@ -47,7 +48,7 @@ class Token(Record):
         """The token's own `exp` claim (the provider's clock)."""
         return float(self.claims["exp"])
 
-    @property
+    @functools.cached_property  # asked four times per renewal (sinks, logs, rotation): one hash
     def fingerprint(self) -> str:
         """A short, non-reversible id for logs and /status: enough to tell tokens apart, useless to replay."""
         return hashlib.sha256(self.jwt.encode()).hexdigest()[:12]
