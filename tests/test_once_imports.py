@@ -19,7 +19,9 @@ from daemonproc import reference_check
 from edge_token.localauth import LocalAuthServer
 
 FORBIDDEN = ("structlog", "apscheduler", "prometheus_client")
-ON_DEMAND = ("html", "grp", "difflib")  # unescaping a scrubbed word, a sink's group, an unknown key's suggestion
+# a sink's group, an unknown key's suggestion (and `html`, which unescaping a scrubbed word imports: not listed,
+# as whether a line holds an `&` once decoded depends on the token's random bytes, which made this test flaky)
+ON_DEMAND = ("grp", "difflib")
 SECRET = "hunter2-plainlog-5f1e"
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
 
