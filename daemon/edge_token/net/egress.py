@@ -85,6 +85,7 @@ def route(egress: Egress, url: str, environ: Mapping[str, str]) -> Route:
             raise ConfigError(f"proxy credentials from {egress.proxy_auth.describe()} must be one line 'user:password'")
         value = "Basic " + base64.b64encode(credentials.encode()).decode()
         scrub.register(value)  # the header value as a whole, too, before it is ever sent
+        scrub.register(credentials.split(":", 1)[1])  # and the password alone (a proxy may echo just that)
         headers = {"Proxy-Authorization": value}
     return Route(proxy, headers, tls)
 

@@ -3,7 +3,8 @@
 aiohttp's own texts read "Cannot connect to host h:p ssl:default [Connect call failed ...]": "ssl" for an http://
 URL, a Python call name, no hint what to change. `describe` names the cause (refused, no DNS name, untrusted
 certificate, handshake, reset...) and `unreachable` adds the URL and the config key an operator should check.
-Nothing here quotes a response body; the URL and reasons pass the process scrubber.
+Nothing here quotes a response, not even the status line a parser refused; the URL and reasons pass the process
+scrubber.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientPayloadError):
         return "the answer was cut off before its end"
     if isinstance(exc, aiohttp.ClientResponseError):
-        return f"the answer is not valid HTTP ({str(exc.message)[:80]})"
+        # not aiohttp's message: it quotes the offending line, the server's own bytes (an echo of our request,
+        # reversed or chunked over retries, is beyond any scrubber)
+        return "the answer is not valid HTTP"
     if isinstance(exc, ssl.SSLError):
         return f"TLS failed ({_tls_reason(exc)})"
     if isinstance(exc, OSError):
