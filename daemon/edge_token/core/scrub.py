@@ -56,6 +56,8 @@ _TO_STANDARD = str.maketrans("-_", "+/")
 _WORD = re.compile(r"[^\s\"'<>(){}\[\],;|`]+")
 _B64_RUN = re.compile(r"[A-Za-z0-9+/_-]{6,}=*")
 _HEX_RUN = re.compile(r"[0-9A-Fa-f]{6,}")
+_DUMP = re.compile(r"[0-9A-Fa-f]{2}(?:[ :.-][0-9A-Fa-f]{2}){3,}")  # a hex dump: `68 76 73 2e`, `68:76:73:2e`
+_DUMP_SEPARATORS = re.compile(r"[ :.-]")
 _BACKSLASH = re.compile(r"\\(?:u([0-9A-Fa-f]{4})|x([0-9A-Fa-f]{2})|(.))", re.S)
 _PERCENT = re.compile(r"%[0-9A-F]{2}")
 
@@ -162,6 +164,8 @@ def _views(text: str, depth: int = 2, runs: bool = True) -> Iterable[str]:
     for match in _HEX_RUN.finditer(text) if runs else ():
         run = match.group()
         found += [bytes.fromhex(run[i : len(run) - (len(run) - i) % 2]).decode("utf-8", "replace") for i in (0, 1)]
+    for match in _DUMP.finditer(text):  # also across words: a dump's bytes are split by spaces
+        found.append(bytes.fromhex(_DUMP_SEPARATORS.sub("", match.group())).decode("utf-8", "replace"))
     for view in found:
         if view != text:
             yield view
@@ -177,11 +181,12 @@ def longest_view(word: str) -> int:
     decodings are those of its base64 and hex runs (a hex run lies inside a base64 run, and decodes to half its
     length), and the decodings of a decoding are shorter still. A base64 run of r characters decodes (from any
     offset, `_b64_views`) to at most 3 * r // 4 bytes, one character less when r % 4 == 1 (a lone 6 bits is
-    dropped)."""
+    dropped). A hex dump of d characters (`68 76 73`) decodes to (d + 1) // 3 bytes."""
     if "%" in word or "+" in word or "&" in word or "\\" in word:
         return len(word)
     longest = max(map(len, _B64_RUN.findall(word)), default=0)
-    return (longest - (longest % 4 == 1)) * 3 // 4
+    dump = max(map(len, _DUMP.findall(word)), default=0)
+    return max((longest - (longest % 4 == 1)) * 3 // 4, (dump + 1) // 3)
 
 
 def _betrays(word: str, raw: tuple[str, ...], memo: dict[str, bool], shortest: int = 0) -> bool:
@@ -265,7 +270,8 @@ class Scrubber:
             if len(word) >= MIN_SECRET and _betrays(word, raw, memo, shortest):
                 spans.append(match.span())
         text = _cut(text, spans)
-        if raw and any(any(secret in view for secret in raw) for view in _views(text, runs=False)):
+        # what no single word shows: a secret or a JWT spread over several (a hex dump, HTML entities split at `;`)
+        if any(JWT.search(view) or any(secret in view for secret in raw) for view in _views(text, runs=False)):
             return REDACTED_TEXT
         return text
 
