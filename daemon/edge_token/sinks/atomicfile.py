@@ -30,6 +30,7 @@ from pathlib import Path
 
 from edge_token.core.errors import SinkError
 from edge_token.sinks.filecalls import BlockingCalls as BlockingCalls  # where the sinks run these calls
+from edge_token.sinks.filecalls import given_up
 from edge_token.sinks.tempfiles import TEMP_PREFIX as TEMP_PREFIX
 from edge_token.sinks.tempfiles import TEMP_SUFFIX as TEMP_SUFFIX
 from edge_token.sinks.tempfiles import remove_stale_temps as remove_stale_temps
@@ -207,7 +208,10 @@ def write_atomic(
             while view:
                 view = view[os.write(fd, view) :]
             os.fsync(fd)
-            # 5. the atomic switch
+            # 5. the atomic switch, unless our caller gave up waiting (a hung fsync that came back late): the token
+            # written meanwhile by a later call must not be replaced by this older one
+            if given_up():
+                raise SinkError(f"cannot write {path}: the write came back after its deadline; the file is left as is")
             step = "replace"
             os.replace(candidate, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             temp = None

@@ -94,7 +94,9 @@ class Workers:
                     self._idle -= 1
                 job = self._queue.popleft()
                 job.started = True
+            _running.job = job
             job.function()
+            _running.job = None
             with self._cond:
                 job.finished = True
                 if job.abandoned:  # written off while stuck: rejoin only if nobody took our place
@@ -105,6 +107,17 @@ class Workers:
 
 #: the process's file workers (shared by every sink, like the descriptors they use)
 WORKERS = Workers()
+_running = threading.local()  # in a worker: the job it runs
+#: the owners (`what`: a sink's type and path) whose last call is written off: per owner, not per object, so a
+#: reload's new sink for the same file waits for the old one's stuck call like the old sink would
+_STUCK: dict[str, _Job] = {}
+
+
+def given_up() -> bool:
+    """In a worker: was the call it runs written off (its caller stopped waiting)? A write checks this before its
+    rename: landing now, after the deadline, could put an older token over the one written meanwhile."""
+    job: _Job | None = getattr(_running, "job", None)
+    return job is not None and job.abandoned
 
 
 class BlockingCalls:
@@ -112,18 +125,23 @@ class BlockingCalls:
 
     A call stuck in the kernel (hung NFS/FUSE server, a FIFO) never returns: the caller gets a SinkError after
     `timeout` seconds, the worker is written off (a daemon thread: the process can still exit), and while that
-    call is still stuck, further calls of the same owner fail at once instead of piling up threads.
+    call is still stuck, further calls of the same owner (any object with the same `what`: a reload's new sink
+    for the same file too) fail at once instead of piling up threads.
     """
 
     def __init__(self, what: str, timeout: float, workers: Workers | None = None) -> None:
         self.what, self.timeout = what, timeout
         self._workers = workers or WORKERS
-        self._stuck: _Job | None = None
 
     async def call(self, function: Callable[[], T]) -> T:
         """`function()` on a worker thread: its result or its exception, or SinkError after the deadline."""
-        if self._stuck is not None and self._stuck.is_alive():
-            raise SinkError(f"{self.what}: an earlier file operation is still stuck (hung filesystem?); not retried")
+        stuck = _STUCK.get(self.what)
+        if stuck is not None:
+            if stuck.is_alive():
+                raise SinkError(
+                    f"{self.what}: an earlier file operation is still stuck (hung filesystem?); not retried"
+                )
+            del _STUCK[self.what]
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
 
@@ -160,7 +178,7 @@ class BlockingCalls:
             if exc is not expired:
                 raise
             self._workers.write_off(job)
-            self._stuck = job
+            _STUCK[self.what] = job
             raise SinkError(
                 f"{self.what}: a file operation did not finish within {self.timeout:g} s (hung filesystem?); "
                 "the previous token is kept"
