@@ -133,15 +133,15 @@ class BlockingCalls:
         self.what, self.timeout = what, timeout
         self._workers = workers or WORKERS
 
+    def _refuse_if_stuck(self) -> None:
+        stuck = _STUCK.get(self.what)
+        if stuck is not None and stuck.is_alive():
+            raise SinkError(f"{self.what}: an earlier file operation is still stuck (hung filesystem?); not retried")
+        _STUCK.pop(self.what, None)
+
     async def call(self, function: Callable[[], T]) -> T:
         """`function()` on a worker thread: its result or its exception, or SinkError after the deadline."""
-        stuck = _STUCK.get(self.what)
-        if stuck is not None:
-            if stuck.is_alive():
-                raise SinkError(
-                    f"{self.what}: an earlier file operation is still stuck (hung filesystem?); not retried"
-                )
-            del _STUCK[self.what]
+        self._refuse_if_stuck()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
 
