@@ -2,27 +2,48 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import stat
+import weakref
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from edge_token.core.errors import SinkError
 from edge_token.core.settings import SinkConfig
 from edge_token.core.token import Token
 from edge_token.sinks.atomicfile import as_written, check_directory, identity, read_back, write_atomic
+from edge_token.sinks.dircalls import BatchedCalls
 from edge_token.sinks.filecalls import BlockingCalls
 from edge_token.sinks.tempfiles import StaleTemps
 
 MAX_READ_BYTES = 64 * 1024
 #: a write or read-back that takes longer is abandoned (hung NFS/FUSE): well below the daemon's cycle budget
 FILE_IO_TIMEOUT_SECONDS = 20.0
+T = TypeVar("T")
 _JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 #: stale temp files are looked for once per directory per process (at each sink's first read-back, i.e. start)
 STALE_TEMPS = StaleTemps()
+#: per event loop, per (directory, deadline): the read-backs and unchanged checks of its sinks, in shared worker
+#: trips (dircalls.py); a loop's entries go with it (tests run many loops, a process one)
+_DIRECTORY_CALLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, float], BatchedCalls]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def directory_calls(directory: Path, timeout: float) -> BatchedCalls:
+    """The `BatchedCalls` the sinks in `directory` share on this event loop (one per directory: its failure domain,
+    a filesystem)."""
+    per_loop = _DIRECTORY_CALLS.setdefault(asyncio.get_running_loop(), {})
+    key = (os.fspath(directory), timeout)
+    calls = per_loop.get(key)
+    if calls is None:
+        calls = per_loop[key] = BatchedCalls(f"file:{directory}", timeout)
+    return calls
 
 
 def render(token: Token, fmt: str, env_name: str = "EDGE_TOKEN") -> bytes:
@@ -76,6 +97,7 @@ class FileSink:
         self.name = config.name
         self.path: Path = config.path
         self._calls = BlockingCalls(self.name, timeout)
+        self._timeout = timeout
         self._stale_temps = stale_temps or STALE_TEMPS
         # what the read-back found, if the file was as a write would leave it, and that file's identity
         self._held: tuple[bytes, tuple[int, ...]] | None = None
@@ -92,7 +114,7 @@ class FileSink:
         data = render(token, self.config.format, self.config.env_name)
         held, self._held = self._held, None
         last, self._last = self._last, None
-        if held is not None and held[0] == data and await self._calls.call(lambda: self._still(held[1])):
+        if held is not None and held[0] == data and await self._batched(lambda: self._still(held[1])):
             # the adopted token, read back from this very file (same inode, unchanged since, still ours with the
             # right mode, alone in an untouchable directory): the read was the unchanged check, no second read
             self._last = (token.fingerprint, held[1])
@@ -114,11 +136,16 @@ class FileSink:
         if self._stale_temps.absent(self.path):
             return None  # the directory's listing at start saw no file here: nothing to read back
         try:
-            content, self._held = await self._calls.call(self._read)
+            content, self._held = await self._batched(self._read)
         except SinkError as exc:
             self.log.warning("sink.read_refused", sink=self.name, reason=str(exc))
             return None
         return extract(content, self.config.format) if content is not None else None
+
+    async def _batched(self, function: Callable[[], T]) -> T:
+        """A short file call (read-back, unchanged check) in a worker trip shared with this directory's other sinks;
+        alone, through this sink's own calls, while one of them or the directory's trip is stuck (dircalls.py)."""
+        return await directory_calls(self.path.parent, self._timeout).call(function, self._calls)
 
     def _read(self) -> tuple[str | None, tuple[bytes, tuple[int, ...]] | None]:
         """(the file's text, its bytes and identity if it is exactly as `write_atomic` would leave it); in a worker."""

@@ -133,6 +133,17 @@ class BlockingCalls:
         self.what, self.timeout = what, timeout
         self._workers = workers or WORKERS
 
+    @property
+    def stuck(self) -> bool:
+        """An earlier call of this owner is still stuck past its deadline (its next calls are refused at once)."""
+        stuck = _STUCK.get(self.what)
+        return stuck is not None and stuck.is_alive()
+
+    def written_off(self, job: _Job) -> None:
+        """A call of this owner that ran in a shared trip (sinks/dircalls.py) is stuck past its deadline: like its
+        own stuck call, it blocks this owner's next calls while it stays stuck."""
+        _STUCK[self.what] = job
+
     def _refuse_if_stuck(self) -> None:
         stuck = _STUCK.get(self.what)
         if stuck is not None and stuck.is_alive():

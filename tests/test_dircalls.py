@@ -1,0 +1,127 @@
+"""One directory's short file calls in shared worker trips: each call gets its own answer, a hung call costs its
+trip-mates one error at most, and nothing piles up threads."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import threading
+from collections import Counter
+from dataclasses import dataclass
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edge_token.core.errors import SinkError
+from edge_token.sinks.dircalls import BatchedCalls
+from edge_token.sinks.filecalls import BlockingCalls, Workers
+
+LIMIT = 3
+POOLS = itertools.count()  # each example's pool gets its own thread name (id() of a dead plan is reused)
+DEADLINE = 0.5  # the directory's deadline: a hung trip is written off after this (healthy trips take microseconds)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Per healthy owner (a sink of the directory), the calls it makes in turn; and how many owners' first call
+    hangs (a file stuck in a dead filesystem)."""
+
+    healthy: list[list[int | str]]  # ints are returned, strings raised (as ValueError)
+    hung: int
+
+
+plans = st.builds(
+    Plan,
+    healthy=st.lists(st.lists(st.one_of(st.integers(0, 99), st.sampled_from(["e1", "e2"])), max_size=5), max_size=8),
+    hung=st.integers(0, 2),
+)
+
+
+def pool_threads(name: str) -> int:
+    return sum(1 for thread in threading.enumerate() if thread.name == name)
+
+
+def returns(value: int) -> int:
+    return value
+
+
+def raises(message: str) -> int:
+    raise ValueError(message)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plan=plans)
+def test_every_call_gets_its_own_answer_and_a_hang_costs_its_trip_mates_one_error(plan: Plan) -> None:
+    """Invariant, for any mix of sinks in one directory: every call returns its own value or raises its own
+    exception, except that a call sharing a trip with a hung call (or waiting behind it) fails once with a
+    SinkError naming its own sink; while that trip is stuck the directory's calls go one by one through each sink's
+    own calls (no second error); live worker threads never exceed the limit plus the hung calls; without a hang,
+    the calls the sinks make together go in one trip per round (counted); and once the filesystem recovers, every
+    sink's calls work again, batched."""
+    name = f"test-dircalls-{next(POOLS)}"  # never reused: idle workers of earlier pools live on
+    workers = Workers(limit=LIMIT, name=name)
+    release = threading.Event()
+    try:
+        asyncio.run(exercise(plan, workers, release, name))
+    finally:
+        release.set()
+
+
+async def exercise(plan: Plan, workers: Workers, release: threading.Event, name: str) -> None:
+    batched = BatchedCalls("file:/d", DEADLINE, workers)
+    healthy = [BlockingCalls(f"file:/d/h{i}.jwt", 10.0, workers) for i in range(len(plan.healthy))]
+    hung = [BlockingCalls(f"file:/d/s{i}.jwt", DEADLINE, workers) for i in range(plan.hung)]
+    errors: Counter[str] = Counter()
+
+    async def healthy_owner(calls: BlockingCalls, script: list[int | str]) -> None:
+        for item in script:
+            call = functools.partial(returns, item) if isinstance(item, int) else functools.partial(raises, item)
+            try:
+                result = await batched.call(call, calls)
+            except SinkError as exc:
+                assert plan.hung and "did not finish within" in str(exc) and calls.what in str(exc)
+                errors[calls.what] += 1
+            except ValueError as exc:
+                assert str(exc) == item
+            else:
+                assert result == item
+
+    async def hung_owner(calls: BlockingCalls) -> None:
+        def hang() -> int:
+            release.wait()
+            return 0
+
+        try:
+            await batched.call(hang, calls)
+        except SinkError as exc:
+            assert "did not finish within" in str(exc) and calls.what in str(exc)
+        else:
+            raise AssertionError("a hung call returned")
+        assert pool_threads(name) <= LIMIT + plan.hung
+
+    await asyncio.gather(
+        *(healthy_owner(c, s) for c, s in zip(healthy, plan.healthy, strict=True)), *(hung_owner(c) for c in hung)
+    )
+    assert all(count <= 1 for count in errors.values()), errors
+    assert pool_threads(name) <= LIMIT + plan.hung
+    if not plan.hung:
+        assert batched.trips <= max((len(script) for script in plan.healthy), default=0)
+    release.set()  # the filesystem recovers: the hung calls return, their workers rejoin or leave
+    owners = healthy + hung
+    for _ in range(400):
+        if not batched.stuck and not any(calls.stuck for calls in owners):
+            break
+        await asyncio.sleep(0.01)  # a written-off call is on its way out
+    else:
+        raise AssertionError("the directory never recovered")
+    before = batched.trips
+    assert await asyncio.gather(*(batched.call(functools.partial(returns, 7), calls) for calls in owners)) == [7] * len(
+        owners
+    )
+    assert batched.trips - before <= 1  # batched again
+    for _ in range(200):  # threads that leave do so at once; a loaded machine may take seconds to run them
+        if pool_threads(name) <= LIMIT:
+            break
+        await asyncio.sleep(0.05)
+    assert pool_threads(name) <= LIMIT
