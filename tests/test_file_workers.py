@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+import itertools
 import threading
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from edge_token.core.errors import SinkError
 from edge_token.sinks.filecalls import BlockingCalls, Workers
 
 LIMIT = 3
+POOLS = itertools.count()  # each example's pool gets its own thread name (id() of a dead plan is reused)
 STUCK_TIMEOUT = 0.15  # a call blocked "in the kernel" (here: on an Event) is written off after this
 HEALTHY_TIMEOUT = 10.0
 
@@ -48,7 +50,7 @@ def test_healthy_calls_always_finish_whatever_hangs_beside_them(plan: Plan) -> N
     its deadline and another worker takes its place); a hung owner's next calls fail at once, without a thread;
     live worker threads never exceed the limit plus the calls still hung; and once the filesystem recovers,
     every owner's calls work again on no more than `limit` threads."""
-    name = f"test-workers-{id(plan)}"
+    name = f"test-workers-{next(POOLS)}"  # never reused: idle workers of earlier pools live on
     workers = Workers(limit=LIMIT, name=name)
     release = threading.Event()
     try:
