@@ -117,7 +117,8 @@ class BatchedCalls:
         self._answer(batch)
         if self._flight is batch:
             self._flight = None
-            batch.loop.call_soon(self._submit)
+            if self._waiting:
+                batch.loop.call_soon(self._submit)
 
     def _answer(self, batch: _Batch) -> None:
         """Hand each finished call's outcome to its caller."""
@@ -151,7 +152,7 @@ class BatchedCalls:
             if self.stuck:
                 while self._waiting:
                     self._fail(self._waiting.popleft())
-            else:
+            elif self._waiting:
                 batch.loop.call_soon(self._submit)
 
     def _fail(self, batch: _Batch) -> None:

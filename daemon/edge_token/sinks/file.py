@@ -98,6 +98,7 @@ class FileSink:
         self.path: Path = config.path
         self._calls = BlockingCalls(self.name, timeout)
         self._timeout = timeout
+        self._directory_calls: tuple[asyncio.AbstractEventLoop, BatchedCalls] | None = None  # (loop, its calls)
         self._stale_temps = stale_temps or STALE_TEMPS
         # what the read-back found, if the file was as a write would leave it, and that file's identity
         self._held: tuple[bytes, tuple[int, ...]] | None = None
@@ -145,7 +146,10 @@ class FileSink:
     async def _batched(self, function: Callable[[], T]) -> T:
         """A short file call (read-back, unchanged check) in a worker trip shared with this directory's other sinks;
         alone, through this sink's own calls, while one of them or the directory's trip is stuck (dircalls.py)."""
-        return await directory_calls(self.path.parent, self._timeout).call(function, self._calls)
+        loop, known = asyncio.get_running_loop(), self._directory_calls
+        if known is None or known[0] is not loop:
+            known = self._directory_calls = (loop, directory_calls(self.path.parent, self._timeout))
+        return await known[1].call(function, self._calls)
 
     def _read(self) -> tuple[str | None, tuple[bytes, tuple[int, ...]] | None]:
         """(the file's text, its bytes and identity if it is exactly as `write_atomic` would leave it); in a worker."""
