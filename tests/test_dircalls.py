@@ -56,7 +56,8 @@ def test_every_call_gets_its_own_answer_and_a_hang_costs_its_trip_mates_one_erro
     """Invariant, for any mix of sinks in one directory: every call returns its own value or raises its own
     exception, except that a call sharing a trip with a hung call (or waiting behind it) fails once with a
     SinkError naming its own sink; while that trip is stuck the directory's calls go one by one through each sink's
-    own calls (no second error); live worker threads never exceed the limit plus the hung calls; without a hang,
+    own calls (no second error), and the hung call's file refuses further calls, from any sink object; live worker
+    threads never exceed the limit plus the hung calls; without a hang,
     the calls the sinks make together go in one trip per round (counted); and once the filesystem recovers, every
     sink's calls work again, batched."""
     name = f"test-dircalls-{next(POOLS)}"  # never reused: idle workers of earlier pools live on
@@ -88,7 +89,10 @@ async def exercise(plan: Plan, workers: Workers, release: threading.Event, name:
                 assert result == item
 
     async def hung_owner(calls: BlockingCalls) -> None:
+        started = threading.Event()
+
         def hang() -> int:
+            started.set()
             release.wait()
             return 0
 
@@ -99,6 +103,14 @@ async def exercise(plan: Plan, workers: Workers, release: threading.Event, name:
         else:
             raise AssertionError("a hung call returned")
         assert pool_threads(name) <= LIMIT + plan.hung
+        # its file stays blocked while that call hangs: also for a reload's new sink object for the same file
+        again = BlockingCalls(calls.what, DEADLINE, workers)
+        try:
+            result = await batched.call(lambda: 0, again)
+        except SinkError as exc:
+            assert ("still stuck" in str(exc) and started.is_set()) or "did not finish within" in str(exc)
+        else:
+            assert result == 0 and not started.is_set(), "a call went ahead while its file's call hangs"
 
     await asyncio.gather(
         *(healthy_owner(c, s) for c, s in zip(healthy, plan.healthy, strict=True)), *(hung_owner(c) for c in hung)
