@@ -10,8 +10,9 @@ the loop.
 
 Nothing here may wedge the daemon or widen a failure: a batch stuck past its deadline (a hung filesystem) is written
 off like any worker call; the calls it finished keep their answers, the one stuck and those not started get a
-SinkError; while it stays stuck, the directory's calls go one by one through each sink's own `BlockingCalls` (so a
-hung file costs only its own sink, as without batches), and a sink whose own call is stuck is refused at once there.
+SinkError; the stuck call's file is blocked as if that call had been alone (`BlockingCalls.written_off`), and while
+the trip stays stuck the directory's calls go one by one through each sink's own `BlockingCalls` (so a hung file
+costs only its own sink, as without batches).
 """
 
 from __future__ import annotations
