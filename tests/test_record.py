@@ -4,6 +4,7 @@ TypeErrors), defaults and factories, repr (hidden fields), ==, hash, replace, fi
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any, ClassVar
 
 import pytest
@@ -142,3 +143,18 @@ def test_a_record_class_cannot_be_subclassed() -> None:
 
         class Sub(Subject):
             g: int = 0
+
+
+def test_instances_take_no_more_memory_than_the_dataclass_ones() -> None:
+    """Built with defaults or with every field, positionally or by keyword, a Record's attributes take what a
+    frozen dataclass instance's take: its instances share one key table (filled whole, each had its own dict, and
+    10,000 profiles took 14 MiB more)."""
+    cases: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        ((1, "s"), {}),
+        ((1,), {"b": "s", "f": "y"}),
+        ((), {"a": 1, "b": "s", "c": 2.0, "d": (1,), "e": [], "f": "z"}),
+    ]
+    for args, kwargs in cases:
+        subjects = [Subject(*args, **kwargs) for _ in range(3)]
+        references = [Reference(*args, **kwargs) for _ in range(3)]
+        assert sys.getsizeof(vars(subjects[-1])) <= sys.getsizeof(vars(references[-1])), (args, kwargs)

@@ -102,8 +102,8 @@ class FileSink:
         self._stale_temps = stale_temps or STALE_TEMPS
         # what the read-back found, if the file was as a write would leave it, and that file's identity
         self._held: tuple[bytes, tuple[int, ...]] | None = None
-        # the token we last left in the file (its fingerprint) and the file's identity then
-        self._last: tuple[str, tuple[int, ...]] | None = None
+        # the token we last left in the file (its fingerprint), and the file's identity key then (identity_key)
+        self._last: tuple[str, int] | None = None
         if log is None:  # `once` passes its structlog-free logger (observe/plainlog.py); everyone else: structlog's
             import structlog
 
@@ -118,12 +118,12 @@ class FileSink:
         if held is not None and held[0] == data and await self._batched(lambda: self._still(held[1])):
             # the adopted token, read back from this very file (same inode, unchanged since, still ours with the
             # right mode, alone in an untouchable directory): the read was the unchanged check, no second read
-            self._last = (token.fingerprint, held[1])
+            self._last = (token.fingerprint, hash(held[1]))
             return False
         cfg = self.config
         # a token other than the one we last left there: if the file is as we left it, it cannot hold this one
         known = last[1] if last is not None and last[0] != token.fingerprint else None
-        seen: list[tuple[int, ...]] = []
+        seen: list[int] = []
         changed = await self._calls.call(
             lambda: write_atomic(self.path, data, cfg.mode, cfg.uid, cfg.gid, known=known, seen=seen.append)
         )
