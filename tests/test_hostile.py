@@ -116,7 +116,7 @@ HTTP: dict[str, tuple[Fault, type[EdgeTokenError], str]] = {
     "expires_in true": (Fault(200, {"access_token": "a.b.c", "expires_in": True}), ProtocolError, "expires_in"),
     "expires_in a list": (Fault(200, {"access_token": "a.b.c", "expires_in": [1]}), ProtocolError, "expires_in"),
     "expires_in zero": (Fault(200, {"access_token": "a.b.c", "expires_in": 0}), ProtocolError, "expires_in"),
-    "duplicate access_token members": (Fault(200, b'{"access_token": "a.b.c", "access_token": "d.e.f"}'), ProtocolError, 'duplicate member "access_token"'),
+    "duplicate access_token members": (Fault(200, b'{"access_token": "a.b.c", "access_token": "d.e.f"}'), ProtocolError, "a member name appears twice"),
     "body not UTF-8": (Fault(200, b'{"access_token": "\xff\xfe"}'), ProtocolError, "not UTF-8 text"),
     "deeply nested JSON": (Fault(200, nested(100_000)), ProtocolError, "limit"),
     "nested JSON under the cap": (Fault(200, nested(8_000)), ProtocolError, "nested deeper than 32 levels"),

@@ -1,5 +1,5 @@
 """A JWT header or payload, or a token answer, that is not acceptable JSON is refused with a message naming the actual
-defect (a duplicate member and which, NaN/Infinity, a number that overflows, nesting too deep, a body too big, not
+defect (a duplicate member, never which; NaN/Infinity, a number that overflows, nesting too deep, a body too big, not
 UTF-8, bad syntax, not an object), never a blanket "not a JSON object", and never quoting the token or the body.
 
 Hypothesis draws the defective document, and `expected` states independently what the message must say."""
@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 from joserfc import jws
 from joserfc.jwk import KeySet, RSAKey
 
+from edge_token.core import strictjson
 from edge_token.core.errors import ProtocolError, VerificationError
-from edge_token.core.strictjson import MAX_BYTES, MAX_DEPTH
+from edge_token.core.strictjson import MAX_BYTES, MAX_DEPTH, JsonDefect
 from edge_token.provider.oauth import parse_token_answer
 from edge_token.provider.verify import Rules, decode_unverified, parse_header, verify_token
 
@@ -62,9 +63,9 @@ def defective(draw: st.DrawFn, object_expected: bool = True) -> tuple[bytes, str
         text = members(pairs)
         if draw(st.booleans()):  # the duplicate one level down instead
             text = members([("outer", Raw(text))])
-        if kind == "hidden duplicate":
+        if kind == "hidden duplicate" or len(name) > 3:  # (a short plain name may occur in the message's own words)
             hidden.append(name)
-        phrase = f'duplicate member "{name}"' if kind == "duplicate" else "duplicate member name (not shown"
+        phrase = "a member name appears twice"  # never which: the sender chose it (an echo of our secret, reversed)
     elif kind == "constant":
         constant = draw(st.sampled_from(["NaN", "Infinity", "-Infinity"]))
         text, phrase = members([*base, ("x", Raw(constant))]), f"{constant}, which is not JSON"
@@ -164,3 +165,33 @@ def test_a_token_answer_beyond_the_size_limit_says_so() -> None:
     """The one defect a JWT part cannot have (the token is capped at 16 KiB first): too big."""
     with pytest.raises(ProtocolError, match=f"more than {MAX_BYTES} bytes of JSON"):
         parse_token_answer(b"[" + b" " * MAX_BYTES + b"]", "application/json", 0.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    chunk=st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", min_size=4, max_size=32),
+    lines=st.integers(1, 200),
+    columns=st.integers(1, 200),
+    encoding=st.sampled_from(["utf-8", "utf-16", "utf-32", "utf-8-sig"]),
+)
+def test_nothing_the_sender_chose_reaches_a_refusal(chunk: str, lines: int, columns: int, encoding: str) -> None:
+    """An echoing server spelling a secret into what the refusal would show (outside attack): a member name given
+    twice (any name, a 32-character chunk of a secret), a syntax error placed at line ord(a) column ord(b), an
+    invalid byte at a chosen offset. The refusal shows none of it; a body in UTF-16/32 or with a BOM is refused
+    too (not UTF-8, as documented)."""
+    echo = chunk[::-1]
+    refusals = [
+        json.dumps({echo: 1})[:-1] + f', "{echo}": 2}}',
+        "{" + "\n" * (lines - 1) + " " * (columns - 1) + "x",
+    ]
+    for body in refusals:
+        with pytest.raises(JsonDefect) as refused:
+            strictjson.loads(body.encode())
+        message = str(refused.value)
+        assert echo not in message and not any(ch.isdigit() for ch in message.replace("UTF-8", "")), message
+    with pytest.raises(JsonDefect) as refused:
+        strictjson.loads(b'{"a": "' + b"x" * lines + b'\xff"}')
+    assert not any(ch.isdigit() for ch in str(refused.value).replace("UTF-8", ""))
+    if encoding != "utf-8":
+        with pytest.raises(JsonDefect):
+            strictjson.loads('{"a": 1}'.encode(encoding))

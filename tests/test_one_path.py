@@ -345,7 +345,7 @@ HOSTILE = {
     "nesting 40 deep": '"note": ' + "[" * 40 + "]" * 40,
 }
 NAMED = {  # what each refusal's message must say (strictjson's wording, after the caller's own "what")
-    "a duplicate member": 'duplicate member "note"',
+    "a duplicate member": "a member name appears twice",
     "NaN": "NaN, which is not JSON",
     "Infinity": "-Infinity, which is not JSON",
     "a number that overflows to Infinity": "a number too large for a float",

@@ -8,21 +8,19 @@ etcd) and of JWT headers and claims.
 - Bounded: at most MAX_BYTES (the HTTP layer reads less than that anyway) and MAX_DEPTH levels of nesting (no
   body we read nests beyond ~10; Python's own limit surfaces as RecursionError, which is not a ValueError).
 Every refusal is a `JsonDefect` (a ValueError), so a caller catches exactly one thing, and its message names the
-defect (`duplicate member "alg"`, `NaN, which is not JSON`, `nested deeper than 32 levels`, ...) without quoting
-the document: callers put it after their own "what" (`malformed JWT header: duplicate member "alg"`). A member
-name is shown only when it is a short plain identifier; the document itself (a token, an echoed secret) never is.
+defect (`a member name appears twice`, `NaN, which is not JSON`, `nested deeper than 32 levels`, ...) without
+quoting the document: callers put it after their own "what" (`malformed JWT header: a member name appears twice`).
+Nothing the sender chose is shown, not even a member name or an error's position: an echoing server could spell a
+secret with them (an attack did, a 32-character chunk per answer, reversed).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 MAX_BYTES = 1024 * 1024
 MAX_DEPTH = 32
-# a member name shown in a message: short and plain, so it can be neither a token (JWTs have dots) nor a secret
-SHOWN_NAME = re.compile(r"[A-Za-z0-9_$-]{1,32}")
 KINDS = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
 
 
@@ -36,8 +34,7 @@ def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         for name, _ in pairs:
             if name in seen:
-                shown = f'"{name}"' if SHOWN_NAME.fullmatch(name) else "name (not shown: not a plain identifier)"
-                raise JsonDefect(f"duplicate member {shown}")
+                raise JsonDefect("a member name appears twice")  # which one is the sender's text: not shown
             seen.add(name)
     return result
 
@@ -72,15 +69,16 @@ def loads(raw: str | bytes) -> Any:
     if len(raw) > MAX_BYTES:
         raise JsonDefect(f"more than {MAX_BYTES} bytes of JSON")
     try:
-        value = json.loads(raw, cls=StrictDecoder)
+        # UTF-8 only (json.loads would also take UTF-16 and UTF-32 bytes); a BOM is then a syntax error
+        value = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw, cls=StrictDecoder)
     except JsonDefect:
         raise
     except RecursionError:
         raise JsonDefect(f"nested deeper than {MAX_DEPTH} levels") from None
-    except json.JSONDecodeError as exc:  # its msg is a fixed text; the position says where, not what
-        raise JsonDefect(f"invalid JSON syntax ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
-    except UnicodeDecodeError as exc:
-        raise JsonDefect(f"not UTF-8 text (an invalid byte at offset {exc.start})") from None
+    except json.JSONDecodeError as exc:  # its msg is a fixed text; no position (the sender chooses it: a channel)
+        raise JsonDefect(f"invalid JSON syntax ({exc.msg})") from None
+    except UnicodeDecodeError:
+        raise JsonDefect("not UTF-8 text") from None
     except ValueError as exc:  # int()'s digit limit (4300), and whatever json may raise one day
         digits = "integer string conversion" in str(exc)
         raise JsonDefect("an integer with too many digits" if digits else "a value that cannot be read") from None
