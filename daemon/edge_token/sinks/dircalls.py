@@ -1,12 +1,13 @@
-"""Short file calls of the sinks of one directory, made while its last worker trip was out, go in one trip.
+"""Short file calls of the sinks of one directory go to the worker threads a few at a time, in shared trips.
 
 A restart over N FRESH sinks makes two short file calls per sink: the read-back, and (after verification) the
 check that the file is still the one read. Each trip to a worker thread costs the event loop a future, a deadline,
 a thread wake-up and a self-pipe wake-up, and the worker's system calls compete with the loop for the interpreter
 lock: at 1,000 sinks the trips cost more than the calls. The sinks of one directory share one `BatchedCalls` (per
-event loop): at most one trip of theirs is out at a time, and the calls the sinks make meanwhile (the renewals in
-flight reach the same step together) run one after another in the next trip, with one deadline and one wake-up of
-the loop.
+event loop): the calls they make while a trip is out (the renewals in flight reach the same step together) go
+together in the next trip, up to MAX_BATCH calls, with one deadline and one wake-up of the loop. One trip is out
+at a time while trips are quick; once the last one has been out SLOW_TRIP seconds (a slow, not hung, filesystem),
+the next goes beside it, up to MAX_TRIPS: slow calls still run side by side.
 
 Nothing here may wedge the daemon or widen a failure: a batch stuck past its deadline (a hung filesystem) is written
 off like any worker call; the calls it finished keep their answers, the one stuck and those not started get a
@@ -18,6 +19,7 @@ costs only its own sink, as without batches).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -27,14 +29,18 @@ from edge_token.sinks.filecalls import WORKERS, BlockingCalls, Workers, _Job
 
 T = TypeVar("T")
 
-#: calls per trip at most: a slow filesystem (NFS, one round trip per call) keeps a trip far below its deadline
-MAX_BATCH = 64
+#: calls per trip at most, and trips of one directory in flight at most: a slow (not hung) filesystem, one round
+#: trip per call, still runs a directory's calls side by side (an attack with 0.5 s per open: 48 sinks in one trip
+#: of 64 took 24 s, and with more sinks healthy ones were written off as hung)
+MAX_BATCH = 8
+MAX_TRIPS = 16
+SLOW_TRIP = 0.02  # a trip out longer than this (seconds) is slow: the next one goes beside it
 
 
 class _Batch:
     """The calls of one trip, in order, and what the worker made of them so far."""
 
-    __slots__ = ("calls", "done", "expired", "job", "loop", "timer")
+    __slots__ = ("calls", "done", "expired", "job", "loop", "sent", "timer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -44,14 +50,16 @@ class _Batch:
         self.expired = False  # set on the loop at the deadline: the worker starts no further call
         self.job: _Job | None = None  # set when handed to a worker
         self.timer: asyncio.TimerHandle | None = None
+        self.sent = 0.0  # loop time when handed to a worker
 
 
 class BatchedCalls:
     """One directory's short blocking file calls on one event loop, coalesced into worker trips (see the module
     docstring).
 
-    At most one trip per directory is in flight; the calls made meanwhile wait for it and go together in the
-    next one (a "group commit": the busier the event loop, the fuller each trip). A batch's deadline runs from its
+    One trip per directory is in flight while trips are quick (up to MAX_TRIPS while they are slow), of at most
+    MAX_BATCH calls; calls made meanwhile wait and go together in the next one (a "group commit": the busier the
+    event loop, the fuller each trip). A batch's deadline runs from its
     first call, so no call waits longer than `timeout` in all, the trip in flight before its own included.
     """
 
@@ -59,7 +67,8 @@ class BatchedCalls:
         self.what, self.timeout = what, timeout
         self._workers = workers or WORKERS
         self._waiting: deque[_Batch] = deque()  # not handed to a worker yet, oldest first
-        self._flight: _Batch | None = None  # the trip in flight
+        self._flight: set[_Batch] = set()  # the trips in flight
+        self._recheck: asyncio.TimerHandle | None = None  # the next look at whether the trips out are slow
         self._stuck: _Job | None = None
         self.trips = 0  # worker trips made (counted by tests)
 
@@ -86,14 +95,26 @@ class BatchedCalls:
         return await future
 
     def _submit(self) -> None:
-        """(On the loop.) Hand the oldest waiting batch to a worker, unless a trip is in flight (its return, or its
-        deadline, submits the next)."""
-        if self._flight is not None or not self._waiting:
-            return
-        batch = self._flight = self._waiting.popleft()
-        batch.job = _Job(lambda: self._run(batch))
-        self.trips += 1
-        self._workers.submit(batch.job)
+        """(On the loop.) Hand the oldest waiting batch to a worker when no trip is out, or when the last one sent
+        has been out for SLOW_TRIP seconds (a slow filesystem: then trips go in parallel, up to MAX_TRIPS). A
+        return, a deadline or that wait submits the next."""
+        while self._waiting and len(self._flight) < MAX_TRIPS:
+            loop = self._waiting[0].loop
+            wait = max((batch.sent for batch in self._flight), default=-SLOW_TRIP) + SLOW_TRIP - loop.time()
+            if wait > 0:  # the trips out are quick so far: the waiting calls go in the next one
+                if self._recheck is None:
+                    self._recheck = loop.call_later(wait, self._rechecked)
+                return
+            batch = self._waiting.popleft()
+            self._flight.add(batch)
+            batch.sent = loop.time()
+            batch.job = _Job(functools.partial(self._run, batch))
+            self.trips += 1
+            self._workers.submit(batch.job)
+
+    def _rechecked(self) -> None:
+        self._recheck = None
+        self._submit()
 
     def _run(self, batch: _Batch) -> None:
         """(In a worker.) Every call of the batch in turn, then one wake-up of the loop for all of them."""
@@ -116,8 +137,8 @@ class BatchedCalls:
         if batch.timer is not None:
             batch.timer.cancel()
         self._answer(batch)
-        if self._flight is batch:
-            self._flight = None
+        if batch in self._flight:
+            self._flight.discard(batch)
             if self._waiting:
                 batch.loop.call_soon(self._submit)
 
@@ -148,8 +169,8 @@ class BatchedCalls:
                     batch.calls[running][2].written_off(job)
         self._answer(batch)
         self._fail(batch)
-        if self._flight is batch:
-            self._flight = None
+        if batch in self._flight:
+            self._flight.discard(batch)
             if self.stuck:
                 while self._waiting:
                     self._fail(self._waiting.popleft())
