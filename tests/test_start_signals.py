@@ -12,7 +12,7 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -119,22 +119,8 @@ async def test_run_survives_reload_and_renew_signals_during_start_up_and_carries
     assert await daemon.stop() == 0
 
 
-@pytest.fixture
-async def wrapper_processes() -> AsyncIterator[list[asyncio.subprocess.Process]]:
-    """`exec` processes a test starts; killed with their process group at the end whatever happened."""
-    started: list[asyncio.subprocess.Process] = []
-    yield started
-    for process in started:
-        if process.returncode is None:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            await process.wait()
-
-
 async def test_exec_survives_forwardable_signals_during_start_up_and_its_child_inherits_no_mask(
-    auth: FaultyAuthServer, secret_file: Path, tmp_path: Path, wrapper_processes: list[asyncio.subprocess.Process]
+    auth: FaultyAuthServer, secret_file: Path, tmp_path: Path, processes: list[asyncio.subprocess.Process]
 ) -> None:
     """SIGHUP+SIGUSR1+SIGUSR2 in a loop through `exec`'s start-up: it lives, runs the child, and the child's
     blocked mask has none of them."""
@@ -146,7 +132,7 @@ async def test_exec_survives_forwardable_signals_during_start_up_and_its_child_i
         "grep SigBlk /proc/self/status", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
     )  # fmt: skip
-    wrapper_processes.append(process)
+    processes.append(process)
     rounds = await pelt_until_handled(process.pid, lambda: process.returncode, HELD)
     assert rounds >= 3, f"only {rounds} rounds of signals reached the start-up window"
     out, err = await asyncio.wait_for(process.communicate(), 30)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import resource
 import sys
 from pathlib import Path
@@ -44,40 +45,11 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.close(directory)
 
 
-async def fetch(args: list[str], outs: list[Path]) -> None:
-    """Request, verify and write one token per path in `outs`, CONCURRENCY requests at a time."""
-    import aiohttp
-    from joserfc import jwt
-    from joserfc.jwk import KeySet
-
-    token_url, jwks_url, issuer, audience, client_id, secret_file = args[:6]
-    secret = Path(secret_file).read_text().strip()
-    body = {"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret, "audience": audience}
-    claims_rules = jwt.JWTClaimsRegistry(
-        iss={"essential": True, "value": issuer}, aud={"essential": True, "value": audience}, exp={"essential": True}
-    )
-    gate = asyncio.Semaphore(CONCURRENCY)
-    timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        async with session.get(jwks_url) as response:
-            keys = KeySet.import_key_set(await response.json())
-
-        async def one(out: Path) -> None:
-            async with gate:
-                async with session.post(token_url, json=body) as response:
-                    token = (await response.json())["access_token"]
-                claims_rules.validate(jwt.decode(token, keys, algorithms=["RS256"]).claims)
-                await asyncio.to_thread(write_atomic, out, token.encode())
-
-        await asyncio.gather(*(one(out) for out in outs))
-
-
-async def pace(args: list[str], outs: list[Path], ttl: float) -> None:
-    """What a daemon must do per renewal, and nothing else, on the daemon's schedule: every token requested,
-    verified and written (CONCURRENCY at a time), then again at a uniform 75-80 % of its lifetime, until killed.
-    Prints "started" once running; the benchmark reads this process's CPU and counts its requests."""
-    import random
-
+async def fetch(args: list[str], outs: list[Path], ttl: float | None = None) -> None:
+    """Request, verify and write one token per path in `outs`, CONCURRENCY requests at a time. With `ttl` (pace):
+    what a daemon must do per renewal, and nothing else, on the daemon's schedule: each token again at a uniform
+    75-80 % of its lifetime, until killed ("started" is printed once running; the benchmark reads this process's
+    CPU and counts its requests)."""
     import aiohttp
     from joserfc import jwt
     from joserfc.jwk import KeySet
@@ -95,19 +67,23 @@ async def pace(args: list[str], outs: list[Path], ttl: float) -> None:
         async with session.get(jwks_url) as response:
             keys = KeySet.import_key_set(await response.json())
 
-        async def renew(out: Path) -> None:
+        async def one(out: Path) -> None:
             async with gate:
                 async with session.post(token_url, json=body) as response:
                     token = (await response.json())["access_token"]
                 claims_rules.validate(jwt.decode(token, keys, algorithms=["RS256"]).claims)
                 await asyncio.to_thread(write_atomic, out, token.encode())
-            loop.call_later(ttl * random.uniform(0.75, 0.80), start, out)
+            if ttl is not None:
+                loop.call_later(ttl * random.uniform(0.75, 0.80), start, out)
 
         def start(out: Path) -> None:
-            task = loop.create_task(renew(out))
+            task = loop.create_task(one(out))
             running.add(task)
             task.add_done_callback(running.discard)
 
+        if ttl is None:
+            await asyncio.gather(*(one(out) for out in outs))
+            return
         for out in outs:
             start(out)
         print("started", flush=True)
@@ -141,7 +117,7 @@ def main(argv: list[str]) -> None:
         print("done", usage.ru_utime + usage.ru_stime, flush=True)
     elif command == "pace":
         out_dir, count, ttl = Path(args[6]), int(args[7]), float(args[8])
-        asyncio.run(pace(args, [out_dir / f"p{i}.jwt" for i in range(count)], ttl))
+        asyncio.run(fetch(args, [out_dir / f"p{i}.jwt" for i in range(count)], ttl))
     elif command == "serve":
         asyncio.run(serve(Path(args[0]).read_bytes(), args[1]))
     elif command == "idle":
