@@ -275,6 +275,11 @@ def _listen(config: Config) -> Iterator[Problem | Note]:
     yield Problem(where, f"cannot listen on {listen!r}: {hints.get(error.errno or 0, error.strerror)}")
 
 
+#: /status is about 330 bytes a profile: 64 MiB is ~200,000 profiles (1 MiB, the old cap, ended near 3,000, and
+#: `check` before a reload then called the daemon's own listen address taken)
+MAX_STATUS_BYTES = 64 << 20
+
+
 def _our_daemon_listens(host: str, port: int, config_path: Path) -> bool:
     """True if an edge-token daemon serving this same config file answers /status at host:port."""
     shown = f"[{host}]" if ":" in host else ("127.0.0.1" if host in ("0.0.0.0", "") else host)
@@ -282,7 +287,7 @@ def _our_daemon_listens(host: str, port: int, config_path: Path) -> bool:
     try:
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy from the environment
         with opener.open(f"http://{shown}:{port}/status", timeout=2) as answer:
-            status = json.loads(answer.read(1 << 20))
+            status = json.loads(answer.read(MAX_STATUS_BYTES))
     except (OSError, ValueError):
         return False
     config = status.get("daemon", {}).get("config") if isinstance(status, dict) else None
