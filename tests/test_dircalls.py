@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 import threading
 import time
 from collections import Counter
@@ -18,9 +17,9 @@ from hypothesis import strategies as st
 from edge_token.core.errors import SinkError
 from edge_token.sinks.dircalls import MAX_BATCH, BatchedCalls
 from edge_token.sinks.filecalls import BlockingCalls, Workers
+from pools import pool_threads, run_with_pool, threads_leave
 
 LIMIT = 3
-POOLS = itertools.count()  # each example's pool gets its own thread name (id() of a dead plan is reused)
 DEADLINE = 0.5  # the directory's deadline: a hung trip is written off after this (healthy trips take microseconds)
 
 
@@ -38,10 +37,6 @@ plans = st.builds(
     healthy=st.lists(st.lists(st.one_of(st.integers(0, 99), st.sampled_from(["e1", "e2"])), max_size=5), max_size=8),
     hung=st.integers(0, 2),
 )
-
-
-def pool_threads(name: str) -> int:
-    return sum(1 for thread in threading.enumerate() if thread.name == name)
 
 
 def returns(value: int) -> int:
@@ -62,13 +57,7 @@ def test_every_call_gets_its_own_answer_and_a_hang_costs_its_trip_mates_one_erro
     threads never exceed the limit plus the hung calls; without a hang,
     the calls the sinks make together go in one trip per round (counted); and once the filesystem recovers, every
     sink's calls work again, batched."""
-    name = f"test-dircalls-{next(POOLS)}"  # never reused: idle workers of earlier pools live on
-    workers = Workers(limit=LIMIT, name=name)
-    release = threading.Event()
-    try:
-        asyncio.run(exercise(plan, workers, release, name))
-    finally:
-        release.set()
+    run_with_pool("test-dircalls", LIMIT, functools.partial(exercise, plan))
 
 
 async def exercise(plan: Plan, workers: Workers, release: threading.Event, name: str) -> None:
@@ -134,11 +123,7 @@ async def exercise(plan: Plan, workers: Workers, release: threading.Event, name:
         owners
     )
     assert batched.trips - before <= -(-len(owners) // MAX_BATCH)  # batched again (trips of MAX_BATCH at most)
-    for _ in range(200):  # threads that leave do so at once; a loaded machine may take seconds to run them
-        if pool_threads(name) <= LIMIT:
-            break
-        await asyncio.sleep(0.05)
-    assert pool_threads(name) <= LIMIT
+    await threads_leave(name, LIMIT)
 
 
 @pytest.mark.parametrize("sinks", [48, 200])

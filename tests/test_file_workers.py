@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
-import itertools
 import threading
 from dataclasses import dataclass
 
@@ -14,9 +13,9 @@ from hypothesis import strategies as st
 
 from edge_token.core.errors import SinkError
 from edge_token.sinks.filecalls import BlockingCalls, Workers
+from pools import pool_threads, run_with_pool, threads_leave
 
 LIMIT = 3
-POOLS = itertools.count()  # each example's pool gets its own thread name (id() of a dead plan is reused)
 STUCK_TIMEOUT = 0.15  # a call blocked "in the kernel" (here: on an Event) is written off after this
 HEALTHY_TIMEOUT = 10.0
 
@@ -38,10 +37,6 @@ plans = st.builds(
 )
 
 
-def pool_threads(name: str) -> int:
-    return sum(1 for thread in threading.enumerate() if thread.name == name)
-
-
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(plan=plans)
 def test_healthy_calls_always_finish_whatever_hangs_beside_them(plan: Plan) -> None:
@@ -50,13 +45,7 @@ def test_healthy_calls_always_finish_whatever_hangs_beside_them(plan: Plan) -> N
     its deadline and another worker takes its place); a hung owner's next calls fail at once, without a thread;
     live worker threads never exceed the limit plus the calls still hung; and once the filesystem recovers,
     every owner's calls work again on no more than `limit` threads."""
-    name = f"test-workers-{next(POOLS)}"  # never reused: idle workers of earlier pools live on
-    workers = Workers(limit=LIMIT, name=name)
-    release = threading.Event()
-    try:
-        asyncio.run(exercise(plan, workers, release, name))
-    finally:
-        release.set()
+    run_with_pool("test-workers", LIMIT, functools.partial(exercise, plan))
 
 
 async def exercise(plan: Plan, workers: Workers, release: threading.Event, name: str) -> None:
@@ -128,8 +117,4 @@ async def exercise(plan: Plan, workers: Workers, release: threading.Event, name:
             raise AssertionError("an owner whose call hung never recovered")
     for calls in healthy:
         assert await calls.call(lambda: 8) == 8
-    for _ in range(200):  # threads that leave do so at once; a loaded machine may take seconds to run them
-        if pool_threads(name) <= LIMIT:
-            break
-        await asyncio.sleep(0.05)
-    assert pool_threads(name) <= LIMIT
+    await threads_leave(name, LIMIT)
