@@ -81,36 +81,79 @@ async def test_rescheduling_many_profiles_in_one_turn_costs_one_pass_and_no_self
         scheduler.shutdown()
 
 
+async def test_rescheduling_an_existing_job_builds_no_job_and_wakes_nothing_when_later_than_the_timer() -> None:
+    """A profile reschedules itself after every renewal: that must move its one job (no new APScheduler Job, no
+    signature inspection of the callable) and cost no pass over the due jobs when the new run is later than the
+    run the armed timer is waiting for. A sooner run still gets its pass."""
+    import apscheduler.job
+
+    scheduler = Scheduler()
+    scheduler.start()
+    try:
+        later = float(int(time.time()) + 3600)  # whole seconds: datetimes keep microseconds only
+        scheduler.at("renew:first", later - 60, lambda: None)  # the armed timer waits for this one
+        for index in range(200):
+            scheduler.at(f"renew:p{index}", later + index, lambda: None)
+        await turns()
+        built = Counted(apscheduler.job, "check_callable_args")
+        passes = Counted(scheduler._scheduler, "_process_jobs")
+        for index in range(200):
+            scheduler.at(f"renew:p{index}", later + 1000 + index, lambda: None)
+        await turns()
+        assert (built.calls, passes.calls) == (0, 0)
+        assert [scheduler.next_run(f"renew:p{index}") for index in (0, 199)] == [later + 1000, later + 1199]
+        scheduler.at("renew:p7", later - 120, lambda: None)  # sooner than the timer's run: one pass re-arms it
+        await turns()
+        assert passes.calls == 1
+    finally:
+        scheduler.shutdown()
+
+
 ops_st = st.lists(
-    st.tuples(st.sampled_from(["at_due", "at_later", "cancel", "turn"]), st.integers(0, 4)), min_size=1, max_size=40
+    st.tuples(
+        st.sampled_from(["at_due", "at_later", "cancel", "turn", "due_then_later", "due_then_due"]), st.integers(0, 4)
+    ),
+    min_size=1,
+    max_size=40,
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(ops=ops_st)
 def test_every_job_runs_exactly_once_when_due_however_calls_interleave_with_loop_turns(
     ops: list[tuple[str, int]],
 ) -> None:
-    """For any sequence of (re)schedulings, cancellations and loop turns over a few job ids: a job whose last
-    scheduling was "due now" runs exactly once soon after (a coalesced wakeup is never lost), a cancelled or
-    far-future one does not run, and `next_run` tells the truth throughout."""
+    """For any sequence of (re)schedulings, cancellations and loop turns over a few job ids, including jobs that
+    reschedule themselves from inside their own run (`due_then_later`: its run sets the next one an hour away;
+    `due_then_due`: its run asks to run once more at once): a job whose last scheduling was "due now" runs exactly
+    as often as asked soon after (a coalesced wakeup is never lost, a run set during a run is never dropped),
+    a cancelled or far-future one does not run, and `next_run` tells the truth throughout."""
 
     async def scenario() -> None:
         scheduler = Scheduler()
         scheduler.start()
         runs: dict[int, int] = {}
         expected: dict[int, float | None] = {}  # job -> its pending run time (None: none pending)
-        due_since: dict[int, int] = {}  # job -> runs it had when last scheduled "due now"
+        due_since: dict[int, tuple[int, int]] = {}  # job -> (runs it had when last scheduled "due now", runs asked)
         later = float(int(time.time()) + 3600)  # whole seconds: datetimes keep microseconds only
 
-        def job(index: int) -> Callable[[], None]:
-            return lambda: runs.__setitem__(index, runs.get(index, 0) + 1)
+        def job(index: int, then: str = "") -> Callable[[], None]:
+            def run() -> None:
+                runs[index] = runs.get(index, 0) + 1
+                if then == "later":
+                    scheduler.at(f"j{index}", later, job(index))
+                elif then == "due":
+                    scheduler.at(f"j{index}", time.time() - 1, job(index))
+
+            return run
 
         try:
             for op, index in ops:
-                if op == "at_due":
-                    scheduler.at(f"j{index}", time.time() - 1, job(index))
-                    expected[index], due_since[index] = None, runs.get(index, 0)
+                if op in ("at_due", "due_then_later", "due_then_due"):
+                    then = {"at_due": "", "due_then_later": "later", "due_then_due": "due"}[op]
+                    scheduler.at(f"j{index}", time.time() - 1, job(index, then))
+                    expected[index] = later if then == "later" else None
+                    due_since[index] = (runs.get(index, 0), 2 if then == "due" else 1)
                 elif op == "at_later":
                     scheduler.at(f"j{index}", later, job(index))
                     expected[index] = later
@@ -122,15 +165,18 @@ def test_every_job_runs_exactly_once_when_due_however_calls_interleave_with_loop
                 else:
                     await turns(1)
             deadline = time.monotonic() + 5
-            while any(runs.get(i, 0) == n for i, n in due_since.items()) and time.monotonic() < deadline:
+            while any(runs.get(i, 0) < n + asked for i, (n, asked) in due_since.items()):
+                if time.monotonic() > deadline:
+                    break
                 await asyncio.sleep(0.001)
-            for index, before in due_since.items():
-                assert runs.get(index, 0) == before + 1, (index, runs, due_since)
+            await turns()
+            for index, (before, asked) in due_since.items():
+                assert runs.get(index, 0) == before + asked, (index, runs, due_since)
             for index, when in expected.items():
                 if when is not None:
-                    assert scheduler.next_run(f"j{index}") == when
-                elif index not in due_since:
-                    assert scheduler.next_run(f"j{index}") is None
+                    assert scheduler.next_run(f"j{index}") == when, index
+                else:
+                    assert scheduler.next_run(f"j{index}") is None, index
         finally:
             scheduler.shutdown()
         await turns()

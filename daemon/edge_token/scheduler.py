@@ -13,11 +13,19 @@ CancelledError traceback at error level for every job queued at the moment of a 
 APScheduler wakes itself after every job added, changed or removed, each time through `call_soon_threadsafe`: a
 write to the loop's self-pipe and one pass over the due jobs per renewal. Every call here is made on the event
 loop, so `_CoalescingScheduler` turns the wakeups of one loop turn into one pass, queued without the pipe.
+
+A profile reschedules itself after every renewal. `add_job` built a Job, a trigger and a signature inspection of
+the callable each time (~45 µs); so each `at()` job id keeps one APScheduler job for its life, whose trigger never
+fires on its own (`_Pinned`): `at()` moves its next run (~10 µs), and after a run it is parked in the far future
+until the next `at()`. A move wakes the scheduler only when the new run is sooner than its armed timer: after a
+renewal the next one is minutes away, and the pass it used to cost found nothing due.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -25,22 +33,78 @@ from typing import Any
 from apscheduler.executors.debug import DebugExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.base import BaseTrigger
 
 Job = Callable[[], Any]
+PARKED = datetime(9999, 12, 31, tzinfo=UTC)  # a run no clock reaches: "no next run" without removing the job
+
+
+class _Pinned(BaseTrigger):  # type: ignore[misc]
+    """The trigger of an `at()` job: it never fires on its own. APScheduler asks it for the next run right after
+    each run (and once before, to bound coalesced runs): that is the run `at()` set while the job's function ran,
+    if it did, else PARKED (the job stays, so the next `at()` only moves it)."""
+
+    __slots__ = ("running", "then")
+
+    def __init__(self) -> None:
+        self.running = False
+        self.then: datetime | None = None
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime:
+        then, self.then = self.then, None
+        return then or PARKED
+
+
+class _Run:
+    """An `at()` job's callable, stable for the job's life (APScheduler inspects a new callable's signature):
+    calls the function the latest `at()` gave, marking the run so an `at()` inside it lands after it."""
+
+    __slots__ = ("func", "trigger")
+
+    def __init__(self, func: Job) -> None:
+        self.func, self.trigger = func, _Pinned()
+
+    def __call__(self) -> None:
+        self.trigger.running = True
+        try:
+            self.func()
+        finally:
+            self.trigger.running = False
 
 
 class _CoalescingScheduler(AsyncIOScheduler):  # type: ignore[misc]  # APScheduler ships no type hints
     """AsyncIOScheduler whose wakeups, asked for on its own loop, cost one pass per loop turn (module docstring)."""
 
     _wake_queued = False
+    _quiet = False  # inside `move`: it decides itself whether to wake
+    _due = math.inf  # wall-clock time the armed timer runs the next pass at (inf: none armed)
 
     def start(self, paused: bool = False) -> None:
         self._wake_queued = False  # a pass queued on a loop that closed before running it is not pending here
         super().start(paused)
 
+    def _start_timer(self, wait_seconds: float | None) -> None:
+        super()._start_timer(wait_seconds)
+        self._due = math.inf if wait_seconds is None else time.time() + wait_seconds
+
+    def _stop_timer(self) -> None:
+        super()._stop_timer()
+        self._due = math.inf
+
+    def move(self, job_id: str, run_date: datetime) -> None:
+        """Set an existing job's next run (JobLookupError if there is none). A pass is queued only when the run is
+        sooner than the armed timer's: a later one is found by the pass that timer starts."""
+        self._quiet = True
+        try:
+            self.modify_job(job_id, next_run_time=run_date)
+        finally:
+            self._quiet = False
+        if run_date.timestamp() < self._due:
+            self.wakeup()
+
     def wakeup(self) -> None:
         loop = self._eventloop
-        if loop is None or self._wake_queued:
+        if loop is None or self._wake_queued or self._quiet:
             return
         self._wake_queued = True
         try:
@@ -65,6 +129,7 @@ class Scheduler:
             executors={"default": DebugExecutor()},
             job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
         )
+        self._runs: dict[str, _Run] = {}  # the `at()` jobs, by id
 
     def start(self) -> None:
         """Start the APScheduler on the running event loop."""
@@ -81,18 +146,31 @@ class Scheduler:
         return bool(self._scheduler.running)
 
     def at(self, job_id: str, when: float, func: Job) -> None:
-        """Run `func` once at epoch time `when` (now if past), replacing any job with the same id."""
+        """Run `func` once at epoch time `when` (now if past), replacing any run set for `job_id` before."""
         run_date = datetime.fromtimestamp(when, UTC)
-        self._scheduler.add_job(func, "date", run_date=run_date, id=job_id, replace_existing=True)
+        run = self._runs.get(job_id)
+        if run is not None:
+            run.func = func
+            if run.trigger.running:  # called from the job's own run: APScheduler sets the next run as it ends
+                run.trigger.then = run_date
+            try:
+                self._scheduler.move(job_id, run_date)
+                return
+            except JobLookupError:  # removed behind our back (another `every` or `cancel` path): add it again
+                pass
+        run = self._runs[job_id] = _Run(func)
+        self._scheduler.add_job(run, run.trigger, next_run_time=run_date, id=job_id, replace_existing=True)
 
     def every(self, job_id: str, seconds: float, func: Job, jitter: float = 0.0) -> None:
         """Run `func` every `seconds` (APScheduler's jitter only delays; keep it small)."""
+        self._runs.pop(job_id, None)
         self._scheduler.add_job(
             func, "interval", seconds=seconds, jitter=jitter or None, id=job_id, replace_existing=True
         )
 
     def cancel(self, job_id: str) -> None:
         """Remove the job if it exists."""
+        self._runs.pop(job_id, None)
         try:
             self._scheduler.remove_job(job_id)
         except JobLookupError:
@@ -102,7 +180,7 @@ class Scheduler:
         """Epoch time of the job's next run, or None if it is not scheduled."""
         job = self._scheduler.get_job(job_id)
         when = getattr(job, "next_run_time", None) if job is not None else None
-        return when.timestamp() if when is not None else None
+        return when.timestamp() if when is not None and when < PARKED else None
 
     def wakeup(self) -> None:
         """Re-evaluate due jobs against the wall clock now (after suspend or a clock jump)."""
