@@ -356,3 +356,42 @@ def test_an_outcomes_lines_go_out_in_one_write_and_another_threads_lines_are_not
             assert [json.loads(text)["event"] for text in writes] == ["from.another.thread"]
             log.info("second")
         assert [json.loads(line)["event"] for line in writes[1].splitlines()] == ["first", "second"]
+
+
+# ---- verification ----------------------------------------------------------------------------------------------
+def test_verifying_a_token_builds_no_json_decoder_and_parses_each_part_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A renewal verifies its token: the header and the payload are parsed once each, by the one strict decoder
+    (`json.loads(cls=...)` built a decoder per document, and joserfc's `jwt.decode` parsed the payload a second
+    time), and the result is the same Token."""
+    import json.decoder
+
+    from joserfc import jwt as jose_jwt
+    from joserfc.jwk import KeySet, RSAKey
+
+    from edge_token.core import strictjson
+    from edge_token.provider.verify import Rules, verify_token
+
+    key = RSAKey.generate_key(2048, parameters={"kid": "k1"})
+    keys = KeySet([key])
+    now = float(int(time.time()))
+    claims = {"iss": "https://auth/", "aud": "https://api", "exp": now + 3600, "iat": now, "azp": "cid"}
+    jwt = jose_jwt.encode({"alg": "RS256", "kid": "k1"}, claims, key)
+    rules = Rules(issuer="https://auth/", audience="https://api", client_id="cid")
+
+    async def key_set(_kid: str | None, _fresh: bool) -> KeySet:
+        return keys
+
+    built, parsed = [], []
+    original_init, original_decode = json.decoder.JSONDecoder.__init__, json.decoder.JSONDecoder.decode
+    monkeypatch.setattr(
+        json.decoder.JSONDecoder, "__init__", lambda self, **kw: built.append(1) or original_init(self, **kw)
+    )
+    monkeypatch.setattr(
+        json.decoder.JSONDecoder,
+        "decode",
+        lambda self, s, *a: parsed.append(type(self)) or original_decode(self, s, *a),
+    )
+    token = asyncio.run(verify_token(jwt, key_set, rules, now, received_at=now))
+    assert (token.claims, token.lifetime, token.kid) == (claims, 3600.0, "k1")
+    assert built == []
+    assert parsed.count(strictjson.StrictDecoder) == 2  # header and payload, strictly

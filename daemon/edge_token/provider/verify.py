@@ -1,8 +1,9 @@
 """Token verification: every rule of DESIGN.md "Verification", before any sink sees a token.
 
 joserfc checks the signature only (REFERENCE.md): `jwt.decode` validates no claim, and passing `registry=`
-silently disables the algorithm allow-list. So we pass a non-empty `algorithms=` and no registry, and check
-the claims here, explicitly, with one bounded `reason` per rule for metrics.
+silently disables the algorithm allow-list. So we pass a non-empty `algorithms=` and no registry to
+`jws.deserialize_compact` (what `jwt.decode` calls), parse the payload with strictjson, and check the claims
+here, explicitly, with one bounded `reason` per rule for metrics.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import binascii
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from joserfc import jwt
+from joserfc import jws
 from joserfc.errors import (
     BadSignatureError,
     ExceededSizeError,
@@ -27,7 +28,6 @@ from edge_token.core import strictjson
 from edge_token.core.errors import EdgeTokenError, VerificationError
 from edge_token.core.record import Record
 from edge_token.core.settings import ProfileConfig
-from edge_token.core.strictjson import StrictDecoder
 from edge_token.core.strictnum import finite
 from edge_token.core.token import COMPACT_JWS, Token
 
@@ -132,7 +132,7 @@ async def verify_token(
     kid = header.get("kid")
     if kid is not None and not isinstance(kid, str):
         raise fail("malformed", "the JWT header's kid is not a string")
-    claims = _claims_object(await _verified_claims(token, keys, kid, alg, rules.algorithms))
+    claims = await _verified_claims(token, keys, kid, alg, rules.algorithms)
     lifetime = check_claims(claims, rules, now, received_at=received_at, expires_in=expires_in)
     start = received_at if received_at is not None else _number(claims, "iat", now)
     return Token(
@@ -145,31 +145,22 @@ async def verify_token(
     )
 
 
-def _claims_object(claims: object) -> dict[str, Any]:
-    """joserfc parsed the payload with StrictDecoder (duplicates, NaN); the object and depth rules are ours."""
-    if not isinstance(claims, dict):
-        raise fail("malformed", f"malformed JWT payload: {strictjson.kind(claims)}, not a JSON object")
-    try:
-        strictjson.check_depth(claims)
-    except ValueError as exc:  # strictjson.JsonDefect
-        raise fail("malformed", f"malformed JWT payload: {exc}") from None
-    return claims
-
-
 async def _verified_claims(
     token: str, keys: KeySetLookup, kid: str | None, alg: str, algorithms: tuple[str, ...]
-) -> object:
+) -> dict[str, Any]:
     """The payload of `token` if its signature verifies under the JWKS key `kid` (one rate-limited refetch when a
-    key was replaced under the same kid); every joserfc failure becomes a VerificationError with its reason."""
+    key was replaced under the same kid), parsed by strictjson (duplicates, NaN, depth); every joserfc failure
+    becomes a VerificationError with its reason. (joserfc's `jwt.decode` is this signature check plus a
+    `json.loads` of the payload; parsing it ourselves spares a second parser per renewal.)"""
     key_set = await keys(kid, False)
     try:
         try:
-            return jwt.decode(token, key_set, algorithms=list(algorithms), decoder_cls=StrictDecoder).claims
+            signed = jws.deserialize_compact(token, key_set, algorithms=list(algorithms))
         except BadSignatureError:
             fresher = await keys(kid, True)
             if fresher is key_set:
                 raise
-            return jwt.decode(token, fresher, algorithms=list(algorithms), decoder_cls=StrictDecoder).claims
+            signed = jws.deserialize_compact(token, fresher, algorithms=list(algorithms))
     except InvalidKeyIdError:
         raise fail("unknown_kid", "its signing key is not in the provider's JWKS (unknown kid)") from None
     except BadSignatureError:
@@ -179,8 +170,8 @@ async def _verified_claims(
     except (UnsupportedHeaderError, ExceededSizeError):
         raise fail("malformed", "unsupported or oversized JWT header") from None
     except (JoseError, ValueError, TypeError, KeyError, RecursionError) as exc:
-        _json_object(_b64decode(token.split(".")[1]), "payload")  # names a JSON defect of the payload, if that is it
         raise fail("malformed", f"cannot decode the JWT ({type(exc).__name__})") from None
+    return _json_object(signed.payload or b"", "payload")
 
 
 def _number(claims: Mapping[str, Any], name: str, now: float) -> float | None:
