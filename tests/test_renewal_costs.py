@@ -381,16 +381,20 @@ def test_verifying_a_token_builds_no_json_decoder_and_parses_each_part_once(monk
     async def key_set(_kid: str | None, _fresh: bool) -> KeySet:
         return keys
 
-    built, parsed = [], []
+    built: list[type] = []
+    parsed: list[type] = []
     original_init, original_decode = json.decoder.JSONDecoder.__init__, json.decoder.JSONDecoder.decode
-    monkeypatch.setattr(
-        json.decoder.JSONDecoder, "__init__", lambda self, **kw: built.append(1) or original_init(self, **kw)
-    )
-    monkeypatch.setattr(
-        json.decoder.JSONDecoder,
-        "decode",
-        lambda self, s, *a: parsed.append(type(self)) or original_decode(self, s, *a),
-    )
+
+    def init(self: json.decoder.JSONDecoder, **kwargs: Any) -> None:
+        built.append(type(self))
+        original_init(self, **kwargs)
+
+    def decode(self: json.decoder.JSONDecoder, text: str, *rest: Any) -> Any:
+        parsed.append(type(self))
+        return original_decode(self, text, *rest)
+
+    monkeypatch.setattr(json.decoder.JSONDecoder, "__init__", init)
+    monkeypatch.setattr(json.decoder.JSONDecoder, "decode", decode)
     token = asyncio.run(verify_token(jwt, key_set, rules, now, received_at=now))
     assert (token.claims, token.lifetime, token.kid) == (claims, 3600.0, "k1")
     assert built == []
