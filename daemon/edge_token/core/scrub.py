@@ -44,7 +44,11 @@ REDACTED_TEXT = "[REDACTED: this text held an encoded secret]"
 #: compact JWS/JWE: a base64url JSON header (`{"`, `{ "`, `{\n` encode as eyJ / eyA / ew…), then payload parts
 JWT = re.compile(r"e[wy][A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{2,}\.?[A-Za-z0-9_-]*")
 JWT_MIN_CHARS = 11  # the shortest text `JWT` can match: e, [wy], six characters, a dot, two characters
-MEMO_SIZE = 16384  # remembered texts and words (each memo is dropped whole when full, and on every register)
+MEMO_SIZE = 16384  # remembered words (the memo is dropped whole when full, and on every register)
+#: remembered texts: the names and sink paths of 10,000 profiles and more (each renewal logs them again; dropped,
+#: each path cost a full scrub, ~35 µs), bounded by their total size too (a server's varying messages cannot
+#: make it hold more than MEMO_CHARS of text)
+MEMO_TEXTS, MEMO_CHARS = 65536, 2 * 1024 * 1024
 MEMO_TEXT = 512  # longer texts (whole lines, bodies) are scrubbed every time
 MIN_SECRET = 4  # shorter values would cut ordinary words out of every line; refuse such secrets instead
 MIN_CORE = 6  # a base64 core shorter than this matches ordinary text too often to be worth cutting
@@ -205,6 +209,14 @@ def _betrays(word: str, raw: tuple[str, ...], memo: dict[str, bool], shortest: i
     return known
 
 
+class Plain(str):
+    """Text this process made from nothing a secret or a token can be in: the hex digits of a hash (a token's
+    fingerprint). Scrubbers pass it unread. Each token has its own, so scrubbing it cost a full pass per line, and
+    its memo entries pushed out the names and paths that do repeat. Never wrap text that came from outside."""
+
+    __slots__ = ()
+
+
 class Scrubber:
     """A registry of secrets and the functions that cut them (in any form) and JWTs out of text."""
 
@@ -215,6 +227,7 @@ class Scrubber:
         self._patterns: tuple[tuple[str, bool], ...] = ()  # (form, is a base64 core), rebuilt on change
         self._raw: tuple[str, ...] = ()
         self._texts: dict[str, str] = {}  # short text -> scrubbed, under the current registry
+        self._texts_chars = 0  # the characters `_texts` holds (keys)
         self._words: dict[str, bool] = {}  # word -> some decoding of it betrays a secret or a JWT
 
     def register(self, secret: str) -> None:
@@ -234,18 +247,23 @@ class Scrubber:
             self._patterns = tuple(p for patterns in self._secrets.values() for p in patterns)
             self._raw = tuple(self._secrets)
             self._texts, self._words = {}, {}  # answers given under the old registry may now be wrong
+            self._texts_chars = 0
 
     def scrub_text(self, text: str) -> str:
         """`text` with every registered secret (in every form) and every JWT replaced by [REDACTED]."""
+        if type(text) is Plain:
+            return text
         if len(text) > MEMO_TEXT:
             return self._scrub_text(text)
         memo = self._texts  # this registry state's memo: `register` swaps in a new one, never edits it
         known = memo.get(text)  # field values repeat (names, states, paths): one scrub per registry state
         if known is None:
             known = self._scrub_text(text)
-            if len(memo) >= MEMO_SIZE:
+            if len(memo) >= MEMO_TEXTS or self._texts_chars >= MEMO_CHARS:
                 memo.clear()
+                self._texts_chars = 0
             memo[text] = known
+            self._texts_chars += len(text)
         return known
 
     def _scrub_text(self, text: str) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 from edge_token.core import strictjson
 from edge_token.core.record import Record, field
+from edge_token.core.scrub import Plain
 
 #: one or more characters of the unpadded base64url alphabet (RFC 7515 section 2), nothing else: use fullmatch
 BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
@@ -51,7 +52,7 @@ class Token(Record):
     @functools.cached_property  # asked four times per renewal (sinks, logs, rotation): one hash
     def fingerprint(self) -> str:
         """A short, non-reversible id for logs and /status: enough to tell tokens apart, useless to replay."""
-        return hashlib.sha256(self.jwt.encode()).hexdigest()[:12]
+        return Plain(hashlib.sha256(self.jwt.encode()).hexdigest()[:12])
 
     def __repr__(self) -> str:
         expiry = datetime.fromtimestamp(self.expires_at, UTC).isoformat(timespec="seconds")
