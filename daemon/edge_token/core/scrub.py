@@ -35,7 +35,7 @@ import json
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
@@ -265,6 +265,12 @@ class Scrubber:
             memo[text] = known
             self._texts_chars += len(text)
         return known
+
+    @property
+    def known(self) -> Mapping[str, str]:
+        """Texts already scrubbed under the current registry, and their scrubbed form (read-only: a miss is a
+        `scrub_text` call). Replaced, not changed, when a secret is registered: take it anew for each use."""
+        return self._texts
 
     def _scrub_text(self, text: str) -> str:
         patterns, raw = self._patterns, self._raw  # one consistent snapshot (register swaps whole tuples)

@@ -66,11 +66,16 @@ class Redactor:
         return self._scrubber.scrub(value)
 
     def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        scrub, redact = self._scrubber.scrub_text, self.redact
-        return {
-            scrub(key): scrub(value) if type(value) is str and not names_secret(key) else redact(value, key)
-            for key, value in event_dict.items()
-        }
+        # most keys and values were scrubbed before under this registry: looked up in its memo without a call
+        known, scrub, redact = self._scrubber.known, self._scrubber.scrub_text, self.redact
+        line = {}
+        for key, value in event_dict.items():
+            if type(value) is str and not names_secret(key):
+                value = known.get(value) or scrub(value)
+            else:
+                value = redact(value, key)
+            line[known.get(key) or scrub(key)] = value
+        return line
 
 
 MAX_SHOWN_TIME = 253402300800  # 10000-01-01: beyond it datetime cannot show a time (a wild number stays a number)
