@@ -24,6 +24,7 @@ renewal the next one is minutes away, and the pass it used to cost found nothing
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import time
 from collections.abc import Callable
@@ -81,6 +82,9 @@ class _Run:
     calls the function the latest `at()` gave, marking the run so an `at()` inside it lands after it."""
 
     __slots__ = ("func", "trigger")
+    #: what `inspect.signature` answers at once: APScheduler checks a new job's callable against its arguments,
+    #: and deriving the signature of `__call__` was half the cost of adding a profile's job (~20 µs of ~50)
+    __signature__ = inspect.Signature()
 
     def __init__(self, func: Job) -> None:
         self.func, self.trigger = func, _Pinned()
