@@ -4,14 +4,17 @@ Process-wide metrics (build info, JWKS fetches, the renewal-duration histogram) 
 prometheus-client CollectorRegistry, which renders them. Per-profile series are kept in a plain table and
 rendered here: prometheus-client spends ~25 us per sample, which made a 1,000-profile scrape take over half a
 second. Rendering is incremental, so a scrape costs what serving a static body of its size costs:
-- a profile's sample lines (bytes, per family) are rendered when that profile's series change, right then (the
-  cost is spread over the outcomes, ~30 us each, instead of one long stall of the event loop at the next scrape:
-  ~0.3 s after a fill of 10,000 profiles);
+- a profile's sample lines (bytes, per family) are rendered at the first scrape after that profile's series
+  changed, once however many times they changed (as /status renders its changed entries: statusbody.py). Updates
+  only mark the profile: a fill or a restart of 1,000 profiles renders nothing before it is ready (~35 ms of
+  rendering, ~30 us a profile, were 3 % of a restart), and a profile that renews twice between scrapes is
+  rendered once. The price is one longer first scrape after a fill (~0.3 s at 10,000 profiles), the same work the
+  outcomes would otherwise have done one by one;
 - each family's samples are the concatenation of those cached lines, and the whole per-profile section (per
   format) is kept until any profile changes: a scrape with no renewal since the last one sends cached bytes;
 - with gzip, the section is compressed once per change and the scrape compresses only the small rest (the
   registry's families and the counters read at every scrape), continuing from a copy of the compressor's state.
-Every update goes through a method here that re-renders the profile, so a scrape right after an outcome shows it
+Every update goes through a method here that marks the profile, so a scrape right after an outcome shows it
 (counters are exact); the registry's families and the external counters are rendered at every scrape.
 
 Labels are bounded: profile and sink come from the config, `result`/`reason`/`state` from fixed sets, `url` is a
@@ -73,20 +76,33 @@ class Metrics:
         self._external: list[tuple[str, str, Callable[[], dict[str, int]]]] = []
         # the render cache (see the module docstring)
         self._samples: dict[str, dict[str, bytes]] = {name: {} for name, _kind, _doc in FAMILIES}  # family->profile
+        self._stale: dict[str, None] = {}  # profiles changed since their lines were rendered (in order of change)
+        self.rendered = 0  # profile renders so far (the tests count them)
         self._sections: dict[bool, bytes] = {}  # openmetrics? -> every per-profile family, headers included
         self._compressed: dict[bool, tuple[bytes, bytes, zlib._Compress]] = {}  # section, its gzip, compressor
 
     def _changed(self, series: ProfileSeries) -> None:
-        """Every update of a profile's series ends here: its lines are rendered now, the assembled answer dropped."""
-        lines = profile_series.profile_lines(series)
-        for family, rows in self._samples.items():
-            line = lines.get(family)
-            if line:
-                rows[series.name] = line
-            else:
-                rows.pop(series.name, None)
+        """Every update of a profile's series ends here: its lines are due for rendering at the next scrape, the
+        assembled answer is dropped."""
+        self._stale[series.name] = None
         self._sections.clear()
         self._compressed.clear()
+
+    def _render_stale(self) -> None:
+        """Render the lines of every profile changed since its last render (at a scrape: see the module docstring)."""
+        stale, self._stale = self._stale, {}
+        for name in stale:
+            series = self.profiles.get(name)
+            if series is None:
+                continue  # forgotten since: its rows went with it
+            lines = profile_series.profile_lines(series)
+            self.rendered += 1
+            for family, rows in self._samples.items():
+                line = lines.get(family)
+                if line:
+                    rows[name] = line
+                else:
+                    rows.pop(name, None)
 
     def _profile(self, name: str) -> ProfileSeries:
         series = self.profiles.get(name)
@@ -167,6 +183,7 @@ class Metrics:
     def forget(self, profile: str) -> None:
         """Drop a removed profile's series so dashboards do not show ghosts."""
         if self.profiles.pop(profile, None) is not None:
+            self._stale.pop(profile, None)
             for rows in self._samples.values():
                 rows.pop(profile, None)
             self._sections.clear()
@@ -177,6 +194,7 @@ class Metrics:
         """The per-profile families in text 0.0.4 or OpenMetrics format, from the cache (module docstring)."""
         section = self._sections.get(openmetrics)
         if section is None:
+            self._render_stale()
             headers = HEADERS[openmetrics]
             parts: list[bytes] = []
             for name, _kind, _doc in FAMILIES:
