@@ -21,7 +21,7 @@ from edge_token.core.settings import Config, Egress, ProfileConfig
 from edge_token.net.http import make_session
 from edge_token.observe.events import log_outcome
 from edge_token.provider.jwks import JwksCache
-from edge_token.provider.verify import rules_for, verifies
+from edge_token.provider.verify import Rules, rules_for, verifies
 from edge_token.renewer import Renewer
 from edge_token.secrets import SecretCache
 from edge_token.sinks import Sink, build_sink
@@ -74,17 +74,20 @@ class Parts:
     def renewer(self, profile: ProfileConfig, *, sinks: list[Sink] | None = None, **kwargs: Any) -> Renewer:
         """A renewer for the profile over the shared session, JWKS cache and secret cache, with its sinks (those
         of its config unless `sinks` are given: `check --online` and `inspect --verify` write nowhere)."""
+        jwks = self.jwks_for(profile)
         if sinks is None:
-            jwks, rules, clock = self.jwks_for(profile), rules_for(profile), self.clock
+            clock, rules = self.clock, list[Rules]()
 
             async def verify(jwt: str) -> bool:  # a store keeps another writer's newer token only if it verifies
-                return await verifies(jwt, jwks.key_set, rules, clock.time())
+                if not rules:  # built at the first use: only secret stores ask, and most sinks are files
+                    rules.append(rules_for(profile))
+                return await verifies(jwt, jwks.key_set, rules[0], clock.time())
 
             sinks = [build_sink(s, self.session, self.on_secret, self.environ, self.log, verify) for s in profile.sinks]
         return Renewer(
             profile,
             self.session,
-            self.jwks_for(profile),
+            jwks,
             self.clock,
             self.log,
             environ=self.environ,
