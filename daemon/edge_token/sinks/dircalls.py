@@ -136,6 +136,7 @@ class BatchedCalls:
         start, so the calls they lead to join it)."""
         if batch.timer is not None:
             batch.timer.cancel()
+        batch.job = None  # it holds the batch (its function is `_run` of it): no cycle left for the collector
         self._answer(batch)
         if batch in self._flight:
             self._flight.discard(batch)
@@ -167,6 +168,7 @@ class BatchedCalls:
                 running = len(batch.done)  # the call stuck in the kernel: its file is blocked too, as when alone
                 if running < len(batch.calls):
                     batch.calls[running][2].written_off(job)
+        batch.job = None  # (see `_returned`); a stuck one is kept in `_stuck`
         self._answer(batch)
         self._fail(batch)
         if batch in self._flight:
