@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 
 from edge_token.app import Parts
 from edge_token.config import load_config
@@ -83,8 +82,7 @@ class Daemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.last_reload: dict[str, Any] | None = None  # when, whether it applied, why not (for /status)
         self._stop = asyncio.Event()
-        self.registry = CollectorRegistry()
-        self.metrics = Metrics(self.registry)
+        self.metrics = Metrics()  # its registry is built at the first scrape (observe/metrics.py)
         self.http_address: str | None = None
         self.fleet: Fleet | None = None  # only when [fleet] is configured (the module is imported only then)
         self.metrics.counters(
@@ -97,6 +95,11 @@ class Daemon:
             metrics=self.metrics, environ=self.environ, rng=self.rng, on_rotated=on_rotated,
             after_cycle=self._report_to_systemd,
         )  # fmt: skip
+
+    @property
+    def registry(self) -> Any:
+        """The prometheus-client registry of the process-wide metrics (built now if no scrape built it yet)."""
+        return self.metrics.registry
 
     # ---- the three phases ---------------------------------------------------------------------------------
     async def run(self, duration: float | None = None) -> int:
