@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from prometheus_client import CollectorRegistry
 
-import edge_token.observe.metrics as metrics_module
+import edge_token.observe.registry as registry_module
 from conftest import profile_toml
 from daemonproc import DaemonProcess
 from edge_token.core.errors import TransientError
@@ -36,7 +36,7 @@ class LateRegistryMachine(RuleBasedStateMachine):
     @initialize(pending=st.integers(1, 6))
     def setup(self, pending: int) -> None:
         self._patch = pytest.MonkeyPatch()
-        self._patch.setattr(metrics_module, "PENDING_DURATIONS", pending)
+        self._patch.setattr(registry_module, "PENDING_DURATIONS", pending)
         self.pending = pending
         self.eager, self.late = Metrics(CollectorRegistry()), Metrics()
         self.outcomes = 0
@@ -49,7 +49,7 @@ class LateRegistryMachine(RuleBasedStateMachine):
     @rule(
         profile=st.sampled_from(["a", "b"]),
         ok=st.booleans(),
-        duration=st.floats(0, 60, allow_nan=False) | st.sampled_from(list(metrics_module.DURATION_BUCKETS)),
+        duration=st.floats(0, 60, allow_nan=False) | st.sampled_from(list(registry_module.DURATION_BUCKETS)),
     )
     def outcome(self, profile: str, ok: bool, duration: float) -> None:
         self.clock += 1.0
@@ -84,9 +84,8 @@ class LateRegistryMachine(RuleBasedStateMachine):
 
     @invariant()
     def built_by_a_scrape_or_by_the_pending_bound_only(self) -> None:
-        built = self.late._families is not None
-        assert built == (self.scraped or self.outcomes >= self.pending)
-        assert len(self.late._durations) < self.pending
+        assert self.late.process.built == (self.scraped or self.outcomes >= self.pending)
+        assert self.late.process.pending < self.pending
 
 
 LateRegistryMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)

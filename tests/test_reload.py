@@ -19,7 +19,7 @@ def test_a_refused_reload_is_counted_alertable_and_shown(world: LoopWorld) -> No
     world.write("a.jwt", extra="\n[profiles.main]\nunknown_key = 1\n")
     world.clock.advance(10)
     world.harness.on_loop(daemon.reload)
-    text = generate_latest(daemon.registry).decode()
+    text = generate_latest(daemon.metrics.registry).decode()
     assert sample(text, "edge_token_config_last_reload_successful") == 0
     assert sample(text, "edge_token_config_reload_total", result="failure") == 1
     last = daemon.daemon_status()["last_reload"]
@@ -27,7 +27,7 @@ def test_a_refused_reload_is_counted_alertable_and_shown(world: LoopWorld) -> No
     assert daemon.profiles.renewers["main"].current is not None, "the running profile was dropped"
     world.write("a.jwt")
     world.harness.on_loop(daemon.reload)
-    text = generate_latest(daemon.registry).decode()
+    text = generate_latest(daemon.metrics.registry).decode()
     assert sample(text, "edge_token_config_last_reload_successful") == 1
     assert sample(text, "edge_token_config_reload_total", result="success") == 1
 

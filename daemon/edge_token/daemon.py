@@ -96,11 +96,6 @@ class Daemon:
             after_cycle=self._report_to_systemd,
         )  # fmt: skip
 
-    @property
-    def registry(self) -> Any:
-        """The prometheus-client registry of the process-wide metrics (built now if no scrape built it yet)."""
-        return self.metrics.registry
-
     # ---- the three phases ---------------------------------------------------------------------------------
     async def run(self, duration: float | None = None) -> int:
         """Run until SIGTERM/SIGINT (or `duration` seconds); returns the exit code.

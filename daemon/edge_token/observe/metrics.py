@@ -1,13 +1,9 @@
 """Every Prometheus metric, defined once, fed from renewal outcomes.
 
 Process-wide metrics (build info, JWKS fetches, the renewal-duration histogram, reloads) live on a
-prometheus-client CollectorRegistry, which renders them. The daemon's registry is built at its first scrape, not at
-start: importing prometheus-client (with the http.server and wsgiref it pulls in, ~15 ms) and defining its families
-is work no request has asked for while the profiles become ready. Until then the values wait here as plain numbers
-(at most PENDING_DURATIONS renewal durations: more build the registry at once) and are replayed into it, so the
-first scrape shows exactly what an eagerly built registry would. Per-profile series are kept in a plain table and
-rendered here: prometheus-client spends ~25 us per sample, which made a 1,000-profile scrape take over half a
-second. Rendering is incremental, so a scrape costs what serving a static body of its size costs:
+prometheus-client registry built at the first scrape (registry.py says why and how). Per-profile series are kept
+in a plain table and rendered here: prometheus-client spends ~25 us per sample, which made a 1,000-profile scrape
+take over half a second. Rendering is incremental, so a scrape costs what serving a static body of its size costs:
 - a profile's sample lines (bytes, per family) are rendered at the first scrape after that profile's series
   changed, once however many times they changed (as /status renders its changed entries: statusbody.py). Updates
   only mark the profile: a fill or a restart of 1,000 profiles renders nothing before it is ready (~35 ms of
@@ -31,59 +27,15 @@ import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from edge_token import __version__
 from edge_token.core.errors import VerificationError
 from edge_token.core.outcome import RenewalOutcome, Result
 from edge_token.observe import series as profile_series
 from edge_token.observe.negotiation import prefers_openmetrics
+from edge_token.observe.registry import ProcessFamilies
 from edge_token.observe.series import FAMILIES, HEADERS, ProfileSeries, SinkSeries, escape, number, rate_limit
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
-
-DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-PENDING_DURATIONS = 4096  # renewal durations kept before the registry exists, at most (then it is built)
-
-
-class _Families:
-    """The process-wide families on one registry, and prometheus-client's renderers (imported with them)."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
-        from prometheus_client import generate_latest as text_latest
-        from prometheus_client.exposition import CONTENT_TYPE_LATEST as TEXT_CONTENT_TYPE
-        from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
-        from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
-
-        # `*_created` samples double every counter and histogram on each scrape and no rule uses them
-        disable_created_metrics()  # type: ignore[no-untyped-call]
-        self.registry = registry
-        self.text_latest: Callable[[CollectorRegistry], bytes] = text_latest
-        self.openmetrics_latest: Callable[[CollectorRegistry], bytes] = openmetrics_latest
-        self.content_types = {False: TEXT_CONTENT_TYPE, True: OPENMETRICS_CONTENT_TYPE}
-        Gauge("edge_token_build_info", "Build information (value 1).", ("version",), registry=registry).labels(
-            __version__
-        ).set(1)
-        self.duration = Histogram(
-            "edge_token_refresh_duration_seconds", "Duration of renewal attempts (all profiles).",
-            buckets=DURATION_BUCKETS, registry=registry,
-        )  # fmt: skip
-        self.jwks_fetches = Counter(
-            "edge_token_jwks_fetches", "JWKS fetches by result.", ("url", "result"), registry=registry
-        )
-        self.jwks_keys = Gauge("edge_token_jwks_keys", "Keys loaded from the JWKS.", ("url",), registry=registry)
-        self.reloads = Counter(
-            "edge_token_config_reload", "SIGHUP reloads by result (success, failure).", ("result",), registry=registry
-        )
-        self.reload_ok = Gauge(
-            "edge_token_config_last_reload_successful",
-            "1 if the last reload applied (or none was tried), 0 if the file was refused and the old config runs.",
-            registry=registry,
-        )
-        self.reload_ok.set(1)
-        self.reload_at = Gauge(
-            "edge_token_config_last_reload_timestamp_seconds", "When the last reload was tried.", registry=registry
-        )
 
 
 class Metrics:
@@ -91,14 +43,8 @@ class Metrics:
     its own at the first scrape)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        """On `registry` (built now), or on a registry of its own built at the first scrape (module docstring)."""
-        self._families: _Families | None = None
-        # what the registry will be told once it exists
-        self._durations: list[float] = []
-        self._jwks_fetches: dict[tuple[str, str], int] = {}
-        self._jwks_keys: dict[str, int] = {}
-        self._reloads: dict[str, int] = {}
-        self._reload: tuple[bool, float] | None = None  # the last reload: applied?, when
+        """On `registry` (built now), or on a registry of its own built at the first scrape (registry.py)."""
+        self.process = ProcessFamilies(registry)
         self.profiles: dict[str, ProfileSeries] = {}
         self._external: list[tuple[str, str, Callable[[], dict[str, int]]]] = []
         # the render cache (see the module docstring)
@@ -107,38 +53,11 @@ class Metrics:
         self.rendered = 0  # profile renders so far (the tests count them)
         self._sections: dict[bool, bytes] = {}  # openmetrics? -> every per-profile family, headers included
         self._compressed: dict[bool, tuple[bytes, bytes, zlib._Compress]] = {}  # section, its gzip, compressor
-        if registry is not None:
-            self._build(registry)
 
     @property
     def registry(self) -> CollectorRegistry:
         """The registry of the process-wide families (built now if it was not yet)."""
-        return self._built().registry
-
-    def _built(self) -> _Families:
-        families = self._families
-        if families is None:
-            from prometheus_client import CollectorRegistry
-
-            families = self._build(CollectorRegistry())
-        return families
-
-    def _build(self, registry: CollectorRegistry) -> _Families:
-        """Define the families on `registry` and tell them what happened so far."""
-        families = self._families = _Families(registry)
-        for duration in self._durations:
-            families.duration.observe(duration)
-        for (url, result), count in self._jwks_fetches.items():
-            families.jwks_fetches.labels(url, result).inc(count)
-        for url, keys in self._jwks_keys.items():
-            families.jwks_keys.labels(url).set(keys)
-        for result, count in self._reloads.items():
-            families.reloads.labels(result).inc(count)
-        if self._reload is not None:
-            families.reload_ok.set(1 if self._reload[0] else 0)
-            families.reload_at.set(self._reload[1])
-        self._durations, self._jwks_fetches, self._jwks_keys, self._reloads = [], {}, {}, {}
-        return families
+        return self.process.registry
 
     def _changed(self, series: ProfileSeries) -> None:
         """Every update of a profile's series ends here: its lines are due for rendering at the next scrape, the
@@ -174,12 +93,7 @@ class Metrics:
         series = self._profile(outcome.profile)
         label = outcome.label
         series.refresh[label] = series.refresh.get(label, 0.0) + 1
-        if self._families is not None:
-            self._families.duration.observe(outcome.duration)
-        else:
-            self._durations.append(outcome.duration)
-            if len(self._durations) >= PENDING_DURATIONS:
-                self._built()
+        self.process.renewal_took(outcome.duration)
         if outcome.requested:
             series.requests += 1
         if isinstance(outcome.error, VerificationError):
@@ -223,12 +137,7 @@ class Metrics:
 
     def jwks_fetched(self, url: str, result: str, keys: int) -> None:
         """One JWKS fetch and the number of keys it left loaded."""
-        if self._families is not None:
-            self._families.jwks_fetches.labels(url, result).inc()
-            self._families.jwks_keys.labels(url).set(keys)
-        else:  # bounded: URLs come from the config, results from a fixed set
-            self._jwks_fetches[url, result] = self._jwks_fetches.get((url, result), 0) + 1
-            self._jwks_keys[url] = keys
+        self.process.jwks_fetched(url, result, keys)
 
     def counters(self, name: str, doc: str, read: Callable[[], dict[str, int]]) -> None:
         """A counter family kept by another part (notifier, HTTP limiter, etcd client): read at every scrape.
@@ -237,14 +146,7 @@ class Metrics:
 
     def reloaded(self, ok: bool, at: float) -> None:
         """One SIGHUP reload: applied or refused, and when."""
-        result = "success" if ok else "failure"
-        if self._families is not None:
-            self._families.reloads.labels(result).inc()
-            self._families.reload_ok.set(1 if ok else 0)
-            self._families.reload_at.set(at)
-        else:
-            self._reloads[result] = self._reloads.get(result, 0) + 1
-            self._reload = (ok, at)
+        self.process.reloaded(ok, at)
 
     def keep_sinks(self, profile: str, names: set[str]) -> None:
         """Drop the series of a profile's sinks a reload removed (a failing one would keep its alert firing)."""
@@ -279,12 +181,7 @@ class Metrics:
 
     def _rest(self, openmetrics: bool) -> bytes:
         """What is rendered at every scrape: the registry's families and the counters kept by other parts."""
-        families = self._built()
-        if openmetrics:
-            head: bytes = families.openmetrics_latest(families.registry).removesuffix(b"# EOF\n")
-        else:
-            head = families.text_latest(families.registry)
-        out = [head]
+        out = [self.process.render(openmetrics)]
         for name, doc, read in self._external:
             shown = name.removesuffix("_total") if openmetrics else name
             rows = [(f'{{result="{key}"}}' if key else "", float(value)) for key, value in read().items()]
@@ -312,7 +209,7 @@ class Metrics:
         itself: a fresh 1 MiB copy per scrape cost more than everything else in a scrape (page faults and the
         copy)."""
         openmetrics = prefers_openmetrics(accept)
-        headers = {"Content-Type": self._built().content_types[openmetrics]}
+        headers = {"Content-Type": self.process.content_type(openmetrics)}
         section, rest = self.render_profiles(openmetrics), self._rest(openmetrics)
         if accepts(accept_encoding, "gzip"):
             headers["Content-Encoding"] = "gzip"
