@@ -82,7 +82,7 @@ class Daemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.last_reload: dict[str, Any] | None = None  # when, whether it applied, why not (for /status)
         self._stop = asyncio.Event()
-        self.metrics = Metrics()  # its registry is built at the first scrape (observe/metrics.py)
+        self.metrics = Metrics()  # its registry is built at the first scrape (observe/registry.py)
         self.http_address: str | None = None
         self.fleet: Fleet | None = None  # only when [fleet] is configured (the module is imported only then)
         self.metrics.counters(
