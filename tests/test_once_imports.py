@@ -23,8 +23,8 @@ FORBIDDEN = ("structlog", "apscheduler", "prometheus_client")
 # as whether a line holds an `&` once decoded depends on the token's random bytes, which made this test flaky)
 ON_DEMAND = ("grp", "difflib")
 # standard-library modules the floor (a minimal aiohttp+joserfc script) does not import either: prctl is called
-# through `_ctypes` (hardening.py)
-UNNEEDED = ("ctypes",)
+# through `_ctypes` (hardening.py), a plain argv is read without argparse (cli.plain)
+UNNEEDED = ("ctypes", "argparse")
 SECRET = "hunter2-plainlog-5f1e"
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
 
@@ -77,9 +77,9 @@ ARGVS = [
 def test_the_parser_built_for_one_command_parses_and_helps_like_the_full_one(argv: list[str]) -> None:
     """`once` builds only its own subparser: for every command the arguments parse to the same values and the
     command's --help is the same text as with every command built."""
-    from edge_token import cli
+    from edge_token import cliparser
 
-    full, partial = cli._parser([]), cli._parser(argv)
+    full, partial = cliparser.build([]), cliparser.build(argv)
     assert vars(partial.parse_args(argv)) == vars(full.parse_args(argv))
     helps = []
     for parser in (full, partial):
