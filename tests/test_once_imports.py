@@ -25,17 +25,24 @@ ON_DEMAND = ("grp", "difflib")
 # standard-library modules the floor (a minimal aiohttp+joserfc script) does not import either: prctl is called
 # through `_ctypes` (hardening.py), a plain argv is read without argparse (cli.plain)
 UNNEEDED = ("ctypes", "argparse")
+# our modules a plain `once` (no ca_file, no [fleet]) has no use for: argparse's parser, the TLS file loader
+LAZY = ("edge_token.cliparser", "edge_token.net.tls")
 SECRET = "hunter2-plainlog-5f1e"
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
 
 
-def _imported(stderr: str) -> set[str]:
-    """Top-level packages named by `python -X importtime` lines."""
+def _modules(stderr: str) -> set[str]:
+    """Modules named by `python -X importtime` lines."""
     return {
-        line.rsplit("|", 1)[1].strip().split(".")[0]
+        line.rsplit("|", 1)[1].strip()
         for line in stderr.splitlines()
         if line.startswith("import time:") and "|" in line
     }
+
+
+def _imported(stderr: str) -> set[str]:
+    """Top-level packages named by `python -X importtime` lines."""
+    return {module.split(".")[0] for module in _modules(stderr)}
 
 
 @pytest.mark.slow
@@ -56,6 +63,7 @@ async def test_once_imports_neither_structlog_apscheduler_nor_prometheus_client(
     assert sorted(set(FORBIDDEN) & imported) == []
     assert sorted(set(ON_DEMAND) & imported) == []
     assert sorted(set(UNNEEDED) & imported) == []
+    assert "edge_token.config" in _modules(err) and sorted(set(LAZY) & _modules(err)) == []
     lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert [(e["event"], e["level"]) for e in lines] == [("sink.written", "info"), ("token.renewed", "info")]
     assert list(lines[1]) == ["profile", "fingerprint", "expires_at", "lifetime", "event", "level", "timestamp"]
