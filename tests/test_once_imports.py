@@ -19,9 +19,10 @@ from daemonproc import reference_check
 from edge_token.localauth import LocalAuthServer
 
 FORBIDDEN = ("structlog", "apscheduler", "prometheus_client")
-# a sink's group, an unknown key's suggestion (and `html`, which unescaping a scrubbed word imports: not listed,
-# as whether a line holds an `&` once decoded depends on the token's random bytes, which made this test flaky)
-ON_DEMAND = ("grp", "difflib")
+# a sink's group, an untrusted file's owner name, an unknown key's suggestion (and `html`, which unescaping a
+# scrubbed word imports: not listed, as whether a line holds an `&` once decoded depends on the token's random
+# bytes, which made this test flaky)
+ON_DEMAND = ("grp", "pwd", "difflib")
 # standard-library modules the floor (a minimal aiohttp+joserfc script) does not import either: prctl is called
 # through `_ctypes` (hardening.py), a plain argv is read without argparse (cli.plain)
 UNNEEDED = ("ctypes", "argparse")
