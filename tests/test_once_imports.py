@@ -128,7 +128,7 @@ async def test_check_as_another_user_has_every_module_it_imports_on_demand(
     assert code == 78 and "did you mean 'client_id'?" in err, err[-2000:]
     code, out, err = await edge_token("check", "--as", "nobody", "-c", str(valid))
     assert "internal error" not in err and code in (0, 73, 78), err[-2000:]
-    assert f"sink file:{odd}/token.jwt" in out  # the `&` line, scrubbed and printed
+    assert f"sink file:{odd}/token.jwt" in out, (code, out, err[-3000:])  # the `&` line, scrubbed and printed
 
 
 DATACLASSES_AFTER = """
