@@ -15,7 +15,7 @@ PACKAGE = Path(edge_token.__file__).parent
 
 # Top to bottom: a module may import its own layer and the layers below it, never one above.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("commands", ("cli", "__main__", "commands", "wrapper", "demo", "preflight", "localauth")),
+    ("commands", ("cli", "cliparser", "__main__", "commands", "wrapper", "demo", "preflight", "localauth")),
     ("composition", ("daemon", "app", "profiles")),
     ("orchestration", ("supervisor", "scheduler", "renewer", "cycle", "fleet.coordinator")),
     ("observers", ("observe",)),

@@ -7,12 +7,12 @@ Long because it is every command's wiring in one place: eight commands, each a s
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from edge_token.core.errors import EX_CONFIG, EX_NOINPUT, EX_SOFTWARE, EdgeTokenError
@@ -26,7 +26,7 @@ def say(text: str, *, err: bool = False) -> None:
     print(scrub_text(text), file=sys.stderr if err else sys.stdout, flush=True)
 
 
-def load(args: argparse.Namespace) -> Any:
+def load(args: SimpleNamespace) -> Any:
     """The config file named by -c, with every --profile name checked against it (a ConfigError if unknown)."""
     from edge_token.config import load_config
 
@@ -39,7 +39,7 @@ def load(args: argparse.Namespace) -> Any:
     return config
 
 
-def once(args: argparse.Namespace) -> int:
+def once(args: SimpleNamespace) -> int:
     """`once`: make every selected profile's sinks hold a verified token, then exit with the first failure's code."""
     from edge_token.app import exit_code, run_once
     from edge_token.core.clock import SystemClock
@@ -82,7 +82,7 @@ def _short_lived_logger(log_format: str, level: str) -> tuple[Any, Any]:
     return structlog.get_logger("edge_token"), redactor
 
 
-def exec_(args: argparse.Namespace) -> int:
+def exec_(args: SimpleNamespace) -> int:
     """`exec -- CMD`: obtain the tokens, then run CMD as a child and keep them fresh (wrapper.py)."""
     from edge_token.core.errors import ConfigError
     from edge_token.wrapper import main as exec_main
@@ -93,7 +93,7 @@ def exec_(args: argparse.Namespace) -> int:
     return exec_main(load(args), cmd, args.on_rotation, args.signal, args.token_env, args.timeout)
 
 
-def check(args: argparse.Namespace) -> int:
+def check(args: SimpleNamespace) -> int:
     """`check`: validate the config and what `run` needs at start; with --online also one token per profile."""
     if args.as_user:
         return check_as(args)
@@ -126,7 +126,7 @@ def check(args: argparse.Namespace) -> int:
     return asyncio.run(check_online(config, args.profile))
 
 
-def check_as(args: argparse.Namespace) -> int:
+def check_as(args: SimpleNamespace) -> int:
     """`check --as USER[:GROUP]`: the same check in a forked child running as that user, with that user's
     groups, so file permissions are judged as the service will meet them (root can read everything)."""
     import grp
@@ -248,7 +248,7 @@ def read_token_arg(source: str) -> str:
     raise VerificationError("no JWT found in the input (expected a raw JWT, or a json or env sink file)", "malformed")
 
 
-def inspect(args: argparse.Namespace) -> int:
+def inspect(args: SimpleNamespace) -> int:
     """`inspect`: print a token's header and claims (never its signature); with --verify, which profile accepts it."""
     import time
 
@@ -279,7 +279,7 @@ def inspect(args: argparse.Namespace) -> int:
     return code
 
 
-async def verify_one(args: argparse.Namespace, token: str) -> tuple[list[str], dict[str, EdgeTokenError]]:
+async def verify_one(args: SimpleNamespace, token: str) -> tuple[list[str], dict[str, EdgeTokenError]]:
     """Verify against each selected profile (every profile by default): which accept it, and why the others
     refuse. A token belongs to one profile, so with several the question is "whose is it?", not an error."""
     import time
@@ -309,7 +309,7 @@ async def verify_one(args: argparse.Namespace, token: str) -> tuple[list[str], d
     return accepted, refused
 
 
-def local_auth(args: argparse.Namespace) -> int:
+def local_auth(args: SimpleNamespace) -> int:
     """`local-auth`: serve the bundled OAuth2 + JWKS server on loopback until Ctrl-C."""
     from edge_token.config.trust import is_loopback_host
     from edge_token.localauth import LocalAuthServer, load_client_secret

@@ -9,7 +9,6 @@ which is why they must not inherit secrets in their environment either.
 
 from __future__ import annotations
 
-import ctypes
 import sys
 
 PR_GET_DUMPABLE = 3
@@ -17,9 +16,21 @@ PR_SET_DUMPABLE = 4
 
 
 def _prctl(option: int, value: int = 0) -> int:
-    libc = ctypes.CDLL(None, use_errno=True)
-    result: int = libc.prctl(option, value, 0, 0, 0)
-    return result
+    """prctl(2), looked up in the process's own libc (musl or glibc alike) and called through `_ctypes`, the C half
+    of ctypes: `import ctypes` would define some sixty classes this one call does not need (~1.5 ms of a cold
+    `once`, issue 15). The call is the one `ctypes.CDLL(None).prctl(...)` makes: int arguments, int result.
+    An interpreter whose `_ctypes` lacks these functions gets there through ctypes itself."""
+    try:
+        from _ctypes import call_function, dlopen, dlsym
+    except ImportError:
+        import ctypes
+
+        result: int = ctypes.CDLL(None).prctl(option, value, 0, 0, 0)
+        return result
+    # dlopen(NULL): the main program and the libraries it loaded, libc among them (typeshed wants a path)
+    address = dlsym(dlopen(None), "prctl")  # type: ignore[arg-type]
+    answer: int = call_function(address, (option, value, 0, 0, 0))
+    return answer
 
 
 def make_non_dumpable() -> bool:

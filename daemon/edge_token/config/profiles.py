@@ -33,7 +33,6 @@ from edge_token.core.settings import (
     SecretSource,
     env_prefix,
 )
-from edge_token.net.tls import client_context
 
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -95,7 +94,7 @@ def secret_source(table: Table, environ: Mapping[str, str], file_private: bool, 
             f"{table.file}: {table.path(key)}: an inline secret is refused because the file is readable by "
             "group or others; chmod 600 the file, or use client_secret_file / client_secret_credential"
         )
-    if key == "client_secret_env" and not ENV_NAME.match(value):
+    if key == "client_secret_env" and not re.match(ENV_NAME, value):
         raise table.fail(key, "an environment variable name")
     if key == "client_secret_file" and not os.path.isabs(value):
         value = str(table.file.parent / value)  # relative to the config file, like sink paths
@@ -192,6 +191,8 @@ def parse_fleet(table: Table) -> FleetConfig | None:
     if (username is None) != (password_file is None):
         raise ConfigError(f"{table.file}: fleet: set both username and password_file, or neither")
     tls_files = [optional_path(table, key, None) for key in ("ca_file", "cert_file", "key_file")]
+    from edge_token.net.tls import client_context  # only with a [fleet] table
+
     client_context(f"{table.file}: fleet", *tls_files)  # `check` refuses what `run` could not load (exit 78)
     return FleetConfig(
         etcd_endpoints=tuple(e.rstrip("/") for e in endpoints),

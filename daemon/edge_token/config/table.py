@@ -15,9 +15,8 @@ from edge_token.config.trust import is_loopback_host
 from edge_token.core.errors import ConfigError
 from edge_token.core.settings import DIRECT, Egress, SecretSource
 from edge_token.net.egress import check_proxy_url
-from edge_token.net.tls import client_context
 
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"  # compiled by re when first used: most configs name no variable
 
 T = TypeVar("T")
 
@@ -207,6 +206,8 @@ def ca_bundle(table: Table) -> Path | None:
     """A profile's `ca_file`, loaded once now so a typo or a non-PEM file fails `check` and the start (exit 78)."""
     path = absolute_path(table, optional_path(table, "ca_file", None))
     if path is not None:
+        from edge_token.net.tls import client_context  # only for a ca_file (issue 15: `once` without one skips it)
+
         client_context(f"{table.file}: {table.where}", path)  # the one builder (net/tls.py), as `run` uses it
     return path
 

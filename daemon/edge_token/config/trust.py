@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import os
-import pwd
 import re
 import stat
 from pathlib import Path
@@ -36,6 +35,8 @@ def parse_listen(value: str, where: str) -> tuple[str, int]:
 
 
 def _owner_name(uid: int) -> str:
+    import pwd  # only for this refusal's message (a trusted file, the usual case, needs no user name)
+
     try:
         return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
     except KeyError:

@@ -30,7 +30,6 @@ from edge_token.core import scrub
 from edge_token.core.errors import ConfigError, CredentialsRejected, EdgeTokenError, JwksError
 from edge_token.core.record import Record
 from edge_token.core.settings import Egress
-from edge_token.net.tls import client_context
 from edge_token.secrets import read_secret
 
 MAX_NO_PROXY_ENTRIES = 256
@@ -68,7 +67,11 @@ class JwksProxyRejected(JwksError, ProxyRejected):
 def route(egress: Egress, url: str, environ: Mapping[str, str]) -> Route:
     """The proxy and TLS settings for a request to `url`. Raises ConfigError if a proxy credential is unreadable
     or an environment proxy variable is not a usable http:// proxy URL."""
-    tls = client_context("", egress.ca_file)  # the one cached builder (tls.py): ca_file replaces the system trust
+    tls: ssl.SSLContext | bool = True  # the system trust, as client_context() answers without files
+    if egress.ca_file is not None:
+        from edge_token.net.tls import client_context  # only then: a cold `once` without one skips the module
+
+        tls = client_context("", egress.ca_file)  # the one cached builder (tls.py): ca_file replaces the system trust
     # http:// is allowed for loopback destinations only (config.py), and a proxy cannot reach our loopback: those
     # go direct, as Go's ProxyFromEnvironment does for localhost. (Forwarding plain requests is also where proxies
     # and aiohttp disagree: tinyproxy closes the connection after each answer without saying so.)
