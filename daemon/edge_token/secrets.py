@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -85,49 +84,32 @@ def world_readable_secret(path: Path, info: os.stat_result) -> bool:
     return True
 
 
-RECHECK_SECONDS = 1.0  # a cached secret file is looked at again (one stat) at most this often
-
-
 class SecretCache:
     """Secret files read once per change, shared by every profile: a fill of N profiles that share one secret
-    file reads (and permission-checks) it once, not N times, yet a rotated secret is picked up within a second.
+    file reads (and permission-checks) it once, not N times, yet a rotated secret is picked up at the next attempt.
 
     "Changed" is the file's (device, inode, size, mtime, ctime): a replaced, rewritten, chmod-ed or chown-ed file
-    is read again. The check itself (a stat, on the event loop) is made at most once per RECHECK_SECONDS per
-    file: 1,000 profiles sharing a file renew ~70 times a second, and each stat handed the interpreter lock to a
-    busy file worker and waited to get it back. After "credentials rejected" the caller asks for a fresh read
-    regardless (so a rotation that revoked the old secret at once costs at most one refused attempt).
+    is read again. After "credentials rejected" the caller asks for a fresh read regardless.
     """
 
-    def __init__(
-        self,
-        environ: Mapping[str, str],
-        read: Callable[..., str] | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._environ, self._monotonic = environ, monotonic
+    def __init__(self, environ: Mapping[str, str], read: Callable[..., str] | None = None) -> None:
+        self._environ = environ
         self._read = read or read_secret  # the reader, injectable to count reads in tests
-        # (kind, ref) -> (file identity, secret, when the identity was last checked)
-        self._cache: dict[tuple[str, str], tuple[tuple[int, ...], str, float]] = {}
+        self._cache: dict[tuple[str, str], tuple[tuple[int, ...], str]] = {}
 
     def read(self, source: SecretSource, fresh: bool = False) -> str:
         """The secret, from the cache unless the file changed (or `fresh`: after credentials were rejected)."""
         if source.kind not in ("file", "credential"):
             return self._read(source, self._environ)
-        now = self._monotonic()
-        cached = self._cache.get((source.kind, source.ref))
-        if cached is not None and not fresh and 0 <= now - cached[2] < RECHECK_SECONDS:
-            return cached[1]
         directory = self._environ.get("CREDENTIALS_DIRECTORY", "") if source.kind == "credential" else ""
         try:
             info = os.stat(os.path.join(directory, source.ref))
         except OSError:
-            self._cache.pop((source.kind, source.ref), None)
             return self._read(source, self._environ)  # raises the specific ConfigError
         key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        cached = self._cache.get((source.kind, source.ref))
         if cached is not None and cached[0] == key and not fresh:
-            self._cache[(source.kind, source.ref)] = (key, cached[1], now)
             return cached[1]
         value = self._read(source, self._environ)
-        self._cache[(source.kind, source.ref)] = (key, value, now)
+        self._cache[(source.kind, source.ref)] = (key, value)
         return value
