@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from edge_token.core.settings import SecretSource
 from edge_token.secrets import SecretCache, read_secret
@@ -40,3 +45,39 @@ def test_one_read_per_change_for_a_thousand_profiles_and_rotation_heals(tmp_path
 def test_environment_secrets_are_not_cached(tmp_path: Path) -> None:
     cache = SecretCache({"X_SECRET": "from-env-1"})
     assert cache.read(SecretSource("env", "X_SECRET")) == "from-env-1"
+
+
+@pytest.mark.slow
+async def test_after_a_rotation_no_request_sends_the_old_secret(live_auth: Any, tmp_path: Path) -> None:
+    """The provider revokes the old secret as the file gets the new one (Auth0's "rotate secret"), right after
+    a routine renewal of every profile; then "renew now" (SIGUSR1). No profile sharing the file may send the old
+    secret after the replacement: each rejection would cost that profile its next 15 minutes (outside attack on a
+    once-a-second file check: 20 of 20 profiles rejected)."""
+    from conftest import CLIENT_ID, CLIENT_SECRET, profile_toml
+    from daemonproc import DaemonProcess
+
+    secret = tmp_path / "secret"
+    secret.write_text(CLIENT_SECRET)
+    secret.chmod(0o600)
+    names = [f"p{index}" for index in range(20)]
+    config = tmp_path / "config.toml"
+    config.write_text('[daemon]\nlisten = ""\n' + "".join(
+        profile_toml(name, live_auth, secret, [{"path": str(tmp_path / f"{name}.jwt")}]) for name in names
+    ))  # fmt: skip
+    daemon = await DaemonProcess(config).start()
+    try:
+        for name in names:
+            await daemon.wait_for("token.renewed", profile=name)
+        daemon.send(signal.SIGUSR1)  # a routine renewal of every profile: the file is looked at by each
+        await daemon.wait_for("token.renewed", count=2 * len(names))
+        rotated = "rotated-" + uuid.uuid4().hex
+        live_auth.clients[CLIENT_ID] = rotated  # revoked at once
+        staged = tmp_path / "secret.new"
+        staged.write_text(rotated)
+        staged.chmod(0o600)
+        os.replace(staged, secret)
+        daemon.send(signal.SIGUSR1)
+        await daemon.wait_for("token.renewed", count=3 * len(names))
+        assert daemon.count("token.renewal_failed") == 0
+    finally:
+        await daemon.stop()
