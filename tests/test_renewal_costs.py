@@ -163,7 +163,10 @@ print(len(scans), asyncio.run(main()) >= 3)
 
 ops_st = st.lists(
     st.tuples(
-        st.sampled_from(["at_due", "at_later", "cancel", "turn", "due_then_later", "due_then_due"]), st.integers(0, 4)
+        st.sampled_from(
+            ["at_due", "at_later", "cancel", "turn", "due_then_later", "due_then_due", "due_then_gone", "due_then_anew"]
+        ),
+        st.integers(0, 4),
     ),
     min_size=1,
     max_size=40,
@@ -177,9 +180,10 @@ def test_every_job_runs_exactly_once_when_due_however_calls_interleave_with_loop
 ) -> None:
     """For any sequence of (re)schedulings, cancellations and loop turns over a few job ids, including jobs that
     reschedule themselves from inside their own run (`due_then_later`: its run sets the next one an hour away;
-    `due_then_due`: its run asks to run once more at once): a job whose last scheduling was "due now" runs exactly
-    as often as asked soon after (a coalesced wakeup is never lost, a run set during a run is never dropped),
-    a cancelled or far-future one does not run, and `next_run` tells the truth throughout."""
+    `due_then_due`: its run asks to run once more at once; `due_then_gone`: its run cancels it; `due_then_anew`:
+    its run cancels it and schedules it again an hour away): a job whose last scheduling was "due now" runs
+    exactly as often as asked soon after (a coalesced wakeup is never lost, a run set during a run is never
+    dropped), a cancelled or far-future one does not run, and `next_run` tells the truth throughout."""
 
     async def scenario() -> None:
         scheduler = Scheduler()
@@ -192,7 +196,9 @@ def test_every_job_runs_exactly_once_when_due_however_calls_interleave_with_loop
         def job(index: int, then: str = "") -> Callable[[], None]:
             def run() -> None:
                 runs[index] = runs.get(index, 0) + 1
-                if then == "later":
+                if then in ("gone", "anew"):
+                    scheduler.cancel(f"j{index}")
+                if then in ("later", "anew"):
                     scheduler.at(f"j{index}", later, job(index))
                 elif then == "due":
                     scheduler.at(f"j{index}", time.time() - 1, job(index))
@@ -201,10 +207,10 @@ def test_every_job_runs_exactly_once_when_due_however_calls_interleave_with_loop
 
         try:
             for op, index in ops:
-                if op in ("at_due", "due_then_later", "due_then_due"):
-                    then = {"at_due": "", "due_then_later": "later", "due_then_due": "due"}[op]
+                if op == "at_due" or op.startswith("due_then_"):
+                    then = op.removeprefix("due_then_").removeprefix("at_due")
                     scheduler.at(f"j{index}", time.time() - 1, job(index, then))
-                    expected[index] = later if then == "later" else None
+                    expected[index] = later if then in ("later", "anew") else None
                     due_since[index] = (runs.get(index, 0), 2 if then == "due" else 1)
                 elif op == "at_later":
                     scheduler.at(f"j{index}", later, job(index))

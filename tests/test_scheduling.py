@@ -67,6 +67,25 @@ async def test_without_wakeups_the_jump_would_be_missed(
     assert not await run_jump(tmp_path, auth, secret_file, tick=3600)
 
 
+async def test_a_run_moved_after_a_wall_clock_jump_is_not_left_to_the_old_timer() -> None:
+    """After the wall clock jumps forward (suspend, an NTP step) past the armed timer's run, a job moved to run in
+    0.2 s runs then, not when the old timer fires on the monotonic clock (the scheduler compared a wall-clock run
+    with a wall-clock due time that no longer meant "sooner": outside attack)."""
+    from edge_token.scheduler import Scheduler
+
+    scheduler, ran = Scheduler(), asyncio.Event()
+    scheduler.start()
+    try:
+        scheduler.at("p", time.time() + 0.01, lambda: None)
+        scheduler.at("far", time.time() + 30, lambda: None)  # the timer waits for this one
+        await asyncio.sleep(0.1)
+        with time_machine.travel(time.time() + 3600, tick=True):
+            scheduler.at("p", time.time() + 0.2, ran.set)
+            await asyncio.wait_for(ran.wait(), 3)
+    finally:
+        scheduler.shutdown()
+
+
 async def test_consumers_are_told_with_a_minimal_environment(
     tmp_path: Path, auth: LocalAuthServer, secret_file: Path
 ) -> None:

@@ -81,13 +81,13 @@ class _Run:
     """An `at()` job's callable, stable for the job's life (APScheduler inspects a new callable's signature):
     calls the function the latest `at()` gave, marking the run so an `at()` inside it lands after it."""
 
-    __slots__ = ("func", "trigger")
+    __slots__ = ("cancelled", "func", "trigger")
     #: what `inspect.signature` answers at once: APScheduler checks a new job's callable against its arguments,
     #: and deriving the signature of `__call__` was half the cost of adding a profile's job (~20 µs of ~50)
     __signature__ = inspect.Signature()
 
     def __init__(self, func: Job) -> None:
-        self.func, self.trigger = func, _Pinned()
+        self.func, self.trigger, self.cancelled = func, _Pinned(), False
 
     def __call__(self) -> None:
         self.trigger.running = True
@@ -102,7 +102,7 @@ class _CoalescingScheduler(AsyncIOScheduler):  # type: ignore[misc]  # APSchedul
 
     _wake_queued = False
     _quiet = False  # inside `move`: it decides itself whether to wake
-    _due = math.inf  # wall-clock time the armed timer runs the next pass at (inf: none armed)
+    _due = math.inf  # loop time (monotonic) the armed timer runs the next pass at (inf: none armed)
 
     def start(self, paused: bool = False) -> None:
         self._wake_queued = False  # a pass queued on a loop that closed before running it is not pending here
@@ -110,7 +110,7 @@ class _CoalescingScheduler(AsyncIOScheduler):  # type: ignore[misc]  # APSchedul
 
     def _start_timer(self, wait_seconds: float | None) -> None:
         super()._start_timer(wait_seconds)
-        self._due = math.inf if wait_seconds is None else time.time() + wait_seconds
+        self._due = math.inf if wait_seconds is None else self._eventloop.time() + wait_seconds
 
     def _stop_timer(self) -> None:
         super()._stop_timer()
@@ -124,7 +124,10 @@ class _CoalescingScheduler(AsyncIOScheduler):  # type: ignore[misc]  # APSchedul
             self.modify_job(job_id, next_run_time=run_date)
         finally:
             self._quiet = False
-        if run_date.timestamp() < self._due:
+        # in seconds from now on both sides: the timer waits on the monotonic clock, the run is a wall-clock time,
+        # and the two part ways when the wall clock jumps (a suspend, an NTP step)
+        loop = self._eventloop
+        if loop is None or run_date.timestamp() - time.time() < self._due - loop.time():
             self.wakeup()
 
     def wakeup(self) -> None:
@@ -175,7 +178,7 @@ class Scheduler:
         run_date = datetime.fromtimestamp(when, UTC)
         run = self._runs.get(job_id)
         if run is not None:
-            run.func = func
+            run.func, run.cancelled = func, False
             if run.trigger.running:  # called from the job's own run: APScheduler sets the next run as it ends
                 run.trigger.then = run_date
             try:
@@ -193,12 +196,23 @@ class Scheduler:
         self._scheduler.add_job(func, trigger, id=job_id, replace_existing=True)
 
     def cancel(self, job_id: str) -> None:
-        """Remove the job if it exists."""
+        """Remove the job if it exists. From inside the job's own run it is parked instead and removed after that
+        run's pass (APScheduler writes the running job back when its run ends, over a removal or a replacement by
+        id), unless an `at()` wants it again before then."""
+        run = self._runs.get(job_id)
+        if run is not None and run.trigger.running:
+            run.trigger.then, run.cancelled = None, True
+            asyncio.get_running_loop().call_soon(self._drop, job_id, run)
+            return
         self._runs.pop(job_id, None)
         try:
             self._scheduler.remove_job(job_id)
         except JobLookupError:
             pass
+
+    def _drop(self, job_id: str, run: _Run) -> None:
+        if self._runs.get(job_id) is run and run.cancelled:
+            self.cancel(job_id)
 
     def next_run(self, job_id: str) -> float | None:
         """Epoch time of the job's next run, or None if it is not scheduled."""
