@@ -193,5 +193,6 @@ def test_nothing_the_sender_chose_reaches_a_refusal(chunk: str, lines: int, colu
         strictjson.loads(b'{"a": "' + b"x" * lines + b'\xff"}')
     assert not any(ch.isdigit() for ch in str(refused.value).replace("UTF-8", ""))
     if encoding != "utf-8":
-        with pytest.raises(JsonDefect):
+        with pytest.raises(JsonDefect) as refused:
             strictjson.loads('{"a": 1}'.encode(encoding))
+        assert ("byte order mark" if encoding == "utf-8-sig" else "not UTF-8") in str(refused.value)
