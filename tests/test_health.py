@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edge_token.core.errors import CredentialsRejected, TransientError
-from edge_token.core.health import ProfileStatus, alive, readiness, state_name, summary
+from edge_token.core.health import NO_TOKEN_YET, ProfileStatus, alive, readiness, state_name, summary
 from edge_token.core.policy import TokenState
 
 
@@ -26,6 +26,22 @@ def test_readiness_requires_every_profile_and_every_sink() -> None:
     assert details["not_ready"] == {
         "b": {"state": "expired", "sinks_failing": []},
         "c": {"state": "fresh", "sinks_failing": ["file:/x"]},
+    }
+
+
+def test_readiness_names_no_sink_of_a_profile_that_has_no_token_yet() -> None:
+    """A profile without a token is not ready and says so by its state; its sinks have not failed (at start the
+    first probe named, and scrubbed, every sink path of every profile); a sink whose write failed is named."""
+    ready, details = readiness(
+        [
+            status("a", "expired", sinks={"file:/a": NO_TOKEN_YET, "file:/b": NO_TOKEN_YET}),
+            status("b", "expired", sinks={"file:/c": "cannot write file:/c: disk full", "file:/d": NO_TOKEN_YET}),
+        ]
+    )
+    assert not ready
+    assert details["not_ready"] == {
+        "a": {"state": "expired", "sinks_failing": []},
+        "b": {"state": "expired", "sinks_failing": ["file:/c"]},
     }
 
 

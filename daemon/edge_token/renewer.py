@@ -128,7 +128,7 @@ class Renewer:
 
     def status(self, next_attempt_at: float | None) -> ProfileStatus:
         """The operator-facing snapshot (no token, no secret)."""
-        from edge_token.core.health import ProfileStatus, state_name  # daemon only: keep `once` start-up lean
+        from edge_token.core.health import NO_TOKEN_YET, ProfileStatus, state_name  # daemon only: lean `once`
 
         token, state = self.current, self.state()
         return ProfileStatus(
@@ -139,15 +139,15 @@ class Renewer:
             last_success_at=self.last_success_at,
             next_attempt_at=next_attempt_at,
             last_error=self.last_error,
-            sinks={sink.name: self._sink_problem(sink.name) for sink in self.sinks},
+            sinks={sink.name: self._sink_problem(sink.name, NO_TOKEN_YET) for sink in self.sinks},
             kid=token.kid if token else None,
             fingerprint=token.fingerprint if token else None,
         )
 
-    def _sink_problem(self, name: str) -> str | None:
+    def _sink_problem(self, name: str, no_token: str) -> str | None:
         if self.current is None:
             error = self.sink_errors.get(name)
-            return str(error) if error else "no verified token yet"
+            return str(error) if error else no_token
         if name not in self.pending_sinks:
             return None
         error = self.sink_errors.get(name)

@@ -78,15 +78,21 @@ def state_name(token_state: TokenState, last_error: EdgeTokenError | None) -> st
     return token_state.value
 
 
+#: a sink's problem while its profile holds no token at all: the profile's state says why, the sink has not failed
+NO_TOKEN_YET = "no verified token yet"
+
+
 def readiness(statuses: Iterable[ProfileStatus]) -> tuple[bool, dict[str, Any]]:
-    """(ready, details): ready only if every profile is; details name what is not."""
+    """(ready, details): ready only if every profile is; details name what is not. A sink is named failing when
+    its write failed or it does not hold the profile's token yet, not while the profile has none (at start that
+    named, and scrubbed, every sink path of every profile for the first probe: ~45 ms at 1,000 profiles)."""
     not_ready: dict[str, Any] = {}
     roles: dict[str, str] = {}
     for status in statuses:
         if status.fleet_role:
             roles[status.profile] = status.fleet_role
         if not status.ready:
-            failing = [name for name, error in status.sinks.items() if error is not None]
+            failing = [name for name, error in status.sinks.items() if error is not None and error != NO_TOKEN_YET]
             not_ready[status.profile] = {"state": status.state, "sinks_failing": failing}
     details: dict[str, Any] = {"ready": not not_ready, "not_ready": not_ready}
     if roles:
