@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import uuid
@@ -40,6 +41,36 @@ def test_one_read_per_change_for_a_thousand_profiles_and_rotation_heals(tmp_path
     os.replace(replacement, secret)
     assert cache.read(source) == "second-secret-value" and len(reader.reads) == 2
     assert cache.read(source, fresh=True) == "second-secret-value" and len(reader.reads) == 3
+
+
+async def test_requests_starting_in_one_loop_turn_share_one_look_at_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fill starts up to 16 requests in one turn of the event loop: they share one `stat` of the secret file
+    (each stat on the loop hands the interpreter lock to a busy file worker and waits for it back); the next turn
+    looks again, so a file replaced in between is read before the next request, however soon."""
+    secret = tmp_path / "secret"
+    secret.write_text("first-secret-value\n")
+    secret.chmod(0o600)
+    reader, stats = CountingReader(), []
+    real_stat = os.stat
+
+    def counted_stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        stats.append(path)
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", counted_stat)
+    source, cache = SecretSource("file", str(secret)), SecretCache({}, read=reader)
+    assert {cache.read(source) for _ in range(16)} == {"first-secret-value"}
+    assert (len(stats), len(reader.reads)) == (1, 1)
+    await asyncio.sleep(0)  # the next turn
+    replacement = tmp_path / "secret.new"
+    replacement.write_text("second-secret-value\n")
+    replacement.chmod(0o600)
+    os.replace(replacement, secret)
+    assert cache.read(source) == "second-secret-value"
+    assert (len(stats), len(reader.reads)) == (2, 2)
+    assert cache.read(source, fresh=True) == "second-secret-value" and len(reader.reads) == 3  # after a rejection
 
 
 def test_environment_secrets_are_not_cached(tmp_path: Path) -> None:

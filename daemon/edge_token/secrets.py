@@ -3,6 +3,7 @@ registered with the scrubber before anyone can send it, and a cache that reads a
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import stat
@@ -90,26 +91,45 @@ class SecretCache:
 
     "Changed" is the file's (device, inode, size, mtime, ctime): a replaced, rewritten, chmod-ed or chown-ed file
     is read again. After "credentials rejected" the caller asks for a fresh read regardless.
+
+    Requests that start in the same turn of the event loop share one look at the file (a fill starts up to 16 at
+    once): each `stat` on the loop hands the interpreter lock to whichever file worker wants it and waits to get it
+    back. A look is then never older than the turn it was made in, shorter than the way from it to the request.
     """
 
     def __init__(self, environ: Mapping[str, str], read: Callable[..., str] | None = None) -> None:
         self._environ = environ
         self._read = read or read_secret  # the reader, injectable to count reads in tests
         self._cache: dict[tuple[str, str], tuple[tuple[int, ...], str]] = {}
+        self._looked: set[tuple[str, str]] = set()  # files looked at in this loop turn (emptied as it ends)
 
     def read(self, source: SecretSource, fresh: bool = False) -> str:
         """The secret, from the cache unless the file changed (or `fresh`: after credentials were rejected)."""
         if source.kind not in ("file", "credential"):
             return self._read(source, self._environ)
+        where = (source.kind, source.ref)
+        if where in self._looked and not fresh:
+            return self._cache[where][1]
         directory = self._environ.get("CREDENTIALS_DIRECTORY", "") if source.kind == "credential" else ""
         try:
             info = os.stat(os.path.join(directory, source.ref))
         except OSError:
             return self._read(source, self._environ)  # raises the specific ConfigError
         key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-        cached = self._cache.get((source.kind, source.ref))
+        cached = self._cache.get(where)
         if cached is not None and cached[0] == key and not fresh:
-            return cached[1]
-        value = self._read(source, self._environ)
-        self._cache[(source.kind, source.ref)] = (key, value)
+            value = cached[1]
+        else:
+            value = self._read(source, self._environ)
+            self._cache[where] = (key, value)
+        self._looked_at(where)
         return value
+
+    def _looked_at(self, where: tuple[str, str]) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a test, a command without one): no turn to share the look with
+            return
+        if not self._looked:
+            loop.call_soon(self._looked.clear)
+        self._looked.add(where)
