@@ -446,6 +446,45 @@ def test_an_outcomes_lines_go_out_in_one_write_and_another_threads_lines_are_not
         assert [json.loads(line)["event"] for line in writes[1].splitlines()] == ["first", "second"]
 
 
+def test_on_the_event_loop_the_lines_of_one_turn_go_out_in_one_write_by_its_end() -> None:
+    """Several renewals end in one turn of the event loop (a fill): their lines go out in one write as the turn
+    ends, all of them, in order (each write hands the interpreter lock to a busy file worker); the next turn's
+    lines in the next write; with no loop running a line is written at once; `logs.flush()` writes what a turn
+    holds (before os._exit)."""
+    writes: list[str] = []
+
+    class Recorder(io.StringIO):
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+    def events(text: str) -> list[str]:
+        return [json.loads(line)["event"] for line in text.splitlines()]
+
+    async def turns_of_lines(log: Any) -> None:
+        for index in range(5):
+            log_outcome(log, RenewalOutcome(
+                profile=f"p{index}", result=Result.NEW_TOKEN, started_at=0.0, duration=0.1, token=token_number(index),
+                requested=True, sinks_written=("file:/run/a.jwt",), sinks_changed=("file:/run/a.jwt",),
+            ))  # fmt: skip
+        assert writes == []  # held until the turn ends
+        await asyncio.sleep(0)
+        assert len(writes) == 1 and events(writes[0]) == ["sink.written", "token.renewed"] * 5
+        log.info("next.turn")
+        logs.flush()
+        assert len(writes) == 2 and events(writes[1]) == ["next.turn"]
+        log.info("last")
+        await asyncio.sleep(0)
+        assert events(writes[2]) == ["last"]
+
+    with configured(Scrubber(), Recorder()):
+        log: Any = structlog.get_logger("edge_token")
+        log.info("no.loop")
+        assert len(writes) == 1
+        writes.clear()
+        asyncio.run(turns_of_lines(log))
+
+
 # ---- verification ----------------------------------------------------------------------------------------------
 def test_verifying_a_token_builds_no_json_decoder_and_parses_each_part_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """A renewal verifies its token: the header and the payload are parsed once each, by the one strict decoder

@@ -209,6 +209,7 @@ class Daemon:
     def _interrupt(self) -> None:
         if self._stop.is_set():
             # second Ctrl-C: leave now (writes are atomic; a temp file left behind goes at the next start)
+            logs.flush()
             os._exit(130)
         self.stop()
 
