@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -265,3 +266,51 @@ async def test_check_by_hand_accepts_the_runtime_directory_the_unit_creates(
     assert f"{missing} does not exist yet" in out and "RuntimeDirectory=" in out
     code, _, err = await edge_token("check", "-c", str(config), env={"INVOCATION_ID": "0123abcd"})
     assert code == 73 and "profiles.main.sinks[0].path" in err and "create it" in err
+
+
+async def test_once_runs_each_selected_profile_once_and_exits_in_config_order(
+    tmp_path: Path, auth: LocalAuthServer, secret_file: Path
+) -> None:
+    """`--profile web` given three times is one request and one write (not three concurrent ones to one sink);
+    with two failing profiles selected in any argv order the exit code is the first failure in config order."""
+    config = two_profiles(tmp_path, auth, secret_file)
+    code, _, err = await edge_token("once", "-c", str(config), "--profile", "web", "--profile", "web",
+                                    "--profile=web")  # fmt: skip
+    assert code == 0, err
+    events = [json.loads(line)["event"] for line in err.splitlines()]
+    assert auth.token_requests == 1 and events.count("token.renewed") == 1, events
+    assert not (tmp_path / "api.jwt").exists()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    # web (first in the file): credentials rejected, 77; api: provider unreachable, 69
+    (tmp_path / "web.jwt").unlink()
+    secret_file.write_text("wrong-secret")
+    head, _, tail = config.read_text().rpartition(auth.token_url)  # api's, the last one in the file
+    config.write_text(f"{head}http://127.0.0.1:{closed}/oauth/token{tail}")
+    for order in (["api", "web"], ["web", "api"], ["api", "web", "api", "web"]):
+        argv = [word for name in order for word in ("--profile", name)]
+        code, _, err = await edge_token("once", "-c", str(config), "--timeout", "0", *argv)
+        assert code == 77, (order, err)
+        assert err.count("edge-token: profile web:") == 1 and err.count("edge-token: profile api:") == 1, err
+
+
+@pytest.mark.parametrize("command", ["once", "exec"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+async def test_a_timeout_that_is_not_finite_seconds_is_a_usage_error(
+    tmp_path: Path, auth: LocalAuthServer, secret_file: Path, command: str, value: str
+) -> None:
+    """`--timeout nan` retried forever against a provider that is down (no deadline comparison with NaN is true),
+    `inf` likewise, and a negative one meant nothing: each is a usage error (exit 2, argparse's code for every
+    bad argument) naming the option, before any request."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    config = write_config(tmp_path, auth, secret_file, token_url=f"http://127.0.0.1:{closed}/oauth/token")
+    spelled = [f"--timeout={value}"] if value.startswith("-") else ["--timeout", value]
+    argv = [command, "-c", str(config), *spelled]
+    if command == "exec":
+        argv += ["--", "/bin/true"]
+    code, _, err = await asyncio.wait_for(edge_token(*argv), 20)
+    assert code == 2, err
+    assert "argument --timeout: must be a finite number of seconds, 0 or more" in err and repr(value) in err, err

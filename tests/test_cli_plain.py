@@ -1,12 +1,14 @@
 """`cli.plain` reads the plain argv of `once` and `run` without argparse (issue 15: ~3 ms of a cold `once`), from
 the option table argparse is built from (cli.PLAIN). Properties: whatever argv it takes, argparse takes too and
 reads to the same values; whatever it leaves (help, abbreviations, attached values, stray words, bad numbers),
-argparse answers; and it does take the argv units, containers and cron jobs write."""
+argparse answers; and it does take the argv units, containers and cron jobs write. Both refuse a --timeout that is
+not a finite number of seconds, 0 or more (NaN retried forever: every deadline comparison with it is false)."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import math
 from typing import Any
 
 from hypothesis import given, settings
@@ -56,7 +58,10 @@ def _unsigned(value: str) -> bool:
     return not value.startswith("-")  # a value starting with "-" is left to argparse (it may be an option)
 
 
-NUMBERS = st.one_of(st.sampled_from(["5", "0.5", "30", "1e3", "inf", " 7 ", "1_0"]), st.floats().map(repr))
+NUMBERS = st.one_of(
+    st.sampled_from(["5", "0.5", "30", "1e3", "0", " 7 ", "1_0"]),
+    st.floats(min_value=0, allow_nan=False, allow_infinity=False).map(repr),
+)
 TEXTS = st.one_of(st.sampled_from(["a.toml", "/etc/edge-token/config.toml", "main", ""]), st.text(max_size=10))
 
 
@@ -90,3 +95,56 @@ def test_plain_takes_the_argv_units_and_scripts_write(case: tuple[str, list[list
     assert ours is not None, argv
     theirs = argparse_reads(argv)
     assert theirs is not None and same(vars(ours), theirs), (argv, vars(ours), theirs)
+
+
+TIMEOUTS = st.one_of(
+    st.sampled_from(["nan", "NaN", "-nan", "+nan", " nan ", "inf", "+inf", "-inf", "Infinity", "1e309", "-1e309",
+                     "-1", "-0.5", "-1e-300", "0", "-0", "-0.0", "0.0", "1e308", "5", "x", ""]),
+    st.floats().map(repr),
+    st.floats().map(str),
+)  # fmt: skip
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+@settings(max_examples=400)
+@given(st.sampled_from(["once", "exec"]), TIMEOUTS, st.booleans())
+def test_a_timeout_is_a_finite_number_of_seconds_for_both_readers(command: str, value: str, joined: bool) -> None:
+    """`--timeout V` (`--timeout=V`) is taken iff V is a finite number >= 0 (0: one attempt, no retries): NaN,
+    infinities and negative numbers are a usage error from argparse, and `plain` never takes one of them (it
+    leaves them to argparse, which refuses them); a taken value reads alike in both."""
+    argv = [command, *([f"--timeout={value}"] if joined else ["--timeout", value])]
+    if command == "exec":
+        argv += ["--", "true"]
+    number = _number(value)
+    allowed = number is not None and math.isfinite(number) and number >= 0
+    theirs = argparse_reads(argv)
+    assert (theirs is not None) == allowed, (argv, theirs)
+    ours = cli.plain(argv)
+    if ours is not None:
+        assert allowed and theirs is not None and same(vars(ours), theirs), (argv, vars(ours), theirs)
+        assert ours.timeout == number
+
+
+@settings(max_examples=50)
+@given(st.sampled_from(["nan", "inf", "-1", "-inf", "1e999"]), st.sampled_from(["once", "exec"]))
+def test_the_timeout_usage_error_says_what_is_allowed(value: str, command: str) -> None:
+    """The usage error names the option, what it takes and the value given; a word that is no number keeps
+    argparse's own message."""
+    argv = [command, f"--timeout={value}"]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        cliparser.build(argv).parse_args(argv)
+    assert (
+        f"argument --timeout: must be a finite number of seconds, 0 or more (0: one attempt, no retries), not {value!r}"
+        in err.getvalue()
+    ), err.getvalue()
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        cliparser.build([command, "--timeout=x"]).parse_args([command, "--timeout=x"])
+    assert "argument --timeout: invalid float value: 'x'" in err.getvalue()

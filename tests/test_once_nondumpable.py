@@ -92,4 +92,4 @@ def test_non_dumpable_with_or_without_the_ctypes_calls(ctypes_calls: str, import
     done = subprocess.run(
         [sys.executable, "-c", CENSUS, ctypes_calls], capture_output=True, text=True, timeout=60, check=True
     )
-    assert json.loads(done.stdout) == [True, True, False, imports_ctypes]
+    assert json.loads(done.stdout) == [True, None, False, imports_ctypes]  # None: no failure to report

@@ -9,6 +9,7 @@ answers --help and every usage error.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -23,6 +24,21 @@ CONFIG_ENV = "EDGE_TOKEN_CONFIG"
 DEFAULT_CONFIG = os.environ.get(CONFIG_ENV, "/etc/edge-token/config.toml")
 PROFILE_HELP = "only this profile (repeatable; default: every profile)"
 
+
+class OutOfRange(ValueError):
+    """A number the option does not take (cliparser turns it into a usage error saying what it takes)."""
+
+
+def seconds(value: str) -> float:
+    """A `--timeout`: a finite number of seconds, 0 or more (0: one attempt, no retries). NaN would retry forever
+    (no deadline comparison with it is true), infinity likewise, and a negative budget is a typo. A ValueError
+    either way: `plain` then leaves the argv to argparse, which refuses it."""
+    number = float(value)
+    if not (math.isfinite(number) and number >= 0):
+        raise OutOfRange(f"must be a finite number of seconds, 0 or more (0: one attempt, no retries), not {value!r}")
+    return number
+
+
 # An option: its flags and argparse's add_argument keywords. `plain` understands the keywords used here (dest,
 # default, action "append", type), and tests/test_cli_plain.py proves it reads every argv it takes as argparse does.
 Option = tuple[tuple[str, ...], dict[str, Any]]
@@ -33,7 +49,7 @@ CONFIG: Option = (
 PROFILE: Option = (("--profile",), {"dest": "profile", "action": "append", "metavar": "NAME", "help": PROFILE_HELP})
 TIMEOUT: Option = (
     ("--timeout",),
-    {"dest": "timeout", "type": float, "default": 60.0, "help": "total seconds of retries of transient failures"},
+    {"dest": "timeout", "type": seconds, "default": 60.0, "help": "total seconds of retries of transient failures"},
 )
 PLAIN: dict[str, tuple[Option, ...]] = {"run": (CONFIG, PROFILE), "once": (CONFIG, PROFILE, TIMEOUT)}
 
@@ -102,14 +118,15 @@ def _exit_on_sigterm_as_pid1() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The `edge-token` command: parse, set the process up (scrubbed output, non-dumpable), run, map errors to
+    """The `edge-token` command: set the process up (scrubbed output, non-dumpable), parse, run, map errors to
     sysexits codes; never a traceback (it could carry a secret)."""
+    _scrub_std_streams()  # before parsing: a usage error quotes argv, where a token may have been pasted
     args = parse_args(argv)
-    _scrub_std_streams()
+    args.dumpable = None  # why the process stays dumpable, if it does: each command says so (hardening.py)
     if args.command in HOLDS_SECRETS:
         from edge_token.hardening import make_non_dumpable
 
-        make_non_dumpable()  # first: same-uid processes must not read our environ/memory (hardening.py)
+        args.dumpable = make_non_dumpable()  # first: same-uid processes must not read our environ/memory
     _exit_on_sigterm_as_pid1()
     try:
         if args.command == "once":
@@ -119,9 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             raise_nofile_limit()  # before anything opens descriptors (README "Reliability")
         if args.command == "run":
-            from edge_token.daemon import main as daemon_main
-
-            return daemon_main(commands.load(args), args.profile)  # load validates --profile names first
+            return commands.run(args)
         if args.command == "exec":
             return commands.exec_(args)
         if args.command == "check":

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_token import __version__
-from edge_token.cli import CONFIG, CONFIG_ENV, PROFILE, TIMEOUT, Option
+from edge_token.cli import CONFIG, CONFIG_ENV, PROFILE, TIMEOUT, Option, OutOfRange, seconds
 
 EPILOG = (
     f"The config file defaults to ${CONFIG_ENV} if set, else /etc/edge-token/config.toml. Exit codes (sysexits): "
@@ -40,8 +40,22 @@ def _command(commands: Any, name: str, text: str, description: str = "") -> argp
     return sub
 
 
-def _add(sub: argparse.ArgumentParser, option: Option) -> None:
+def _seconds(value: str) -> float:
+    """`cli.seconds` with argparse's words: its own for a word that is no number (as with type=float), what the
+    option takes for a number out of range."""
+    try:
+        return seconds(value)
+    except OutOfRange as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {value!r}") from None
+
+
+def _add(sub: argparse.ArgumentParser, option: Option, **changes: Any) -> None:
     flags, settings = option
+    settings = {**settings, **changes}
+    if settings.get("type") is seconds:
+        settings["type"] = _seconds
     sub.add_argument(*flags, **settings)
 
 
@@ -72,9 +86,7 @@ def _exec(commands: Any) -> None:
     wrap.add_argument(
         "--token-env", action="store_true", help="also put the token in the child environment (EDGE_TOKEN_<PROFILE>)"
     )
-    wrap.add_argument(
-        "--timeout", type=float, default=60.0, help="total seconds of retries to obtain the tokens before CMD starts"
-    )
+    _add(wrap, TIMEOUT, help="total seconds of retries to obtain the tokens before CMD starts")
     wrap.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
 
 

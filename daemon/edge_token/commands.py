@@ -39,6 +39,37 @@ def load(args: SimpleNamespace) -> Any:
     return config
 
 
+def selected(config: Any, args: SimpleNamespace) -> list[str] | None:
+    """The --profile names in config order, each once (None: every profile), as `run` and `check` take them: a
+    repeated name must not run a profile twice, concurrently, into one sink, and the first failure's exit code is
+    the config's first (README "Exit codes"), whatever the argv order."""
+    wanted = getattr(args, "profile", None)
+    return [name for name in config.profiles if name in wanted] if wanted else None
+
+
+def warn_if_dumpable(log: Any, args: SimpleNamespace) -> None:
+    """Log, loudly, that this process could not make itself non-dumpable (main tried, hardening.py)."""
+    if getattr(args, "dumpable", None):
+        from edge_token.hardening import dumpable_warning
+
+        log.warning("hardening.dumpable", message=dumpable_warning(args.dumpable))
+
+
+def run(args: SimpleNamespace) -> int:
+    """`run`: the daemon (daemon.py), once the config and the --profile names are valid."""
+    from edge_token.daemon import main as daemon_main
+
+    config = load(args)
+    if getattr(args, "dumpable", None):  # said in the daemon's own log format, before the daemon configures it
+        import structlog
+
+        from edge_token.observe import logs
+
+        logs.configure(config.daemon.log_format, config.daemon.log_level)
+        warn_if_dumpable(structlog.get_logger("edge_token"), args)
+    return daemon_main(config, args.profile)
+
+
 def once(args: SimpleNamespace) -> int:
     """`once`: make every selected profile's sinks hold a verified token, then exit with the first failure's code."""
     from edge_token.app import exit_code, run_once
@@ -46,13 +77,14 @@ def once(args: SimpleNamespace) -> int:
 
     config = load(args)
     log, redactor = _short_lived_logger(config.daemon.log_format, config.daemon.log_level)
+    warn_if_dumpable(log, args)
     results = asyncio.run(
         run_once(
             config,
             SystemClock(),
             log,
             environ=os.environ,
-            profiles=args.profile,
+            profiles=selected(config, args),
             timeout=args.timeout,
             on_secret=redactor.add_secret,
         )
@@ -90,7 +122,8 @@ def exec_(args: SimpleNamespace) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         raise ConfigError("exec needs a command: edge-token exec -c FILE -- CMD ARGS...")
-    return exec_main(load(args), cmd, args.on_rotation, args.signal, args.token_env, args.timeout)
+    return exec_main(load(args), cmd, args.on_rotation, args.signal, args.token_env, args.timeout,
+                     dumpable=getattr(args, "dumpable", None))  # fmt: skip
 
 
 def check(args: SimpleNamespace) -> int:
@@ -110,7 +143,7 @@ def check(args: SimpleNamespace) -> int:
             say(f"    sink {sink.name} format={sink.format} mode={sink.mode:04o}")
     from edge_token.preflight import Problem, preflight
 
-    found = preflight(config, os.environ, args.profile)
+    found = preflight(config, os.environ, args.profile, dumpable=getattr(args, "dumpable", None))
     problems = [item for item in found if isinstance(item, Problem)]
     for item in found:
         if isinstance(item, Problem):
@@ -155,7 +188,7 @@ def check_as(args: SimpleNamespace) -> int:
             os.setuid(entry.pw_uid)
             from edge_token.hardening import make_non_dumpable
 
-            make_non_dumpable()  # setuid resets the flag to the sysctl default
+            args.dumpable = make_non_dumpable()  # setuid resets the flag to the sysctl default
             args.as_user = None
             code = check(args)
         except EdgeTokenError as exc:
@@ -290,7 +323,7 @@ async def verify_one(args: SimpleNamespace, token: str) -> tuple[list[str], dict
     from edge_token.provider.verify import verify_token
 
     config = load(args)
-    names = args.profile or list(config.profiles)
+    names = selected(config, args) or list(config.profiles)
     accepted: list[str] = []
     refused: dict[str, EdgeTokenError] = {}
     import structlog

@@ -12,7 +12,8 @@ user, in the service's sandbox):
   directory under /run, /var/lib... is only noted: systemd creates it (RuntimeDirectory=) when the unit starts;
 - each TLS file (store `ca_file`) loads as a CA bundle, each store token file is readable;
 - the listen address can be bound (or is held by the running daemon of this same config: a reload is fine);
-- each `on_update` program exists and is executable, found the way the hook runner finds it.
+- each `on_update` program exists and is executable, found the way the hook runner finds it;
+- the process could make itself non-dumpable (`run` only warns: `check` is where a deployment gate stops on it).
 
 Each problem names the key path and what to do, and carries the exit code `check` ends with.
 """
@@ -33,6 +34,7 @@ from pathlib import Path
 from edge_token.config.trust import parse_listen
 from edge_token.core.errors import EX_CANTCREAT, EX_CONFIG, ConfigError, SinkError
 from edge_token.core.settings import SA_DIR, Config, KubernetesSecretOptions, SecretSource, SinkConfig, VaultKvOptions
+from edge_token.hardening import dumpable_warning
 from edge_token.net.tls import client_context
 from edge_token.observe.hooks import hook_environment
 from edge_token.secrets import read_secret
@@ -59,9 +61,13 @@ class Note:
     message: str
 
 
-def preflight(config: Config, environ: Mapping[str, str], profiles: list[str] | None = None) -> list[Problem | Note]:
-    """Every problem (and note) for the selected profiles, in config order: listen first, then each profile."""
-    found: list[Problem | Note] = list(_listen(config))
+def preflight(
+    config: Config, environ: Mapping[str, str], profiles: list[str] | None = None, *, dumpable: str | None = None
+) -> list[Problem | Note]:
+    """Every problem (and note) for the selected profiles, in config order: the process itself first (`dumpable`:
+    why it could not make itself non-dumpable, hardening.py), then listen, then each profile."""
+    found: list[Problem | Note] = [Problem("hardening.dumpable", dumpable_warning(dumpable))] if dumpable else []
+    found += _listen(config)
     for name, profile in config.profiles.items():
         if profiles and name not in profiles:
             continue

@@ -267,10 +267,22 @@ class Wrapper:
 
 
 def main(
-    config: Config, argv: Sequence[str], on_rotation: str, rotation_signal: str, token_env: bool, timeout: float = 60.0
+    config: Config,
+    argv: Sequence[str],
+    on_rotation: str,
+    rotation_signal: str,
+    token_env: bool,
+    timeout: float = 60.0,
+    *,
+    dumpable: str | None = None,
 ) -> int:
-    """`edge-token exec`: run ARGV with fresh tokens; its exit code."""
+    """`edge-token exec`: run ARGV with fresh tokens; its exit code. `dumpable`: why the process could not make
+    itself non-dumpable (hardening.py), logged first: the child runs as our uid and could read our memory."""
     redactor = logs.configure(config.daemon.log_format, config.daemon.log_level)
+    if dumpable:
+        from edge_token.hardening import dumpable_warning
+
+        structlog.get_logger("edge_token").warning("hardening.dumpable", message=dumpable_warning(dumpable))
     if token_env and on_rotation != "restart":
         structlog.get_logger("edge_token").warning(
             "exec.token_env_goes_stale", message="--token-env without --on-rotation restart: the child's copy "
