@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import CLIENT_SECRET, profile_toml
+from conftest import CLIENT_SECRET
 from faultyauth import Fault, FaultyAuthServer
-from unprivileged import as_user
+from unprivileged import as_user, secret_in_environment
 
 NOBODY = 65534
 
@@ -36,17 +35,7 @@ async def test_a_running_once_is_unreadable_by_its_own_uid(auth: FaultyAuthServe
     """A real `once` as nobody (secret in its environment), held in its token request: another process of uid
     nobody cannot read its environment. The control, a plain process of that uid with the same variable, is read
     by the same reader, so the test would see a leak if there were one."""
-    out = public_dir / "out"
-    out.mkdir()
-    os.chown(out, NOBODY, NOBODY)
-    config = public_dir / "config.toml"
-    config.write_text(
-        '[daemon]\nlog_format = "json"\nlisten = ""\n'
-        + profile_toml("main", auth, Path("/unused"), [{"path": str(out / "t.jwt")}])
-        .replace('client_secret_file = "/unused"', 'client_secret_env = "EDGE_TEST_SECRET"')
-    )  # fmt: skip
-    config.chmod(0o644)
-    env = {**os.environ, "EDGE_TEST_SECRET": CLIENT_SECRET}
+    config, env = secret_in_environment(public_dir, auth)
     auth.token_faults.append(Fault(503, delay=5.0))  # short: the server drains it at teardown
     once = await asyncio.create_subprocess_exec(
         *as_user(NOBODY, NOBODY, sys.executable, "-m", "edge_token", "once", "-c", str(config), "--timeout", "30"),

@@ -33,7 +33,7 @@ from edge_token.secrets import read_secret
 from fakestores import FakeEtcdEcho, FakeKubernetes, FakeVault
 from faultyauth import Fault, FaultyAuthServer
 from leakscan import ENCODINGS, Echoes, echoing_provider, leaks
-from unprivileged import as_user
+from unprivileged import as_user, secret_in_environment
 
 SECRET_CHARS = string.ascii_letters + string.digits + "-._~:/+%= \"\\&<>?#@!$'()*,;"
 ID_CHARS = string.ascii_letters + string.digits + "-._:@"
@@ -317,17 +317,7 @@ async def test_same_uid_processes_cannot_read_the_daemons_environment(
     """The daemon (as nobody, secret in client_secret_env) is non-dumpable: another process of the same uid
     cannot read /proc/PID/environ. The control, a plain process of that uid with the same variable, can be
     read by the same reader: the test would see a leak if there were one."""
-    out = public_dir / "out"
-    out.mkdir()
-    os.chown(out, NOBODY, NOBODY)
-    config = public_dir / "config.toml"
-    config.write_text(
-        '[daemon]\nlog_format = "json"\nlisten = ""\n'
-        + profile_toml("main", auth, Path("/unused"), [{"path": str(out / "t.jwt")}])
-        .replace('client_secret_file = "/unused"', 'client_secret_env = "EDGE_TEST_SECRET"')
-    )  # fmt: skip
-    config.chmod(0o644)
-    env = {**os.environ, "EDGE_TEST_SECRET": CLIENT_SECRET}
+    config, env = secret_in_environment(public_dir, auth)
     daemon = DaemonProcess(config)
     daemons.append(daemon)
     daemon.process = await asyncio.create_subprocess_exec(

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import edge_token
+from edge_token.localauth import LocalAuthServer
 
 
 def _blocked(path: Path) -> bool:
@@ -51,3 +52,22 @@ def as_user(uid: int, gid: int, *argv: str) -> list[str]:
         f"exec {shlex.join([*setpriv, str(view / 'prefix' / real.relative_to(prefix)), *argv[1:]])}"
     )
     return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script]
+
+
+def secret_in_environment(directory: Path, auth: LocalAuthServer, owner: int = 65534) -> tuple[Path, dict[str, str]]:
+    """(a config everyone can read, the environment for it): one profile whose client secret comes from the
+    environment (`EDGE_TEST_SECRET`) and whose sink is in `directory`/out, owned by `owner`. For the tests that
+    read another process's environment as the same unprivileged user."""
+    from conftest import CLIENT_SECRET, profile_toml
+
+    out = directory / "out"
+    out.mkdir()
+    os.chown(out, owner, owner)
+    config = directory / "config.toml"
+    config.write_text(
+        '[daemon]\nlog_format = "json"\nlisten = ""\n'
+        + profile_toml("main", auth, Path("/unused"), [{"path": str(out / "t.jwt")}])
+        .replace('client_secret_file = "/unused"', 'client_secret_env = "EDGE_TEST_SECRET"')
+    )  # fmt: skip
+    config.chmod(0o644)
+    return config, {**os.environ, "EDGE_TEST_SECRET": CLIENT_SECRET}
