@@ -6,108 +6,28 @@ Needs Debian's etcd-server (`.ci/run` installs it); skipped elsewhere when `etcd
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 from joserfc.jwk import RSAKey
 
 from conftest import CLIENT_ID, FIGURES, profile_toml
 from daemonproc import DaemonProcess, reference_check
 from edge_token.localauth import LocalAuthServer
+from etcdparts import EtcdCluster, running_etcd
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("live_auth")]
 LIFETIME, REFRESH_AT, LEASE = 6, 0.5, 3
 AUTH_TTL = LIFETIME  # conftest.live_auth
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-class EtcdCluster:
-    """Three real etcd members on loopback."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        ports = free_ports(6)
-        self.client, self.peer = ports[:3], ports[3:]
-        self.names = [f"n{i}" for i in range(3)]
-        self.processes: list[subprocess.Popen[bytes] | None] = [None, None, None]
-
-    @property
-    def endpoints(self) -> list[str]:
-        return [f"http://127.0.0.1:{port}" for port in self.client]
-
-    def start(self, index: int, state: str = "new") -> None:
-        initial = ",".join(f"{n}=http://127.0.0.1:{p}" for n, p in zip(self.names, self.peer, strict=True))
-        self.processes[index] = subprocess.Popen(
-            ["etcd", "--name", self.names[index], "--data-dir", str(self.directory / self.names[index]),
-             "--listen-client-urls", self.endpoints[index], "--advertise-client-urls", self.endpoints[index],
-             "--listen-peer-urls", f"http://127.0.0.1:{self.peer[index]}",
-             "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer[index]}",
-             "--initial-cluster", initial, "--initial-cluster-state", state,
-             "--initial-cluster-token", "edge-token-test"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-
-    def stop(self, index: int, kill: bool = False) -> None:
-        process = self.processes[index]
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            process.wait(15)
-        self.processes[index] = None
-
-    async def healthy(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as http:
-            while time.monotonic() < deadline:
-                for endpoint in self.endpoints:
-                    try:
-                        async with http.get(endpoint + "/health", timeout=aiohttp.ClientTimeout(total=1)) as r:
-                            if json.loads(await r.text()).get("health") == "true":
-                                return
-                    except (aiohttp.ClientError, TimeoutError, ValueError):
-                        pass
-                await asyncio.sleep(0.2)
-        raise AssertionError("etcd cluster did not become healthy")
-
-    async def put(self, key: str, value: str) -> None:
-        body = {"key": base64.b64encode(key.encode()).decode(), "value": base64.b64encode(value.encode()).decode()}
-        async with aiohttp.ClientSession() as http, http.post(self.endpoints[1] + "/v3/kv/put", json=body) as r:
-            assert r.status == 200
-
-
 @pytest.fixture
 async def etcd(tmp_path: Path) -> AsyncIterator[EtcdCluster]:
-    if shutil.which("etcd") is None:
-        if os.environ.get("CI"):
-            pytest.fail("etcd is not installed (apt-get install etcd-server)")
-        pytest.skip("etcd is not installed (apt-get install etcd-server)")
-    cluster = EtcdCluster(tmp_path / "etcd")
-    for index in range(3):
-        cluster.start(index)
-    try:
-        await cluster.healthy()
+    async with running_etcd(tmp_path / "etcd") as cluster:
         yield cluster
-    finally:
-        for index in range(3):
-            cluster.stop(index)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ rotation instead of one per host.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import os
@@ -237,6 +238,10 @@ class Fleet:
         self.log = log
         self.node = config.node_name or f"{socket.gethostname()}:{os.getpid()}"
         self.lease: str | None = None
+        #: the one grant in flight, shared by every profile's cycle that needs the lease meanwhile
+        self._granting: asyncio.Task[str] | None = None
+        self._left = False
+        self.grants = 0  # leases granted by this daemon (one at start, one after each loss)
         self.roles: dict[str, str] = {}
         self.leadership_changes: dict[str, int] = {}
         self.seen_revision: dict[str, int] = {}
@@ -247,21 +252,47 @@ class Fleet:
 
     async def keepalive(self) -> None:
         """Keep the lease alive (called every lease_ttl/3); a lost lease is replaced at the next role check."""
-        if self.lease is None:
+        lease = self.lease
+        if lease is None:
             return
         try:
-            if not await self.etcd.keepalive(self.lease):
-                self.log.warning("fleet.lease_lost", node=self.node)
-                self.lease = None
+            alive = await self.etcd.keepalive(lease)
         except EtcdUnavailable:
-            pass  # role checks will notice and go standalone
+            return  # role checks will notice and go standalone
+        if not alive and self.lease == lease:  # not a newer lease granted while we asked about this one
+            self.log.warning("fleet.lease_lost", node=self.node)
+            self.lease = None
+
+    async def current_lease(self) -> str:
+        """The daemon's one lease, granted when there is none. Every profile's cycle that finds none waits for the
+        same grant: 1,000 profiles starting together (or all noticing a lost lease) make one grant, not 1,000, of
+        which only the last would be kept alive while the leader keys created under the others vanished after
+        lease_ttl and let another daemon take over profiles this one still believed it led."""
+        if self.lease is not None:
+            return self.lease
+        if self._granting is None:
+            self._granting = asyncio.create_task(self._grant())
+            self._granting.add_done_callback(_retrieve)
+        # shielded: a cycle cancelled while waiting (a stop) must not cancel the grant the others wait for
+        return await asyncio.shield(self._granting)
+
+    async def _grant(self) -> str:
+        try:
+            lease = await self.etcd.grant(self.config.lease_ttl_seconds)
+            self.grants += 1
+            if self._left:  # granted while leaving: give it back now rather than let its keys live for a TTL
+                await self.etcd.revoke(lease)
+                raise EtcdUnavailable("left the fleet (daemon stopping)")
+            self.lease = lease
+            return lease
+        finally:
+            self._granting = None
 
     async def role(self, profile: str) -> str:
         """leader, follower, or standalone (etcd unreachable); tries to become leader if nobody is."""
         try:
-            if self.lease is None:
-                self.lease = await self.etcd.grant(self.config.lease_ttl_seconds)
-            held = await self.etcd.create_if_absent(self.key(profile, "leader"), self.node, self.lease)
+            lease = await self.current_lease()
+            held = await self.etcd.create_if_absent(self.key(profile, "leader"), self.node, lease)
             role = LEADER if held.value == self.node else FOLLOWER
         except EtcdUnavailable as exc:
             role = STANDALONE
@@ -291,9 +322,21 @@ class Fleet:
         return True
 
     async def leave(self) -> None:
-        """Revoke the lease at shutdown so another daemon takes over at once, not after lease_ttl."""
+        """Revoke the lease at shutdown so another daemon takes over at once, not after lease_ttl (a grant still in
+        flight is waited for and revoked too)."""
+        self._left = True
+        granting = self._granting
+        if granting is not None:
+            await asyncio.wait([granting])  # it revokes what it gets (self._left)
         if self.lease is not None:
             try:
                 await self.etcd.revoke(self.lease)
             except EtcdUnavailable:
                 pass
+
+
+def _retrieve(task: asyncio.Task[str]) -> None:
+    """A grant's failure reaches every cycle waiting for it; with none left waiting (all cancelled) it is only
+    marked retrieved here, so asyncio does not log "exception was never retrieved"."""
+    if not task.cancelled():
+        task.exception()
