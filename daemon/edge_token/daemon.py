@@ -155,7 +155,8 @@ class Daemon:
 
         self.fleet = fleet = Fleet(fleet_config, session, self.log)
         stack.push_async_callback(self.fleet.leave)  # before the session closes
-        self.profiles.cycle.fleet = FleetStep(self.fleet, self.metrics, self.log)
+        slots = self.profiles.supervisor.slots
+        self.profiles.cycle.fleet = FleetStep(self.fleet, self.metrics, self.log, configured=slots.__contains__)
         self.profiles.roles = lambda: fleet.roles
         etcd = self.fleet.etcd
         self.metrics.counters(

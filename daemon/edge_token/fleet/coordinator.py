@@ -7,6 +7,7 @@ what the store holds. etcd trouble never fails a cycle: the daemon then works st
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from edge_token.core.outcome import RenewalOutcome
@@ -19,15 +20,19 @@ from edge_token.renewer import Renewer
 class FleetStep:
     """One daemon's side of the shared token, per profile."""
 
-    def __init__(self, fleet: Fleet, metrics: Metrics, log: Any) -> None:
+    def __init__(self, fleet: Fleet, metrics: Metrics, log: Any, configured: Callable[[str], bool]) -> None:
         self.fleet, self.metrics, self.log = fleet, metrics, log
+        #: whether a profile is still configured: every await on etcd may span a reload that removed the profile, and
+        #: its metrics must not bring back the series `Metrics.forget` dropped (as the supervisor does for `observe`)
+        self.configured = configured
 
     async def step(self, renewer: Renewer, outcomes: list[RenewalOutcome]) -> str:
         """Our role for the profile (leader, follower, standalone), after taking a newer token from the store and,
         as leader, publishing ours if it outlives the stored one (or the store held garbage)."""
         name = renewer.profile.name
         role = await self.fleet.role(name)
-        self.metrics.fleet_role(name, role)
+        if self.configured(name):  # not removed while we waited on etcd
+            self.metrics.fleet_role(name, role)
         if role == STANDALONE:
             return role
         try:
@@ -39,7 +44,8 @@ class FleetStep:
             outcome = await renewer.accept(stored.value)  # verified like our own; None if not newer
             if outcome is not None:
                 outcomes.append(outcome)
-                self.metrics.fleet_event(name, "rejected" if outcome.error else "received")
+                if self.configured(name):
+                    self.metrics.fleet_event(name, "rejected" if outcome.error else "received")
         held = renewer.current
         if (
             role == LEADER
@@ -57,7 +63,8 @@ class FleetStep:
             return
         try:
             if await self.fleet.publish(name, token.jwt):
-                self.metrics.fleet_event(name, "published")
+                if self.configured(name):
+                    self.metrics.fleet_event(name, "published")
                 self.log.info("fleet.published", profile=name, fingerprint=token.fingerprint)
         except EtcdUnavailable as exc:
             self.log.warning("fleet.publish_failed", profile=name, message=str(exc))
