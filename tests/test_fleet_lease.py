@@ -7,12 +7,13 @@ import asyncio
 import json
 import random
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, MutableMapping
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
 from conftest import profile_toml
 from daemonproc import DaemonProcess
@@ -85,34 +86,43 @@ async def test_profiles_starting_together_share_one_lease(
 
 async def test_lease_losses_mid_run_still_one_lease(etcd: EtcdCluster, log: Any) -> None:
     """Counted chaos: 30 rounds of 20 concurrent role checks; in a random half of them the lease is revoked from
-    outside while they run (the lease lost). After each round and the next keep-alive and role checks: exactly one
-    lease alive, every leader key under it, and exactly one grant per loss."""
+    outside while they run (the lease lost). After each round, a keep-alive (or not: then the role checks find the
+    lease gone themselves) and 20 more role checks: every profile led, exactly one lease alive, every leader key
+    under it, and exactly one grant per loss."""
     rng = random.Random(20261129)
     config = FleetConfig(etcd_endpoints=(etcd.endpoints[0],), lease_ttl_seconds=60, node_name="a")
     names = [f"p{i}" for i in range(PROFILES)]
-    losses = 0
-    async with make_session() as session:
-        fleet = Fleet(config, session, log)
-        try:
-            await asyncio.gather(*(fleet.role(name) for name in names))
-            await one_lease_holds_every_key(etcd, PROFILES)
-            assert fleet.grants == 1
-            for _ in range(30):
-                checks = [fleet.role(name) for name in names]
-                if rng.random() < 0.5 and fleet.lease is not None:
-                    losses += 1
-                    at = rng.randrange(len(checks) + 1)
-                    checks.insert(at, etcd.revoke(fleet.lease))
-                await asyncio.gather(*checks)
-                await fleet.keepalive()  # notices a loss, as the scheduled keep-alive does
-                roles = await asyncio.gather(*(fleet.role(name) for name in names))
-                assert roles == [LEADER] * PROFILES
+    losses = by_keepalive = 0
+    with capture_logs() as logs:
+        async with make_session() as session:
+            fleet = Fleet(config, session, log)
+            try:
+                await asyncio.gather(*(fleet.role(name) for name in names))
                 await one_lease_holds_every_key(etcd, PROFILES)
-                assert fleet.grants == 1 + losses
-        finally:
-            await fleet.leave()
-    assert losses >= 10  # the chaos happened
+                assert fleet.grants == 1
+                for _ in range(30):
+                    checks: list[Awaitable[object]] = [fleet.role(name) for name in names]
+                    if rng.random() < 0.5 and fleet.lease is not None:
+                        losses += 1
+                        checks.insert(rng.randrange(len(checks) + 1), etcd.revoke(fleet.lease))
+                    await asyncio.gather(*checks)
+                    if rng.random() < 0.5:  # the scheduled keep-alive notices a loss; else the next role checks do
+                        before = lost(logs)
+                        await fleet.keepalive()
+                        by_keepalive += lost(logs) - before
+                    roles = await asyncio.gather(*(fleet.role(name) for name in names))
+                    assert roles == [LEADER] * PROFILES
+                    await one_lease_holds_every_key(etcd, PROFILES)
+                    assert fleet.grants == 1 + losses
+            finally:
+                await fleet.leave()
+    assert lost(logs) == losses  # each loss noticed once, however many role checks ran into it
+    assert losses >= 10 and 0 < by_keepalive < losses, (losses, by_keepalive)  # both ways of noticing happened
     assert await etcd.leases() == set()
+
+
+def lost(logs: list[MutableMapping[str, Any]]) -> int:
+    return sum(entry["event"] == "fleet.lease_lost" for entry in logs)
 
 
 async def test_removed_profile_leaves_no_fleet_series(

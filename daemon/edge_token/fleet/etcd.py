@@ -58,6 +58,15 @@ class EtcdAuthRejected(EtcdUnavailable):
     kind = "etcd_auth"
 
 
+class EtcdLeaseNotFound(EtcdUnavailable):
+    """etcd no longer has the lease we used (expired or revoked): an answer of the cluster, not of one endpoint."""
+
+    kind = "etcd_lease"
+
+
+#: etcd's error for a lease it does not have (rpctypes.ErrLeaseNotFound, gRPC NotFound: HTTP 404 at the gateway)
+LEASE_NOT_FOUND = "etcdserver: requested lease not found"
+
 _REVISION = re.compile(r"[0-9]{1,20}")
 
 
@@ -116,6 +125,8 @@ class Etcd:
             index = (self._preferred + offset) % len(endpoints)
             try:
                 answer: dict[str, Any] = await self._post(endpoints[index], path, body)
+            except EtcdLeaseNotFound:
+                raise  # every member would say the same
             except (OSError, aiohttp.ClientError, TimeoutError, EdgeTokenError, ValueError) as exc:
                 rejected = rejected or isinstance(exc, EtcdAuthRejected)
                 last = f"{endpoints[index]}: {sanitize(exc, (), 160)}"
@@ -146,6 +157,8 @@ class Etcd:
                 )
             await self._authenticate(endpoint)
             return await self._post(endpoint, path, body, reauthenticated=True)
+        if status == 404 and LEASE_NOT_FOUND.encode() in raw:
+            raise EtcdLeaseNotFound("etcd no longer has this daemon's lease (expired or revoked)")
         if status != 200:
             if path == AUTHENTICATE:
                 self.auth_rejections += 1
@@ -259,7 +272,12 @@ class Fleet:
             alive = await self.etcd.keepalive(lease)
         except EtcdUnavailable:
             return  # role checks will notice and go standalone
-        if not alive and self.lease == lease:  # not a newer lease granted while we asked about this one
+        if not alive:
+            self._lost(lease)
+
+    def _lost(self, lease: str) -> None:
+        """etcd no longer has `lease` (and so none of our leader keys): the next role check grants one anew."""
+        if self.lease == lease:  # not a newer lease granted while we asked about this one
             self.log.warning("fleet.lease_lost", node=self.node)
             self.lease = None
 
@@ -291,8 +309,7 @@ class Fleet:
     async def role(self, profile: str) -> str:
         """leader, follower, or standalone (etcd unreachable); tries to become leader if nobody is."""
         try:
-            lease = await self.current_lease()
-            held = await self.etcd.create_if_absent(self.key(profile, "leader"), self.node, lease)
+            held = await self._claim(profile)
             role = LEADER if held.value == self.node else FOLLOWER
         except EtcdUnavailable as exc:
             role = STANDALONE
@@ -304,6 +321,17 @@ class Fleet:
             self.leadership_changes[profile] = self.leadership_changes.get(profile, 0) + (LEADER in (previous, role))
             self.log.info("fleet.role", profile=profile, role=role, previous=previous, node=self.node)
         return role
+
+    async def _claim(self, profile: str) -> Stored:
+        """Create-if-absent the profile's leader key under our lease. A lease etcd no longer has (expired or revoked
+        before the keep-alive noticed) is dropped and the claim made once more under the one new grant, so the
+        profile does not go standalone for a poll."""
+        key, lease = self.key(profile, "leader"), await self.current_lease()
+        try:
+            return await self.etcd.create_if_absent(key, self.node, lease)
+        except EtcdLeaseNotFound:
+            self._lost(lease)
+        return await self.etcd.create_if_absent(key, self.node, await self.current_lease())
 
     async def read_token(self, profile: str) -> Stored:
         """The shared token of a profile as etcd holds it (remembering its revision for the next compare-and-swap)."""
