@@ -1,5 +1,6 @@
-"""Fleet mode keeps one etcd lease per daemon, however many profiles race for it (at start and after a loss), and
-a profile removed while its fleet step waits on etcd leaves no metrics series behind. Real etcd on loopback."""
+"""Fleet mode keeps one etcd lease per daemon, however many profiles race for it (at start and after a loss); a
+profile a reload removes leaves no metrics series behind (even while its fleet step waits on etcd) and no
+leadership either. Real etcd on loopback."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from conftest import profile_toml
+from conftest import FIGURES, profile_toml
 from daemonproc import DaemonProcess
 from edge_token.core.settings import FleetConfig
 from edge_token.fleet.etcd import LEADER, Fleet
@@ -44,11 +45,11 @@ async def etcd(tmp_path: Path) -> AsyncIterator[EtcdCluster]:
         yield cluster
 
 
-def fleet_toml(endpoint: str, listen: str = "", poll: float = 0.3, timeout: float = 2) -> str:
+def fleet_toml(endpoint: str, listen: str = "", poll: float = 0.3, timeout: float = 2, node: str = "a") -> str:
     return (
         f'[daemon]\nlog_format = "json"\nlisten = "{listen}"\n'
         f'[fleet]\netcd_endpoints = ["{endpoint}"]\nlease_ttl_seconds = {LEASE}\npoll_seconds = {poll}\n'
-        f'node_name = "a"\ntimeout_seconds = {timeout}\n'
+        f'node_name = "{node}"\ntimeout_seconds = {timeout}\n'
     )
 
 
@@ -85,8 +86,8 @@ async def test_profiles_starting_together_share_one_lease(
 
 
 async def test_lease_losses_mid_run_still_one_lease(etcd: EtcdCluster, log: Any) -> None:
-    """Counted chaos: 30 rounds of 20 concurrent role checks; in a random half of them the lease is revoked from
-    outside while they run (the lease lost). After each round, a keep-alive (or not: then the role checks find the
+    """Counted chaos: 30 rounds of 20 concurrent role checks; in a random two thirds of them the lease is revoked
+    from outside (the lease lost) while they run or after them. After each round, a keep-alive (or not: then the role checks find the
     lease gone themselves) and 20 more role checks: every profile led, exactly one lease alive, every leader key
     under it, and exactly one grant per loss."""
     rng = random.Random(20261129)
@@ -102,10 +103,15 @@ async def test_lease_losses_mid_run_still_one_lease(etcd: EtcdCluster, log: Any)
                 assert fleet.grants == 1
                 for _ in range(30):
                     checks: list[Awaitable[object]] = [fleet.role(name) for name in names]
-                    if rng.random() < 0.5 and fleet.lease is not None:
+                    loss = rng.choice([None, "during", "after"])
+                    if loss is not None and fleet.lease is not None:
                         losses += 1
-                        checks.insert(rng.randrange(len(checks) + 1), etcd.revoke(fleet.lease))
+                        lease = fleet.lease
+                        if loss == "during":
+                            checks.insert(rng.randrange(len(checks) + 1), etcd.revoke(lease))
                     await asyncio.gather(*checks)
+                    if loss == "after":
+                        await etcd.revoke(lease)
                     if rng.random() < 0.5:  # the scheduled keep-alive notices a loss; else the next role checks do
                         before = lost(logs)
                         await fleet.keepalive()
@@ -116,6 +122,8 @@ async def test_lease_losses_mid_run_still_one_lease(etcd: EtcdCluster, log: Any)
                     assert fleet.grants == 1 + losses
             finally:
                 await fleet.leave()
+    FIGURES["fleet lease chaos"] = {"rounds": 30, "profiles": PROFILES, "lease losses": losses,
+                                    "noticed by keep-alive": by_keepalive, "grants": fleet.grants}  # fmt: skip
     assert lost(logs) == losses  # each loss noticed once, however many role checks ran into it
     assert losses >= 10 and 0 < by_keepalive < losses, (losses, by_keepalive)  # both ways of noticing happened
     assert await etcd.leases() == set()
@@ -162,3 +170,34 @@ async def test_removed_profile_leaves_no_fleet_series(
         assert await daemon.stop() == 0
     finally:
         await proxy.stop()
+
+
+async def test_removed_profile_hands_its_leadership_over_at_once(
+    auth: LocalAuthServer, etcd: EtcdCluster, tmp_path: Path, secret_file: Path
+) -> None:
+    """Daemon a leads "shared", daemon b follows; a reload removes "shared" from a (which keeps running, lease
+    alive): a gives its leader key up and b leads within a few polls, then keeps its own sink fresh. (The key used
+    to stay under a's living lease: b stayed a follower, waiting for tokens nobody requested, until they expired.)"""
+
+    def sink(name: str) -> list[dict[str, Any]]:
+        return [{"path": str(tmp_path / f"{name}.jwt")}]
+
+    head_a, head_b = fleet_toml(etcd.endpoints[0], node="a"), fleet_toml(etcd.endpoints[0], node="b")
+    keep = profile_toml("keep", auth, secret_file, sink("a-keep"))
+    config_a, config_b = tmp_path / "a.toml", tmp_path / "b.toml"
+    config_a.write_text(head_a + keep + profile_toml("shared", auth, secret_file, sink("a-shared")))
+    config_b.write_text(head_b + profile_toml("shared", auth, secret_file, sink("b-shared")))
+    a = await DaemonProcess(config_a).start()
+    await a.wait_for("fleet.role", profile="shared", role=LEADER, timeout=30)
+    b = await DaemonProcess(config_b).start()
+    await b.wait_for("fleet.role", profile="shared", role="follower", timeout=30)
+    config_a.write_text(head_a + keep)
+    a.send(signal.SIGHUP)
+    await a.wait_for("config.reloaded")
+    await b.wait_for("fleet.role", profile="shared", role=LEADER, timeout=10)
+    assert a.count("fleet.resigned", profile="shared") == 1
+    assert (await etcd.leaders()).keys() == {"keep", "shared"}
+    assert len(await etcd.leases()) == 2  # one per daemon
+    assert a.returncode is None and a.count("fleet.lease_lost") == 0  # a handed over; its lease did not expire
+    for daemon in (a, b):
+        assert await daemon.stop() == 0

@@ -158,6 +158,7 @@ class Daemon:
         slots = self.profiles.supervisor.slots
         self.profiles.cycle.fleet = FleetStep(self.fleet, self.metrics, self.log, configured=slots.__contains__)
         self.profiles.roles = lambda: fleet.roles
+        self.profiles.removed = lambda name: self.spawn(fleet.forget(name))
         etcd = self.fleet.etcd
         self.metrics.counters(
             "edge_token_etcd_authentications_total",

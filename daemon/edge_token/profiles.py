@@ -53,6 +53,7 @@ class Profiles:
         self.after_cycle = after_cycle
         self.parts: Parts | None = None  # set by start(): the session exists only while the daemon runs
         self.roles: Callable[[], Mapping[str, str]] = dict  # fleet roles by profile (fleet mode sets this)
+        self.removed: Callable[[str], object] = lambda name: None  # fleet mode: give up its leadership
         self.ready_index = ReadinessIndex()  # READY=1 and /readyz look only at the profiles that may be unready
         self.cycle = Cycle(clock, rng, config.daemon.max_concurrent_renewals)
         self._jwks_jobs: set[str] = set()  # JWKS URLs with a refresh job
@@ -151,6 +152,7 @@ class Profiles:
         self.supervisor.remove(name)
         self.ready_index.forget(name)
         self.metrics.forget(name)
+        self.removed(name)
 
     def _renewer(self, name: str) -> Renewer:
         if self.parts is None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from edge_token.core.outcome import RenewalOutcome
 from edge_token.core.policy import TokenState
-from edge_token.fleet.etcd import LEADER, STANDALONE, EtcdUnavailable, Fleet
+from edge_token.fleet.etcd import FOLLOWER, LEADER, STANDALONE, EtcdUnavailable, Fleet
 from edge_token.observe.metrics import Metrics
 from edge_token.renewer import Renewer
 
@@ -31,8 +31,10 @@ class FleetStep:
         as leader, publishing ours if it outlives the stored one (or the store held garbage)."""
         name = renewer.profile.name
         role = await self.fleet.role(name)
-        if self.configured(name):  # not removed while we waited on etcd
-            self.metrics.fleet_role(name, role)
+        if not self.configured(name):  # removed while we waited on etcd: our claim may have followed the resignation
+            await self.fleet.forget(name)
+            return FOLLOWER  # as a follower the cycle requests nothing more for a profile that is gone
+        self.metrics.fleet_role(name, role)
         if role == STANDALONE:
             return role
         try:

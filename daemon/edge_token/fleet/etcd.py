@@ -224,6 +224,15 @@ class Etcd:
                 return Stored(None, 0)
             return Stored(_value(kvs[0]), _number(kvs[0]["mod_revision"]))
 
+    async def delete_if_value(self, key: str, value: str) -> bool:
+        """Delete `key` only while it holds `value` (our node name in a leader key); True if it was deleted."""
+        answer = await self.call("/v3/kv/txn", {
+            "compare": [{"key": b64(key), "target": "VALUE", "value": b64(value)}],
+            "success": [{"request_delete_range": {"key": b64(key)}}],
+        })  # fmt: skip
+        with _answer_shape("a transaction"):
+            return bool(answer.get("succeeded"))
+
     async def put_if_revision(self, key: str, value: str, mod_revision: int) -> int | None:
         """Put only if the key still has `mod_revision` (0: only if absent); the new revision, or None."""
         compare = (
@@ -348,6 +357,18 @@ class Fleet:
             return False
         self.seen_revision[profile] = revision
         return True
+
+    async def forget(self, profile: str) -> None:
+        """A profile this daemon no longer runs (a reload removed it): drop its state and give up its leadership now.
+        Our lease lives on for the other profiles, so a leader key left under it would keep every other daemon
+        that still runs the profile a follower, waiting for tokens nobody requests, until they expired."""
+        for table in (self.roles, self.leadership_changes, self.seen_revision):
+            table.pop(profile, None)
+        try:
+            if await self.etcd.delete_if_value(self.key(profile, "leader"), self.node):
+                self.log.info("fleet.resigned", profile=profile, node=self.node)
+        except EtcdUnavailable as exc:  # left under the lease: another daemon takes over at our stop or lease loss
+            self.log.warning("fleet.resign_failed", profile=profile, message=str(exc))
 
     async def leave(self) -> None:
         """Revoke the lease at shutdown so another daemon takes over at once, not after lease_ttl (a grant still in
