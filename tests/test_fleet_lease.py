@@ -19,7 +19,8 @@ from structlog.testing import capture_logs
 from conftest import FIGURES, profile_toml
 from daemonproc import DaemonProcess
 from edge_token.core.settings import FleetConfig
-from edge_token.fleet.etcd import LEADER, Fleet
+from edge_token.fleet.etcd import LEADER
+from edge_token.fleet.membership import Fleet
 from edge_token.localauth import LocalAuthServer
 from edge_token.net.http import make_session
 from etcdparts import EtcdCluster, HoldingProxy, running_etcd

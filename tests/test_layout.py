@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("composition", ("daemon", "app", "profiles")),
     ("orchestration", ("supervisor", "scheduler", "renewer", "cycle", "fleet.coordinator")),
     ("observers", ("observe",)),
-    ("adapters", ("provider", "sinks", "fleet.etcd", "config")),
+    ("adapters", ("provider", "sinks", "fleet.etcd", "fleet.membership", "config")),
     ("plumbing", ("net", "secrets", "hardening", "limits", "pid1")),
     ("core", ("core",)),
     ("package", ("",)),

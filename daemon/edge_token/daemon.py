@@ -42,7 +42,7 @@ from edge_token.scheduler import Scheduler
 from edge_token.supervisor import JobScheduler
 
 if TYPE_CHECKING:
-    from edge_token.fleet.etcd import Fleet
+    from edge_token.fleet.membership import Fleet
 
 TICK_SECONDS = 5.0  # scheduler wake-up (suspend / clock jumps) and liveness tick
 SHUTDOWN_GRACE_SECONDS = 10.0
@@ -151,7 +151,7 @@ class Daemon:
 
     def _start_fleet(self, fleet_config: FleetConfig, session: Any, stack: contextlib.AsyncExitStack) -> None:
         from edge_token.fleet.coordinator import FleetStep  # imported only when [fleet] is configured
-        from edge_token.fleet.etcd import Fleet
+        from edge_token.fleet.membership import Fleet
 
         self.fleet = fleet = Fleet(fleet_config, session, self.log)
         stack.push_async_callback(self.fleet.leave)  # before the session closes

@@ -12,7 +12,8 @@ from typing import Any
 
 from edge_token.core.outcome import RenewalOutcome
 from edge_token.core.policy import TokenState
-from edge_token.fleet.etcd import FOLLOWER, LEADER, STANDALONE, EtcdUnavailable, Fleet
+from edge_token.fleet.etcd import FOLLOWER, LEADER, STANDALONE, EtcdUnavailable
+from edge_token.fleet.membership import Fleet
 from edge_token.observe.metrics import Metrics
 from edge_token.renewer import Renewer
 
