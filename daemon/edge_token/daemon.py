@@ -154,12 +154,11 @@ class Daemon:
         from edge_token.fleet.membership import Fleet
 
         self.fleet = fleet = Fleet(fleet_config, session, self.log)
+        etcd, slots = fleet.etcd, self.profiles.supervisor.slots
         stack.push_async_callback(self.fleet.leave)  # before the session closes
-        slots = self.profiles.supervisor.slots
-        self.profiles.cycle.fleet = FleetStep(self.fleet, self.metrics, self.log, configured=slots.__contains__)
+        self.profiles.cycle.fleet = FleetStep(fleet, self.metrics, self.log, configured=slots.__contains__)
         self.profiles.roles = lambda: fleet.roles
-        self.profiles.removed = lambda name: self.spawn(fleet.forget(name))
-        etcd = self.fleet.etcd
+        self.profiles.removed = lambda name: self.spawn(fleet.forget(name))  # give up its leadership now
         self.metrics.counters(
             "edge_token_etcd_authentications_total",
             "Fleet mode: etcd re-authentications, and rejections.",
