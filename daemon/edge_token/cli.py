@@ -9,6 +9,7 @@ answers --help and every usage error.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import sys
@@ -128,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         args.dumpable = make_non_dumpable()  # first: same-uid processes must not read our environ/memory
     _exit_on_sigterm_as_pid1()
+    if args.command not in ("run", "once"):  # those turn it on when their start-up ends (commands.started)
+        gc.enable()
     try:
         if args.command == "once":
             return commands.once(args)

@@ -8,6 +8,7 @@ Long because it is every command's wiring in one place: eight commands, each a s
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import sys
@@ -39,6 +40,14 @@ def load(args: SimpleNamespace) -> Any:
     return config
 
 
+def started() -> None:
+    """Start-up is over (imports, the config): `__main__` kept the cyclic collector off for it; what it allocated
+    lives as long as the process, so it is frozen out of later collections (a full collection went over the
+    config of every profile each time) and the collector is turned back on."""
+    gc.freeze()
+    gc.enable()
+
+
 def selected(config: Any, args: SimpleNamespace) -> list[str] | None:
     """The --profile names in config order, each once (None: every profile), as `run` and `check` take them: a
     repeated name must not run a profile twice, concurrently, into one sink, and the first failure's exit code is
@@ -59,7 +68,10 @@ def run(args: SimpleNamespace) -> int:
     """`run`: the daemon (daemon.py), once the config and the --profile names are valid."""
     from edge_token.daemon import main as daemon_main
 
-    config = load(args)
+    try:
+        config = load(args)
+    finally:
+        started()
     if getattr(args, "dumpable", None):  # said in the daemon's own log format, before the daemon configures it
         import structlog
 
@@ -75,7 +87,10 @@ def once(args: SimpleNamespace) -> int:
     from edge_token.app import exit_code, run_once
     from edge_token.core.clock import SystemClock
 
-    config = load(args)
+    try:
+        config = load(args)
+    finally:
+        started()
     log, redactor = _short_lived_logger(config.daemon.log_format, config.daemon.log_level)
     warn_if_dumpable(log, args)
     results = asyncio.run(
