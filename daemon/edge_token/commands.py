@@ -41,10 +41,9 @@ def load(args: SimpleNamespace) -> Any:
 
 
 def started() -> None:
-    """Start-up is over (imports, the config): `__main__` kept the cyclic collector off for it; what it allocated
-    lives as long as the process, so it is frozen out of later collections (a full collection went over the
-    config of every profile each time) and the collector is turned back on."""
-    gc.freeze()
+    """Start-up is over (imports, the config): `__main__` kept the cyclic collector off for it; it runs again now.
+    What start-up allocated lives as long as the process, and the collector's own rule (a full collection waits
+    until a quarter of the long-lived objects are new) keeps later full collections from going over it often."""
     gc.enable()
 
 
