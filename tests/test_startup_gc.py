@@ -1,6 +1,6 @@
 """Start-up runs with the cyclic collector off (imports and the config allocate what lives as long as the process:
 collecting it again and again cost ~30 ms of a 1,000-profile start), and no command runs on with it off: `run` and
-`once` turn it on once the config is read, whether or not it
+`once` turn it on once the config is read (start-up's objects frozen out of its collections), whether or not it
 could be; every other command before it starts (`--help` and `--version` answer while parsing and exit)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ sys.argv = ["edge-token", *sys.argv[1:]]
 try:
     runpy.run_module("edge_token", run_name="__main__")
 except SystemExit as exc:
-    print("exit", exc.code, "collector", "on" if gc.isenabled() else "OFF")
+    print("exit", exc.code, "collector", "on" if gc.isenabled() else "OFF", "frozen", gc.get_freeze_count() > 0)
 """
 
 
@@ -37,3 +37,4 @@ def test_no_command_runs_on_with_the_collector_off(tmp_path: Path, argv: list[st
     args = [a.format(missing=tmp_path / "missing.toml", config=config) for a in argv]
     done = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True, timeout=60)
     assert "collector on" in done.stdout, (done.stdout, done.stderr[-1000:])
+    assert done.stdout.rstrip().endswith("frozen " + str(argv[0] in ("once", "run"))), done.stdout
