@@ -141,6 +141,23 @@ def secret_file(tmp_path: Path) -> Path:
     return path
 
 
+async def run_child(*argv: str, env: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, bytes, bytes]:
+    """Run a child to its end (exit code, stdout, stderr); killed and reaped if the wait fails or times out, so a
+    failing test leaves no process behind."""
+    pipe = asyncio.subprocess.PIPE
+    child = await asyncio.create_subprocess_exec(
+        *argv, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=pipe, stderr=pipe
+    )
+    try:
+        out, err = await asyncio.wait_for(child.communicate(), timeout)
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+    assert child.returncode is not None
+    return child.returncode, out, err
+
+
 def profile_toml(
     name: str, server: LocalAuthServer, secret_file: Path, sinks: list[dict[str, Any]], **settings: Any
 ) -> str:

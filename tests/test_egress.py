@@ -11,7 +11,7 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import CLIENT_ID, CLIENT_SECRET, FakeClock, profile_toml
+from conftest import CLIENT_ID, CLIENT_SECRET, FakeClock, profile_toml, run_child
 from edge_token.app import Parts
 from edge_token.config import load_config
 from edge_token.core import scrub
@@ -366,7 +366,6 @@ async def test_once_through_a_proxy_never_shows_the_proxy_password(
 ) -> None:
     """`edge-token once` as a real process, through a Basic-auth tinyproxy: with the right password exit 0; with a
     wrong one exit 77 naming the proxy. Neither password appears in any encoding in stdout or stderr (JSON logs)."""
-    import asyncio
     import os
     import sys
 
@@ -387,18 +386,11 @@ async def test_once_through_a_proxy_never_shows_the_proxy_password(
         )
         config.chmod(0o600)
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_TOKEN_")}
-        child = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "edge_token", "once", "--timeout", "5", "-c", str(config), env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        try:
-            stdout, stderr = await asyncio.wait_for(child.communicate(), 60)
-        finally:
-            if child.returncode is None:
-                child.kill()
-                await child.wait()
+        exit_code, stdout, stderr = await run_child(
+            sys.executable, "-m", "edge_token", "once", "--timeout", "5", "-c", str(config), env=env
+        )
         text = stdout.decode() + stderr.decode()
-        assert child.returncode == code, text
+        assert exit_code == code, text
         outputs.append(text)
     assert f"proxy 127.0.0.1:{proxy.port} rejected the proxy credentials" in outputs[1]
     assert (

@@ -111,6 +111,11 @@ async def run_until_first_cycles(config: Path, clock: FakeClock, monkeypatch: py
     return daemon
 
 
+def results(daemon: Any) -> set[Result | None]:
+    """The result of every profile's last outcome (None: no outcome yet)."""
+    return {r.last_outcome.result if r.last_outcome else None for r in daemon.profiles.renewers.values()}
+
+
 async def test_a_fill_and_a_restart_list_the_shared_directory_once_and_a_restart_requests_nothing(
     tmp_path: Path, auth: LocalAuthServer, clock: FakeClock, fleet_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -122,10 +127,7 @@ async def test_a_fill_and_a_restart_list_the_shared_directory_once_and_a_restart
     with recorded() as fill:
         daemon = await run_until_first_cycles(config, clock, monkeypatch)
     assert auth.token_requests == PROFILES
-    assert all(
-        r.last_outcome is not None and r.last_outcome.result is Result.NEW_TOKEN
-        for r in daemon.profiles.renewers.values()
-    )
+    assert results(daemon) == {Result.NEW_TOKEN}
     assert listings(fill, fleet_dir) <= 1
     max_in_flight = daemon.config.daemon.max_concurrent_renewals
     read_back = sum(opens(fill, f"p{i}.jwt") for i in range(PROFILES))
@@ -134,10 +136,7 @@ async def test_a_fill_and_a_restart_list_the_shared_directory_once_and_a_restart
     with recorded() as restart:
         daemon = await run_until_first_cycles(config, clock, monkeypatch)
     assert auth.token_requests == PROFILES  # nothing requested
-    assert all(
-        r.last_outcome is not None and r.last_outcome.result is Result.ADOPTED
-        for r in daemon.profiles.renewers.values()
-    )
+    assert results(daemon) == {Result.ADOPTED}
     assert listings(restart, fleet_dir) <= 1
     per_sink = [opens(restart, f"p{i}.jwt") for i in range(PROFILES)]
     assert max(per_sink) == 1, f"sink files opened {per_sink} times"
@@ -165,10 +164,7 @@ async def test_a_restart_makes_far_fewer_worker_trips_than_it_adopts_sinks(
     with recorded() as restart:
         daemon = await run_until_first_cycles(config, clock, monkeypatch)
     assert auth.token_requests == PROFILES
-    assert all(
-        r.last_outcome is not None and r.last_outcome.result is Result.ADOPTED
-        for r in daemon.profiles.renewers.values()
-    )
+    assert results(daemon) == {Result.ADOPTED}
     assert [opens(restart, f"p{i}.jwt") for i in range(PROFILES)] == [1] * PROFILES
     assert not [args for event, args in restart if event == "open" and args[2] & _WRITE_FLAGS]
     assert len(trips) <= PROFILES // 2, f"{len(trips)} worker trips to adopt {PROFILES} sinks"

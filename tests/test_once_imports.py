@@ -4,7 +4,6 @@ prometheus-client, no stdlib module it uses only on demand, and no class whose d
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import json
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cliproc import edge_token
-from conftest import profile_toml
+from conftest import profile_toml, run_child
 from daemonproc import reference_check
 from edge_token.localauth import LocalAuthServer
 
@@ -154,16 +153,7 @@ async def test_once_defines_no_dataclass(tmp_path: Path, auth: LocalAuthServer, 
     sink = tmp_path / "token.jwt"
     config = tmp_path / "config.toml"
     config.write_text(profile_toml("main", auth, secret_file, [{"path": str(sink)}]))
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", DATACLASSES_AFTER, "once", "-c", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), 60)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    _, out, err = await run_child(sys.executable, "-c", DATACLASSES_AFTER, "once", "-c", str(config))
     report = json.loads(out.decode().splitlines()[-1])
     assert report["code"] == 0, err.decode()[-2000:]
     assert reference_check(sink.read_text(), auth) is None

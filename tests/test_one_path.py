@@ -4,7 +4,6 @@ config loading, the profile's egress (token endpoint, JWKS), etcd, both secret s
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
@@ -12,7 +11,6 @@ import pwd
 import sys
 import threading
 import time
-from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from joserfc.jwk import RSAKey
 
-from conftest import CLIENT_ID, CLIENT_SECRET, FakeClock, profile_toml
+from conftest import CLIENT_ID, CLIENT_SECRET, FakeClock, profile_toml, run_child
 from edge_token.config import load_config
 from edge_token.core import strictjson
 from edge_token.core.errors import ConfigError, EdgeTokenError, JwksError, ProtocolError, SinkError
@@ -481,14 +479,8 @@ async def test_an_unprivileged_non_dumpable_once_trusts_its_ca_file(public_dir: 
         for path in (sinks, secret, config):
             os.chown(path, nobody.pw_uid, nobody.pw_gid)
         argv = as_user(nobody.pw_uid, nobody.pw_gid, sys.executable, "-m", "edge_token", "once", "-c", str(config))
-        child = await asyncio.create_subprocess_exec(*argv, stdout=PIPE, stderr=PIPE)
-        try:
-            _out, err = await asyncio.wait_for(child.communicate(), 60)
-        finally:
-            if child.returncode is None:
-                child.kill()
-                await child.wait()
-        assert child.returncode == 0, err.decode()
+        code, _out, err = await run_child(*argv)
+        assert code == 0, err.decode()
         assert (sinks / "t.jwt").read_text() == server.issued[-1]
     finally:
         await server.stop()

@@ -3,7 +3,6 @@ mismatch diagnostics that say which key to change."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import subprocess
@@ -19,7 +18,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
 
-from conftest import CLIENT_ID, FakeClock
+from conftest import CLIENT_ID, FakeClock, run_child
 from edge_token.core.errors import TransientError, VerificationError
 from edge_token.core.ratelimit import MAX_WAIT, Quota, RateLimit, parse, parse_quota
 from edge_token.observe.metrics import Metrics
@@ -200,17 +199,10 @@ async def test_inspect_verify_shows_a_pinned_claim_mismatch(
     config = make_config(required_claims={TENANT: "tenant-a"})
     token_file = tmp_path / "t.jwt"
     token_file.write_text(auth.mint({**auth.claims_for(CLIENT_ID, "https://api.sitecorecloud.io"), TENANT: "b"}))
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edge_token", "inspect", "--verify", "-c", str(config.path), str(token_file),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        _, stderr = await asyncio.wait_for(child.communicate(), 60)
-    finally:
-        if child.returncode is None:
-            child.kill()
-            await child.wait()
-    assert child.returncode == 65, stderr
+    code, _, stderr = await run_child(
+        sys.executable, "-m", "edge_token", "inspect", "--verify", "-c", str(config.path), str(token_file)
+    )
+    assert code == 65, stderr
     assert b"required claim" in stderr and TENANT.encode() in stderr
 
 

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from conftest import CLIENT_SECRET, profile_toml
+from conftest import CLIENT_SECRET, profile_toml, run_child
 from daemonproc import DaemonProcess
 from edge_token import config as config_module
 from edge_token.config.trust import listen_exposure
@@ -349,18 +349,9 @@ def leaky_secret(index: int) -> str:
 
 async def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, str, str]:
     """The real CLI as a child (asyncio: the in-process servers must keep answering while it runs)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edge_token", *args, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, **(env or {})},
-    )  # fmt: skip
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode is not None
-    return process.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+    argv = (sys.executable, "-m", "edge_token", *args)
+    code, out, err = await run_child(*argv, env={**os.environ, **(env or {})}, timeout=timeout)
+    return code, out.decode(errors="replace"), err.decode(errors="replace")
 
 
 @pytest.mark.usefixtures("live_auth")
