@@ -118,3 +118,37 @@ async def exercise(plan: Plan, workers: Workers, release: threading.Event, name:
     for calls in healthy:
         assert await calls.call(lambda: 8) == 8
     await threads_leave(name, LIMIT)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(limit=st.integers(1, 3), extra=st.integers(0, 2), queued=st.integers(1, 6))
+def test_a_call_that_times_out_in_the_queue_never_runs_and_costs_no_worker(limit: int, extra: int, queued: int) -> None:
+    """Invariant: a call still waiting for a worker when its deadline passes is dropped: its function never runs
+    (not even once a worker frees up, when it would race the caller's retry), and it strands no worker: once the
+    blocked calls return, every later call runs, on no more than `limit` threads."""
+
+    async def exercise(workers: Workers, release: threading.Event, name: str) -> None:
+        ran: list[int] = []
+        blocking = [BlockingCalls(f"file:/b{i}", HEALTHY_TIMEOUT, workers) for i in range(limit + extra)]
+        waiting = [BlockingCalls(f"file:/q{i}", STUCK_TIMEOUT, workers) for i in range(queued)]
+        busy = [asyncio.ensure_future(calls.call(release.wait)) for calls in blocking]
+        for _ in range(200):  # every worker the limit allows is taken before anything queues behind them
+            if pool_threads(name) >= limit:
+                break
+            await asyncio.sleep(0.01)
+        for i, calls in enumerate(waiting):  # nothing is free: each waits in the queue past its deadline
+            try:
+                await calls.call(functools.partial(ran.append, i))
+            except SinkError as exc:
+                assert "did not finish within" in str(exc)
+            else:
+                raise AssertionError("a call ran while every worker was blocked")
+        release.set()
+        assert all(await asyncio.gather(*busy))
+        for calls in waiting + blocking:
+            assert await calls.call(lambda: 5) == 5
+        await asyncio.sleep(0.05)  # a dropped call still queued would have been taken by now
+        assert ran == [], f"dropped calls ran: {ran}"
+        await threads_leave(name, limit)
+
+    run_with_pool("test-queued", limit, exercise)

@@ -41,6 +41,8 @@ FLOOR = Path(__file__).with_name("floor.py")
 # polling a fill fast from its start would slow the very thing being timed.
 READY_POLL_SECONDS = 0.01
 READY_FALLBACK_SECONDS = 2.0
+# the port comes from the daemon's http.listening log line; /proc/net/tcp only after this long without one
+LISTEN_LOG_SECONDS = 10.0
 HOLDING_EVENTS = ("token.renewed", "token.adopted")  # the README's events for "this profile now holds a token"
 SCRAPE_HEADERS = {"Accept": "text/plain", "Accept-Encoding": "identity"}  # classic text, no gzip: like for like
 
@@ -207,7 +209,9 @@ def peak_rss_mib(pid: int) -> float:
 
 
 def listen_port(pid: int) -> int | None:
-    """The TCP port a child listens on (it binds 127.0.0.1:0), from its socket inodes and /proc/net/tcp."""
+    """The TCP port a child listens on (it binds 127.0.0.1:0), from its socket inodes and /proc/net/tcp: for
+    children that log no address. /proc/net/tcp lists every socket of the machine, thousands after a few fills,
+    so this costs milliseconds per call: polled while a daemon starts, it competed with the auth server."""
     inodes = set()
     with contextlib.suppress(OSError):
         for fd in Path(f"/proc/{pid}/fd").iterdir():
@@ -418,6 +422,7 @@ class Daemon:
         self.process: asyncio.subprocess.Process | None = None
         self.started = 0.0
         self._port: int | None = None
+        self._log_offset = 0  # how far the log has been read
 
     async def __aenter__(self) -> Daemon:
         with self.log_path.open("ab") as log:
@@ -450,7 +455,9 @@ class Daemon:
         deadline = time.perf_counter() + timeout
         while self._port is None:
             self._check_alive()
-            self._port = listen_port(self.pid)
+            self._log_offset = self._tail_holding(self.holding, self._log_offset)
+            if self._port is None and time.perf_counter() > self.started + LISTEN_LOG_SECONDS:
+                self._port = listen_port(self.pid)  # no http.listening line: a daemon that does not log it
             if self._port is None:
                 if time.perf_counter() > deadline:
                     raise RuntimeError(f"the daemon did not listen within {timeout:g} s")
@@ -460,10 +467,10 @@ class Daemon:
     async def ready(self, cap: float) -> float | None:
         """Seconds from spawn until /readyz answers 200; None when `cap` seconds pass first."""
         readyz = await self.url("/readyz", timeout=cap)
-        offset, next_poll, first = 0, 0.0, True
+        next_poll, first = 0.0, True
         while True:
             self._check_alive()
-            offset = self._tail_holding(self.holding, offset)
+            self._log_offset = self._tail_holding(self.holding, self._log_offset)
             now = time.perf_counter()
             gate = len(self.holding) >= self.profiles
             if gate or now >= next_poll:
@@ -480,17 +487,20 @@ class Daemon:
             await asyncio.sleep(READY_POLL_SECONDS)
 
     def _tail_holding(self, holding: set[str], offset: int) -> int:
-        """Add the profiles the log (read on from `offset`) shows holding a token; returns the new offset."""
+        """Add the profiles the log (read on from `offset`) shows holding a token, and take the listening port from
+        its http.listening line; returns the new offset."""
         with self.log_path.open("rb") as log:
             log.seek(offset)
             chunk = log.read()
         end = chunk.rfind(b"\n") + 1  # a line still being written is read next time
         for line in chunk[:end].splitlines():
-            if any(name.encode() in line for name in HOLDING_EVENTS):
+            if any(name.encode() in line for name in HOLDING_EVENTS) or b"http.listening" in line:
                 with contextlib.suppress(ValueError):
                     event = json.loads(line)
                     if isinstance(event, dict) and event.get("event") in HOLDING_EVENTS:
                         holding.add(str(event.get("profile")))
+                    elif isinstance(event, dict) and event.get("event") == "http.listening" and self._port is None:
+                        self._port = int(str(event.get("address", "")).rpartition(":")[2])
         return offset + end
 
     def cpu(self) -> float:

@@ -4,8 +4,8 @@ written off (a dead NFS server costs a bounded wait and one thread, never the da
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
-from collections import deque
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -34,47 +34,50 @@ class Workers:
     Why not a thread per call: `Thread.start()` blocks the event loop until the new thread runs, and on a busy
     machine that wait cost more than the file call itself (about half of a 1,000-profile fill). Why not
     `asyncio.to_thread`: its executor's threads are joined at exit, so a call stuck in the kernel would keep
-    SIGTERM from ending the daemon; these are daemon threads, abandoned at exit. Idle workers wait on a condition
-    (no CPU). A worker whose call was written off (stuck past its deadline) no longer counts: another may start in
-    its place, so a hung filesystem costs threads only for the calls stuck in it, which `BlockingCalls` bounds to
-    one per sink.
+    SIGTERM from ending the daemon; these are daemon threads, abandoned at exit. Idle workers block in the C
+    `SimpleQueue.get` (no CPU). Why not a `threading.Condition`: its `notify()` under the lock woke a worker
+    straight into that lock, still held by the event loop; the loop paid ~80 us of hand-overs per call (a
+    third of a fill's sink writes, on the loop). The counts below sit under a plain lock held for a few
+    statements, and `put` runs after it is released. A worker whose call was written off (stuck past its
+    deadline) no longer counts: another may start in its place, so a hung filesystem costs threads only for the
+    calls stuck in it, which `BlockingCalls` bounds to one per sink.
     """
 
     def __init__(self, limit: int = 16, name: str = "edge-token file calls") -> None:
         self.limit, self.name = limit, name
-        self._cond = threading.Condition(threading.Lock())
-        self._queue: deque[_Job] = deque()
-        self._idle = 0  # workers waiting for a job
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._queued = 0  # jobs put and not yet taken by a worker (written-off ones included: a worker drops them)
+        self._idle = 0  # workers that will take a job without being started: in get(), or on their way to it
         self._workers = 0  # live workers that are not written off
 
     def submit(self, job: _Job) -> None:
         """Queue `job` for the first free worker (started if none is free and the limit allows)."""
-        with self._cond:
-            self._queue.append(job)
+        with self._lock:
+            self._queued += 1
             start = self._wanted()
+        self._jobs.put(job)
         if start:
-            threading.Thread(target=self._work, name=self.name, daemon=True).start()
+            self._start()
 
     def _wanted(self) -> bool:
-        """(With the lock held) wake a waiting worker for the queued jobs, or claim a new one; False when every
-        job already has a worker coming or the limit is reached (then a job waits for the first worker to be
-        free; its caller's deadline bounds that wait)."""
-        if not self._queue:
-            return False
-        if self._idle >= len(self._queue):  # enough waiting workers for every queued job
-            self._cond.notify()
-            return False
-        if self._workers >= self.limit:
+        """(With the lock held) True when a new worker must start for the queued jobs, claimed here; False when
+        every queued job has an idle worker coming or the limit is reached (then a job waits for the first worker
+        to be free; its caller's deadline bounds that wait)."""
+        if self._idle >= self._queued or self._workers >= self.limit:
             return False
         self._workers += 1
+        self._idle += 1
         return True
 
+    def _start(self) -> None:
+        threading.Thread(target=self._work, name=self.name, daemon=True).start()
+
     def write_off(self, job: _Job) -> None:
-        """The caller gave up on `job`: drop it if it has not started; else its worker no longer counts, and one
-        takes its place if jobs are waiting."""
-        with self._cond:
+        """The caller gave up on `job`: dropped if it has not started (the worker that takes it skips it); else its
+        worker no longer counts, and one takes its place if jobs are waiting."""
+        with self._lock:
             if not job.started:
-                self._queue.remove(job)
                 job.finished = True
                 return
             if job.finished:
@@ -83,26 +86,27 @@ class Workers:
             self._workers -= 1
             start = self._wanted()
         if start:
-            threading.Thread(target=self._work, name=self.name, daemon=True).start()
+            self._start()
 
     def _work(self) -> None:
         while True:
-            with self._cond:
-                while not self._queue:
-                    self._idle += 1
-                    self._cond.wait()
-                    self._idle -= 1
-                job = self._queue.popleft()
+            job = self._jobs.get()
+            with self._lock:
+                self._queued -= 1
+                if job.finished:  # written off before it started: nothing to run
+                    continue
+                self._idle -= 1
                 job.started = True
             _running.job = job
             job.function()
             _running.job = None
-            with self._cond:
+            with self._lock:
                 job.finished = True
                 if job.abandoned:  # written off while stuck: rejoin only if nobody took our place
                     if self._workers >= self.limit:
                         return
                     self._workers += 1
+                self._idle += 1
 
 
 #: the process's file workers (shared by every sink, like the descriptors they use)
