@@ -8,6 +8,7 @@ import functools
 import threading
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -152,3 +153,30 @@ def test_a_call_that_times_out_in_the_queue_never_runs_and_costs_no_worker(limit
         await threads_leave(name, limit)
 
     run_with_pool("test-queued", limit, exercise)
+
+
+def test_a_thread_the_system_refuses_leaves_no_phantom_worker_and_no_job_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When the system refuses a new worker thread (RLIMIT_NPROC, memory), the call that needed it fails at once
+    with that error, its function never runs later behind its caller's back (a worker free later would have
+    written an old token over a newer one), and the pool does not count a worker that never started: the next
+    call runs as soon as a thread can start again."""
+
+    async def exercise(workers: Workers, release: threading.Event, name: str) -> None:
+        ran: list[str] = []
+        calls = BlockingCalls("file:/refused", HEALTHY_TIMEOUT, workers)
+        with monkeypatch.context() as patch:
+
+            def refuse(self: threading.Thread) -> None:
+                raise RuntimeError("can't start new thread")
+
+            patch.setattr(threading.Thread, "start", refuse)
+            with pytest.raises(RuntimeError, match="can't start new thread"):
+                await calls.call(functools.partial(ran.append, "refused"))
+        assert await asyncio.wait_for(calls.call(lambda: 9), 5.0) == 9, "a phantom worker kept the call waiting"
+        await asyncio.sleep(0.05)
+        assert ran == [], "the refused call ran after its caller was told it failed"
+        await threads_leave(name, 1)
+
+    run_with_pool("test-refused", 1, exercise)

@@ -58,7 +58,7 @@ class Workers:
             start = self._wanted()
         self._jobs.put(job)
         if start:
-            self._start()
+            self._start(job)
 
     def _wanted(self) -> bool:
         """(With the lock held) True when a new worker must start for the queued jobs, claimed here; False when
@@ -70,8 +70,19 @@ class Workers:
         self._idle += 1
         return True
 
-    def _start(self) -> None:
-        threading.Thread(target=self._work, name=self.name, daemon=True).start()
+    def _start(self, job: _Job | None = None) -> None:
+        """Start the worker `_wanted` claimed. If the system refuses a thread (RLIMIT_NPROC, memory), the claim is
+        taken back (no job may wait for a worker that will never come) and `job`, unless a worker took it
+        meanwhile, is dropped: its caller gets the RuntimeError, and a worker free later must not write behind it."""
+        try:
+            threading.Thread(target=self._work, name=self.name, daemon=True).start()
+        except RuntimeError:
+            with self._lock:
+                self._workers -= 1
+                self._idle -= 1
+                if job is not None and not job.started:
+                    job.finished = True
+            raise
 
     def write_off(self, job: _Job) -> None:
         """The caller gave up on `job`: dropped if it has not started (the worker that takes it skips it); else its
