@@ -146,3 +146,69 @@ async def test_a_slow_filesystem_fails_no_healthy_call_and_runs_them_side_by_sid
     took = time.monotonic() - started
     assert [r for r in results if r != "token"] == []
     assert took < sinks * call / 4, f"{sinks} calls of {call} s took {took:.1f} s: not side by side"
+
+
+def refuse_threads(self: threading.Thread) -> None:
+    """Thread.start as the kernel answers at RLIMIT_NPROC or a container's pids limit."""
+    raise RuntimeError("can't start new thread")
+
+
+def test_a_hung_trip_is_written_off_even_when_its_replacement_thread_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A directory's trip hangs with a call queued behind it, and at the trip's deadline the system refuses the
+    replacement worker: every caller still gets its answer at the deadline (before, the refusal escaped the
+    deadline's callback and the trip's callers waited forever, even after the filesystem recovered), and once
+    threads can start again the directory's calls work."""
+
+    async def exercise(workers: Workers, release: threading.Event, name: str) -> None:
+        batched = BatchedCalls("dir:/x", DEADLINE, workers)
+        owners = [BlockingCalls(f"file:/x/{i}", DEADLINE, workers) for i in range(2)]
+        other = BlockingCalls("file:/y/c", 30.0, workers)
+        started = threading.Event()
+
+        def hang() -> str:
+            started.set()
+            release.wait()
+            return "late"
+
+        trip = [
+            asyncio.ensure_future(batched.call(hang, owners[0])),
+            asyncio.ensure_future(batched.call(str, owners[1])),
+        ]
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        queued = asyncio.ensure_future(other.call(lambda: "c"))  # the only worker is stuck: it waits in the queue
+        with monkeypatch.context() as patch:
+            patch.setattr(threading.Thread, "start", refuse_threads)
+            answers = await asyncio.wait_for(asyncio.gather(*trip, return_exceptions=True), DEADLINE * 6)
+        assert all(isinstance(a, SinkError) and "did not finish within" in str(a) for a in answers), answers
+        release.set()
+        assert await asyncio.wait_for(queued, 5.0) == "c"
+        assert await batched.call(lambda: 4, owners[1]) == 4
+        await threads_leave(name, 1)
+
+    run_with_pool("test-dir-refused-replacement", 1, exercise)
+
+
+def test_a_trip_whose_thread_is_refused_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No worker is free and the system refuses the thread a directory's trip needs: its calls fail at once with
+    a sink error naming the limit (not after the whole deadline as if the filesystem hung), and run fine once
+    threads can start."""
+
+    async def exercise(workers: Workers, release: threading.Event, name: str) -> None:
+        batched = BatchedCalls("dir:/z", 30.0, workers)
+        owner = BlockingCalls("file:/z/a", 30.0, workers)
+        ran: list[int] = []
+        with monkeypatch.context() as patch:
+            patch.setattr(threading.Thread, "start", refuse_threads)
+            began = time.monotonic()
+            with pytest.raises(SinkError, match="no worker thread could start"):
+                await asyncio.wait_for(batched.call(functools.partial(ran.append, 1), owner), 5.0)
+            assert time.monotonic() - began < 2.0
+        assert await batched.call(lambda: 5, owner) == 5
+        await asyncio.sleep(0.05)
+        assert ran == [], "the refused trip ran after its callers were told it failed"
+        await threads_leave(name, 1)
+
+    run_with_pool("test-dir-refused-trip", 1, exercise)

@@ -6,6 +6,7 @@ import asyncio
 import errno
 import functools
 import threading
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -155,24 +156,25 @@ def test_a_call_that_times_out_in_the_queue_never_runs_and_costs_no_worker(limit
     run_with_pool("test-queued", limit, exercise)
 
 
+def refuse_threads(self: threading.Thread) -> None:
+    """Thread.start as the kernel answers at RLIMIT_NPROC or a container's pids limit."""
+    raise RuntimeError("can't start new thread")
+
+
 def test_a_thread_the_system_refuses_leaves_no_phantom_worker_and_no_job_behind(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """When the system refuses a new worker thread (RLIMIT_NPROC, memory), the call that needed it fails at once
-    with that error, its function never runs later behind its caller's back (a worker free later would have
-    written an old token over a newer one), and the pool does not count a worker that never started: the next
-    call runs as soon as a thread can start again."""
+    with a sink error naming the limit, its function never runs later behind its caller's back (a worker free
+    later would have written an old token over a newer one), and the pool does not count a worker that never
+    started: the next call runs as soon as a thread can start again."""
 
     async def exercise(workers: Workers, release: threading.Event, name: str) -> None:
         ran: list[str] = []
         calls = BlockingCalls("file:/refused", HEALTHY_TIMEOUT, workers)
         with monkeypatch.context() as patch:
-
-            def refuse(self: threading.Thread) -> None:
-                raise RuntimeError("can't start new thread")
-
-            patch.setattr(threading.Thread, "start", refuse)
-            with pytest.raises(RuntimeError, match="can't start new thread"):
+            patch.setattr(threading.Thread, "start", refuse_threads)
+            with pytest.raises(SinkError, match="no worker thread could start"):
                 await calls.call(functools.partial(ran.append, "refused"))
         assert await asyncio.wait_for(calls.call(lambda: 9), 5.0) == 9, "a phantom worker kept the call waiting"
         await asyncio.sleep(0.05)
@@ -180,3 +182,72 @@ def test_a_thread_the_system_refuses_leaves_no_phantom_worker_and_no_job_behind(
         await threads_leave(name, 1)
 
     run_with_pool("test-refused", 1, exercise)
+
+
+def test_a_refused_replacement_for_a_hung_call_still_writes_the_call_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call hangs past its deadline while another owner's call waits for the only worker, and the system
+    refuses the replacement thread at that moment: the hung call's caller still gets the deadline's sink error
+    (not the refusal), its owner's next calls are refused at once while it stays stuck (no thread each), and the
+    waiting call runs once a thread can start again, without waiting out its own deadline."""
+
+    async def exercise(workers: Workers, release: threading.Event, name: str) -> None:
+        hung = BlockingCalls("file:/nfs/token", STUCK_TIMEOUT, workers)
+        other = BlockingCalls("file:/tmp/other", HEALTHY_TIMEOUT, workers)
+        started = threading.Event()
+
+        def hang() -> None:
+            started.set()
+            release.wait()
+
+        first = asyncio.ensure_future(hung.call(hang))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        waiting = asyncio.ensure_future(other.call(lambda: 1))  # the only worker is stuck: it waits in the queue
+        await asyncio.sleep(0.01)
+        with monkeypatch.context() as patch:
+            patch.setattr(threading.Thread, "start", refuse_threads)
+            with pytest.raises(SinkError, match="did not finish within"):
+                await first
+            for _ in range(3):
+                with pytest.raises(SinkError, match="still stuck"):
+                    await hung.call(hang)
+        assert hung.stuck and pool_threads(name) <= 1
+        # threads may start again: the next call of any owner brings a worker, which takes the waiting call too
+        assert await BlockingCalls("file:/tmp/third", HEALTHY_TIMEOUT, workers).call(lambda: 3) == 3
+        assert await asyncio.wait_for(waiting, 5.0) == 1
+        release.set()
+        await threads_leave(name, 1)
+
+    run_with_pool("test-refused-replacement", 1, exercise)
+
+
+def test_a_call_a_free_worker_took_is_not_reported_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thread a call asked for is refused, but a worker freed up meanwhile and took the call: the call runs
+    once and its caller gets its answer (told it failed, it would retry a write that landed)."""
+
+    async def exercise(workers: Workers, release: threading.Event, name: str) -> None:
+        ran: list[str] = []
+        busy = asyncio.ensure_future(BlockingCalls("file:/a", HEALTHY_TIMEOUT, workers).call(release.wait))
+        while pool_threads(name) < 1:
+            await asyncio.sleep(0.01)
+
+        def free_a_worker_then_refuse(self: threading.Thread) -> None:
+            release.set()  # the busy worker finishes and takes the queued call while the thread is being refused
+            for _ in range(500):
+                if ran:
+                    break
+                time.sleep(0.01)
+            raise RuntimeError("can't start new thread")
+
+        def write() -> str:
+            ran.append("written")
+            return "done"
+
+        with monkeypatch.context() as patch:
+            patch.setattr(threading.Thread, "start", free_a_worker_then_refuse)
+            result = await BlockingCalls("file:/b", HEALTHY_TIMEOUT, workers).call(write)
+        assert result == "done" and ran == ["written"]
+        assert await busy
+        await threads_leave(name, 2)
+
+    run_with_pool("test-refused-taken", 2, exercise)

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from prometheus_client import generate_latest
 
+import edge_token.daemon
 from edge_token.config import load_config
+from edge_token.core.errors import ConfigError
 from harness import LoopWorld
 from promsample import sample
 
@@ -45,3 +48,45 @@ def test_a_reload_that_changes_only_sinks_reuses_the_token_and_writes_each_sink_
     sinks = daemon.metrics.profiles["main"].sinks
     assert sinks[f"file:{world.dir / 'b.jwt'}"].writes == {"success": 1.0}
     assert daemon.profiles.statuses()[0].ready
+
+
+DEEP = "\n[profiles.main.required_claims]\nx = " + "[" * 1000 + "]" * 1000 + "\n"
+
+
+def test_a_config_nested_too_deep_is_a_config_error(world: LoopWorld) -> None:
+    """Arrays nested a thousand deep (the parser recurses per level) are a config error naming the file (exit 78
+    for run, once and check; RestartPreventExitStatus= stops on it), not an internal error (exit 70)."""
+    world.write("a.jwt", extra=DEEP)
+    with pytest.raises(ConfigError, match="nested hundreds of levels deep") as refused:
+        load_config(world.config, environ={})
+    assert str(world.config) in str(refused.value)
+
+
+@pytest.mark.parametrize("fault", ["deep config", "a bug while reading it"])
+def test_a_reload_that_cannot_read_the_config_keeps_the_running_one(
+    world: LoopWorld, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    """Whatever goes wrong reading the new config (a config error, or a bug in reading it), SIGHUP's reload is
+    refused like a bad config: logged, counted, shown in /status, the running profiles kept, and the next
+    reload works (before, anything but a ConfigError escaped the signal's callback: no outcome, and systemd was
+    left waiting for the READY=1 that ends a reload)."""
+    world.write("a.jwt")
+    daemon = world.harness.start(load_config(world.config, environ={}), rng=random.Random(1))
+    if fault == "deep config":
+        world.write("a.jwt", extra=DEEP)
+    else:
+
+        def broken(*_args: object) -> None:
+            raise ValueError("a bug")
+
+        monkeypatch.setattr(edge_token.daemon, "load_config", broken)
+    world.harness.on_loop(daemon.reload)
+    last = daemon.daemon_status()["last_reload"]
+    assert last["ok"] is False and str(world.config) in last["error"]
+    text = generate_latest(daemon.metrics.registry).decode()
+    assert sample(text, "edge_token_config_reload_total", result="failure") == 1
+    assert daemon.profiles.renewers["main"].current is not None, "the running profile was dropped"
+    monkeypatch.undo()
+    world.write("a.jwt")
+    world.harness.on_loop(daemon.reload)
+    assert daemon.daemon_status()["last_reload"]["ok"] is True

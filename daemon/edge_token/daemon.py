@@ -27,7 +27,7 @@ from edge_token.config import load_config
 from edge_token.config.trust import listen_exposure
 from edge_token.core import health
 from edge_token.core.clock import Clock, SystemClock
-from edge_token.core.errors import ConfigError
+from edge_token.core.errors import ConfigError, EdgeTokenError, InternalError
 from edge_token.core.health import readiness
 from edge_token.core.settings import Config, FleetConfig, plan_reload
 from edge_token.core.token import Token
@@ -259,10 +259,17 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = load_config(self.config.path, self.environ)
-        except ConfigError as exc:
-            self.log.error("config.reload_failed", message=str(exc), action="keeping the running configuration")
-            self.notifier.reloaded("reload failed, running the previous configuration: " + str(exc))
-            self._reloaded(exc)
+        except Exception as exc:  # a ConfigError, or a bug in reading one: either way the running config is kept
+            error = (
+                exc
+                if isinstance(exc, ConfigError)
+                else InternalError(
+                    f"internal error while reading {self.config.path} ({type(exc).__name__}); please report it"
+                )
+            )
+            self.log.error("config.reload_failed", message=str(error), action="keeping the running configuration")
+            self.notifier.reloaded("reload failed, running the previous configuration: " + str(error))
+            self._reloaded(error)
             return
         plan = plan_reload(self.config, new, self.only)
         self.config = new
@@ -276,7 +283,7 @@ class Daemon:
             f"reloaded: {len(plan.added)} added, {len(plan.removed)} removed, {len(changed)} changed"
         )
 
-    def _reloaded(self, error: ConfigError | None) -> None:
+    def _reloaded(self, error: EdgeTokenError | None) -> None:
         """Make the reload visible beyond the log line: metrics (alertable) and /status."""
         self.last_reload = {"at": self.clock.time(), "ok": error is None, "error": error and str(error)}
         self.metrics.reloaded(error is None, self.clock.time())

@@ -24,9 +24,12 @@ from edge_token.core.settings import Config, ProfileConfig
 if TYPE_CHECKING:
     import tomllib as toml
 else:
-    try:  # tomllib is tomli 2.0, vendored; tomli's own wheel is compiled (mypyc): a 1,000-profile config parses in
-        import tomli as toml  # ~17 ms instead of ~53, a third of what a fill did before its first request
-    except ImportError:  # a packager that left it out: the same parser, slower
+    # tomllib is tomli 2.0, vendored; tomli's own wheel is compiled (mypyc): a 1,000-profile config parses in ~26 ms
+    # instead of ~53, a quarter of what a fill did before its first request. Pinned below 2.4 (pyproject.toml): from
+    # 2.4 tomli reads TOML 1.1, and a config must not mean one thing here and another where tomllib reads it
+    try:
+        import tomli as toml
+    except ImportError:  # a packager that left it out: the same parser and TOML version, slower
         import tomllib as toml
 
 # patterns of the error path only: compiled (and cached by `re`) when a file has a syntax error, not at every start
@@ -96,6 +99,8 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
         data = toml.loads(text)
     except toml.TOMLDecodeError as exc:
         raise ConfigError(toml_problem(file, text, exc)) from None
+    except RecursionError:  # the parser recurses per level of nesting: a config is never this deep
+        raise ConfigError(f"{file}: arrays or tables nested hundreds of levels deep; is it the right file?") from None
     root = Table(data, "", file)
     daemon = parse_daemon(root.table("daemon"))
     fleet = parse_fleet(root.table("fleet"))

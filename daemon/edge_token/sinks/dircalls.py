@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from edge_token.core.errors import SinkError
-from edge_token.sinks.filecalls import WORKERS, BlockingCalls, Workers, _Job
+from edge_token.sinks.filecalls import WORKERS, BlockingCalls, ThreadRefused, Workers, _Job, refused
 
 T = TypeVar("T")
 
@@ -110,7 +110,12 @@ class BatchedCalls:
             batch.sent = loop.time()
             batch.job = _Job(functools.partial(self._run, batch))
             self.trips += 1
-            self._workers.submit(batch.job)
+            try:
+                self._workers.submit(batch.job)
+            except ThreadRefused as exc:  # dropped, never run: its calls fail now, not at their deadline
+                self._flight.discard(batch)
+                batch.job = None
+                self._fail(batch, exc)
 
     def _rechecked(self) -> None:
         self._recheck = None
@@ -179,15 +184,18 @@ class BatchedCalls:
             elif self._waiting:
                 batch.loop.call_soon(self._submit)
 
-    def _fail(self, batch: _Batch) -> None:
-        """Every call of `batch` without an answer fails (the trip it was in, or waited for, is written off)."""
+    def _fail(self, batch: _Batch, refusal: ThreadRefused | None = None) -> None:
+        """Every call of `batch` without an answer fails: the trip it was in, or waited for, is written off, or
+        (`refusal`) no worker thread could start for it."""
         if batch.timer is not None:
             batch.timer.cancel()
         batch.expired = True
         for _function, future, owner in batch.calls:
             if not future.done():
                 future.set_exception(
-                    SinkError(
+                    refused(owner.what, refusal)
+                    if refusal is not None
+                    else SinkError(
                         f"{owner.what}: a file operation did not finish within {self.timeout:g} s (hung "
                         "filesystem?); the previous token is kept"
                     )

@@ -28,6 +28,11 @@ class _Job:
         return self.started and not self.finished
 
 
+class ThreadRefused(RuntimeError):
+    """The system refused the worker thread a file call needed (RLIMIT_NPROC, a container's pids limit, memory);
+    the call was dropped, never run."""
+
+
 class Workers:
     """A few long-lived daemon threads that run blocking file calls for every sink of the process.
 
@@ -71,18 +76,22 @@ class Workers:
         return True
 
     def _start(self, job: _Job | None = None) -> None:
-        """Start the worker `_wanted` claimed. If the system refuses a thread (RLIMIT_NPROC, memory), the claim is
-        taken back (no job may wait for a worker that will never come) and `job`, unless a worker took it
-        meanwhile, is dropped: its caller gets the RuntimeError, and a worker free later must not write behind it."""
+        """Start the worker `_wanted` claimed. If the system refuses a thread (RLIMIT_NPROC, a container's pids
+        limit, memory), the claim is taken back: no job may wait for a worker that will never come (the next free
+        one takes it, or its caller's deadline ends the wait). `job`, the call that asked for the thread, is then
+        dropped and ThreadRefused raised, unless a worker took it meanwhile (it runs, and its caller gets its
+        answer). Without `job` (a replacement for a written-off worker) nothing is raised."""
         try:
             threading.Thread(target=self._work, name=self.name, daemon=True).start()
-        except RuntimeError:
+        except RuntimeError as exc:
             with self._lock:
                 self._workers -= 1
                 self._idle -= 1
-                if job is not None and not job.started:
+                dropped = job is not None and not job.started
+                if dropped and job is not None:
                     job.finished = True
-            raise
+            if dropped:
+                raise ThreadRefused(str(exc)) from None
 
     def write_off(self, job: _Job) -> None:
         """The caller gave up on `job`: dropped if it has not started (the worker that takes it skips it); else its
@@ -97,7 +106,7 @@ class Workers:
             self._workers -= 1
             start = self._wanted()
         if start:
-            self._start()
+            self._start()  # never raises: a deadline's callback calls this
 
     def _work(self) -> None:
         while True:
@@ -126,6 +135,14 @@ _running = threading.local()  # in a worker: the job it runs
 #: the owners (`what`: a sink's type and path) whose last call is written off: per owner, not per object, so a
 #: reload's new sink for the same file waits for the old one's stuck call like the old sink would
 _STUCK: dict[str, _Job] = {}
+
+
+def refused(what: str, exc: ThreadRefused) -> SinkError:
+    """The error of a call dropped because no worker thread could start."""
+    return SinkError(
+        f"{what}: no worker thread could start for the file call ({exc}: the process or container is at its thread "
+        "or memory limit; raise LimitNPROC=/TasksMax= or pids.max); the previous token is kept"
+    )
 
 
 def given_up() -> bool:
@@ -196,7 +213,10 @@ class BlockingCalls:
                 future.set_exception(expired)
 
         job = _Job(work)
-        self._workers.submit(job)
+        try:
+            self._workers.submit(job)
+        except ThreadRefused as exc:
+            raise refused(self.what, exc) from None
         deadline = loop.call_later(self.timeout, expire)  # not wait_for(shield()): two tasks' worth per call
         try:
             return await future
