@@ -4,14 +4,17 @@ once."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
 from prometheus_client import generate_latest
 
 import edge_token.daemon
+from conftest import CLIENT_ID, profile_toml
 from edge_token.config import load_config
 from edge_token.core.errors import ConfigError
+from faultyauth import Fault
 from harness import LoopWorld
 from promsample import sample
 
@@ -90,3 +93,42 @@ def test_a_reload_that_cannot_read_the_config_keeps_the_running_one(
     world.write("a.jwt")
     world.harness.on_loop(daemon.reload)
     assert daemon.daemon_status()["last_reload"]["ok"] is True
+
+
+@pytest.mark.parametrize("removed_while", ["waiting for its turn", "its request is out"])
+def test_a_removed_profiles_cycle_in_flight_writes_nothing(world: LoopWorld, removed_while: str) -> None:
+    """A reload removes a profile whose cycle is in flight: from its next step on, that cycle requests no token
+    and writes no sink (the file may belong to another profile of the new config; the operator took this one
+    away). Removed while it waits for its turn behind the concurrency limit: no request at all. Removed while its
+    request is out: the answer is not written anywhere. The profile that stays is not disturbed."""
+    main, gone = world.dir / "a.jwt", world.dir / "gone.jwt"
+
+    def write(*names: str) -> None:
+        tables = {"main": main, "gone": gone}
+        world.config.write_text(
+            '[daemon]\nlisten = ""\nmax_concurrent_renewals = 1\n'
+            + "".join(profile_toml(name, world.auth, world.secret, [{"path": str(tables[name])}]) for name in names)
+        )
+
+    write("main", "gone")
+    daemon = world.harness.start(load_config(world.config, environ={}), rng=random.Random(1))
+    held, requests = gone.read_text(), len(world.auth.request_times)
+    audience = daemon.config.profiles["main"].audience
+    supervisor = daemon.profiles.supervisor
+    slow = Fault(status=200, access_token=world.auth.mint(world.auth.claims_for(CLIENT_ID, audience)), delay=0.3)
+    world.auth.token_faults.append(slow)  # the next request is answered after 0.3 s
+    if removed_while == "waiting for its turn":  # main's request holds the one slot; gone waits behind it
+        world.harness.on_loop(lambda: supervisor.trigger("main", force=True))
+        world.harness.run(asyncio.sleep(0.1))
+        world.harness.on_loop(lambda: supervisor.trigger("gone", force=True))
+    else:
+        world.harness.on_loop(lambda: supervisor.trigger("gone", force=True))
+        world.harness.run(asyncio.sleep(0.1))  # gone's request is at the server, held there
+    assert len(world.auth.request_times) == requests + 1
+    write("main")
+    world.harness.on_loop(daemon.reload)
+    world.harness.run(asyncio.sleep(0.4))
+    world.harness.settle()
+    assert gone.read_text() == held, "the removed profile's cycle wrote its sink"
+    assert len(world.auth.request_times) == requests + 1, "the removed profile requested a token after removal"
+    assert "gone" not in daemon.profiles.renewers and daemon.profiles.renewers["main"].current is not None

@@ -34,6 +34,8 @@ class Cycle:
     async def step(self, renewer: Renewer, force: bool, outcomes: list[RenewalOutcome]) -> None:
         """One cycle's work; every renewer step returns an outcome and never raises."""
         async with self._semaphore:
+            if renewer.retired:  # removed by a reload while this cycle waited for its turn
+                return
             if renewer.last_outcome is None and renewer.current is None:
                 adopted = await renewer.adopt()
                 outcomes += [adopted] if adopted else []
@@ -41,6 +43,8 @@ class Cycle:
             role = await fleet.step(renewer, outcomes) if fleet is not None else None
             if role == "follower":
                 pass  # the leader requests; we only read, verify and write what it publishes
+            elif renewer.retired:  # removed while it adopted or took its fleet step
+                pass
             elif force or renewer.renewal_due(self.clock.time()):
                 outcomes.append(await renewer.renew())
                 if fleet is not None and role == "leader" and outcomes[-1].error is None:

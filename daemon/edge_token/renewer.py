@@ -91,6 +91,9 @@ class Renewer:
         self.last_error: EdgeTokenError | None = None  # of the latest renewal; None after a success
         self.last_success_at: float | None = None
         self._traceback_at = -float("inf")
+        #: the profile was removed by a reload: a cycle still in flight requests nothing more and writes no sink
+        #: (another profile of the new config may own the file now; the operator took this one away)
+        self.retired = False
 
     # ---- what the policy needs --------------------------------------------------------------------------
     def state(self) -> TokenState:
@@ -276,7 +279,7 @@ class Renewer:
         """Write `current` to every sink that does not hold it yet; sinks fail independently. (Written, changed,
         failed): a sink that already held the token is written but not changed, and runs no hook."""
         token = self.current
-        if token is None:
+        if token is None or self.retired:
             return (), (), {}
         written: list[str] = []
         changed_sinks: list[str] = []

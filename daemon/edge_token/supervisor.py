@@ -105,9 +105,14 @@ class Supervisor:
         self.trigger(name)
 
     def remove(self, name: str) -> None:
-        """A removed profile: no next run; a cycle in flight finishes without scheduling anything."""
-        if self.slots.pop(name, None) is not None:
+        """A removed profile: no next run; a cycle in flight finishes without scheduling anything, and from its
+        next step on requests no token and writes no sink (its renewers are retired)."""
+        slot = self.slots.pop(name, None)
+        if slot is not None:
             self.scheduler.cancel(job_id(name))
+            for renewer in (slot.renewer, slot.inherit):
+                if renewer is not None:
+                    renewer.retired = True
 
     # ---- runs ---------------------------------------------------------------------------------------------
     def trigger(self, name: str, force: bool = False) -> None:
