@@ -28,7 +28,6 @@ from edge_token.config.trust import listen_exposure
 from edge_token.core import health
 from edge_token.core.clock import Clock, SystemClock
 from edge_token.core.errors import ConfigError, EdgeTokenError, InternalError
-from edge_token.core.health import readiness
 from edge_token.core.settings import Config, FleetConfig, plan_reload
 from edge_token.core.token import Token
 from edge_token.net.http import make_session
@@ -248,7 +247,7 @@ class Daemon:
 
     def _ready_timeout(self) -> None:
         if self.notifier.enabled and not self.notifier.ready_sent:
-            _, details = readiness(self.profiles.statuses())
+            _, details = health.readiness(self.profiles.statuses())
             waiting = ", ".join(sorted(details["not_ready"]))
             self.notifier.ready(f"ready_timeout reached; still without a verified token: {waiting}")
             self.log.warning("daemon.ready_timeout", not_ready=sorted(details["not_ready"]))
@@ -260,13 +259,8 @@ class Daemon:
         try:
             new = load_config(self.config.path, self.environ)
         except Exception as exc:  # a ConfigError, or a bug in reading one: either way the running config is kept
-            error = (
-                exc
-                if isinstance(exc, ConfigError)
-                else InternalError(
-                    f"internal error while reading {self.config.path} ({type(exc).__name__}); please report it"
-                )
-            )
+            why = f"internal error while reading {self.config.path} ({type(exc).__name__}); please report it"
+            error = exc if isinstance(exc, ConfigError) else InternalError(why)
             self.log.error("config.reload_failed", message=str(error), action="keeping the running configuration")
             self.notifier.reloaded("reload failed, running the previous configuration: " + str(error))
             self._reloaded(error)
@@ -279,9 +273,8 @@ class Daemon:
         changed = [name for name, _ in plan.changed]
         self.log.info("config.reloaded", added=list(plan.added), removed=list(plan.removed), changed=changed)
         self._reloaded(None)
-        self.notifier.reloaded(
-            f"reloaded: {len(plan.added)} added, {len(plan.removed)} removed, {len(changed)} changed"
-        )
+        summary = f"reloaded: {len(plan.added)} added, {len(plan.removed)} removed, {len(changed)} changed"
+        self.notifier.reloaded(summary)
 
     def _reloaded(self, error: EdgeTokenError | None) -> None:
         """Make the reload visible beyond the log line: metrics (alertable) and /status."""
