@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
@@ -14,6 +15,7 @@ import edge_token.daemon
 from conftest import CLIENT_ID, profile_toml
 from edge_token.config import load_config
 from edge_token.core.errors import ConfigError
+from edge_token.core.token import Token
 from faultyauth import Fault
 from harness import LoopWorld
 from promsample import sample
@@ -132,3 +134,138 @@ def test_a_removed_profiles_cycle_in_flight_writes_nothing(world: LoopWorld, rem
     assert gone.read_text() == held, "the removed profile's cycle wrote its sink"
     assert len(world.auth.request_times) == requests + 1, "the removed profile requested a token after removal"
     assert "gone" not in daemon.profiles.renewers and daemon.profiles.renewers["main"].current is not None
+
+
+def write_profiles(world: LoopWorld, tables: dict[str, list[Path]]) -> None:
+    world.config.write_text(
+        '[daemon]\nlisten = ""\n'
+        + "".join(
+            profile_toml(name, world.auth, world.secret, [{"path": str(p)} for p in paths])
+            for name, paths in tables.items()
+        )
+    )
+
+
+def test_a_profile_removed_while_one_sink_is_written_writes_no_other(
+    world: LoopWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload lands while the first of a profile's sinks is being written (a slow fsync, a Kubernetes or Vault
+    PUT) and takes the profile away, giving its second sink to another profile: the removed profile writes none of
+    its later sinks (found by an outside review: the check ran once, before the loop)."""
+    a, g1, g2 = world.dir / "a.jwt", world.dir / "g1.jwt", world.dir / "g2.jwt"
+    write_profiles(world, {"main": [a], "gone": [g1, g2]})
+    rotated: list[str] = []
+    daemon = world.harness.start(
+        load_config(world.config, environ={}),
+        rng=random.Random(1),
+        on_rotated=lambda name, _t: rotated.append(name),
+    )
+    supervisor = daemon.profiles.supervisor
+    gone = supervisor.slots["gone"].renewer
+    gate = asyncio.Event()
+    first = gone.sinks[0]
+    real_write = first.write
+
+    async def slow_write(token: Token) -> bool:  # a slow first sink: the write is out when the reload comes
+        await gate.wait()
+        return bool(await real_write(token))
+
+    monkeypatch.setattr(first, "write", slow_write)
+    held_g2 = g2.read_text()
+    world.harness.on_loop(lambda: supervisor.trigger("gone", force=True))
+    world.harness.run(asyncio.sleep(0.2))  # gone has its new token, its write of g1 is out
+    assert gone.current is not None and gone.current.jwt != held_g2
+    new_gone_token = gone.current.jwt
+    write_profiles(world, {"main": [a, g2]})  # gone removed; g2 now belongs to main
+    world.harness.on_loop(daemon.reload)
+    world.harness.settle()
+    main = supervisor.slots["main"].renewer
+    assert g2.read_text() == main.current.jwt  # main wrote its new sink
+    assert gone.retired
+    world.harness.on_loop(gate.set)
+    world.harness.run(asyncio.sleep(0.3))
+    assert g2.read_text() != new_gone_token, "removed profile's cycle wrote g2 (now main's) after its removal"
+
+
+def test_a_changed_profiles_old_cycle_writes_no_sink_the_reload_gave_away(world: LoopWorld) -> None:
+    """A reload moves a sink from a profile whose request is out to another profile: the changed profile's old
+    cycle writes none of its old sinks (its renewer is retired like a removed one), so the sink holds the token of
+    the profile that owns it now, as /status says."""
+    a, g1, g2 = world.dir / "a.jwt", world.dir / "g1.jwt", world.dir / "g2.jwt"
+    write_profiles(world, {"main": [a], "moved": [g1, g2]})
+    daemon = world.harness.start(load_config(world.config, environ={}), rng=random.Random(1))
+    supervisor = daemon.profiles.supervisor
+    audience = daemon.config.profiles["moved"].audience
+    slow_token = world.auth.mint(world.auth.claims_for(CLIENT_ID, audience))
+    world.auth.token_faults.append(Fault(status=200, access_token=slow_token, delay=0.3))
+    world.harness.on_loop(lambda: supervisor.trigger("moved", force=True))
+    world.harness.run(asyncio.sleep(0.1))  # moved's request is out
+    write_profiles(world, {"main": [a, g2], "moved": [g1]})  # g2 moves from `moved` to `main` (both: sinks-only change)
+    world.harness.on_loop(daemon.reload)
+    world.harness.run(asyncio.sleep(0.5))
+    world.harness.settle()
+    main = supervisor.slots["main"].renewer
+    assert g2.read_text() == main.current.jwt, "main's sink g2 holds another profile's token; /status says ok"
+
+
+@pytest.mark.parametrize("removed_while", ["waiting for its turn", "its request is out"])
+def test_a_profile_removed_and_added_back_renews_and_writes(world: LoopWorld, removed_while: str) -> None:
+    """Two quick reloads remove and re-add `gone` (same sinks) while its cycle is in flight: the new renewer is not
+    retired, gets one next run, and its sinks hold its token; the retired one writes nothing."""
+    a, g = world.dir / "a.jwt", world.dir / "g.jwt"
+    world.config.write_text(
+        '[daemon]\nlisten = ""\nmax_concurrent_renewals = 1\n'
+        + "".join(profile_toml(n, world.auth, world.secret, [{"path": str(p)}]) for n, p in (("main", a), ("gone", g)))
+    )
+    full = world.config.read_text()
+    daemon = world.harness.start(load_config(world.config, environ={}), rng=random.Random(1))
+    supervisor = daemon.profiles.supervisor
+    old = supervisor.slots["gone"].renewer
+    audience = daemon.config.profiles["main"].audience
+    slow = world.auth.mint(world.auth.claims_for(CLIENT_ID, audience))
+    world.auth.token_faults.append(Fault(status=200, access_token=slow, delay=0.3))
+    if removed_while == "waiting for its turn":
+        world.harness.on_loop(lambda: supervisor.trigger("main", force=True))
+        world.harness.run(asyncio.sleep(0.1))
+        world.harness.on_loop(lambda: supervisor.trigger("gone", force=True))
+    else:
+        world.harness.on_loop(lambda: supervisor.trigger("gone", force=True))
+        world.harness.run(asyncio.sleep(0.1))
+    world.config.write_text(
+        '[daemon]\nlisten = ""\nmax_concurrent_renewals = 1\n'
+        + profile_toml("main", world.auth, world.secret, [{"path": str(a)}])
+    )
+    world.harness.on_loop(daemon.reload)
+    world.config.write_text(full)
+    world.harness.on_loop(daemon.reload)
+    world.harness.run(asyncio.sleep(0.5))
+    world.harness.settle()
+    new = supervisor.slots["gone"].renewer
+    assert new is not old and old.retired and not new.retired
+    assert new.current is not None and g.read_text() == new.current.jwt and new.ready()
+    assert g.read_text() != slow or removed_while == "waiting for its turn"
+    assert daemon.scheduler.next_run("profile:gone") is not None
+    assert all(s.ready for s in daemon.profiles.statuses())
+
+
+def test_a_profile_removed_while_its_renewal_fetches_keys_requests_no_token(world: LoopWorld) -> None:
+    """A renewal waits for a JWKS refresh before its request, and a reload removes the profile meanwhile: no token
+    is requested (the README's promise; the check before the renewal alone missed this window)."""
+    a, g = world.dir / "a.jwt", world.dir / "g.jwt"
+    write_profiles(world, {"main": [a], "gone": [g]})
+    daemon = world.harness.start(load_config(world.config, environ={}), rng=random.Random(1))
+    supervisor = daemon.profiles.supervisor
+    held = g.read_text()
+    world.clock.advance(4000)  # the JWKS set is due for refresh (and the token for renewal)
+    world.auth.jwks_faults.append(Fault(status=200, access_token="normal", delay=0.3))  # a slow JWKS answer
+    requests = len(world.auth.request_times)
+    world.harness.on_loop(lambda: supervisor.trigger("gone", force=True))
+    world.harness.run(asyncio.sleep(0.1))  # gone's renew() waits on the JWKS fetch; no token request yet
+    assert len(world.auth.request_times) == requests
+    write_profiles(world, {"main": [a]})
+    world.harness.on_loop(daemon.reload)
+    assert "gone" not in supervisor.slots
+    world.harness.run(asyncio.sleep(0.6))
+    world.harness.settle()
+    assert g.read_text() == held
+    assert len(world.auth.request_times) == requests, "the removed profile requested a token after its removal"

@@ -47,7 +47,7 @@ class Cycle:
                 pass
             elif force or renewer.renewal_due(self.clock.time()):
                 outcomes.append(await renewer.renew())
-                if fleet is not None and role == "leader" and outcomes[-1].error is None:
+                if fleet is not None and role == "leader" and outcomes[-1].error is None and not renewer.retired:
                     await fleet.publish(renewer)
             elif renewer.pending_sinks:
                 outcomes.append(await renewer.retry_sinks())

@@ -91,8 +91,8 @@ class Renewer:
         self.last_error: EdgeTokenError | None = None  # of the latest renewal; None after a success
         self.last_success_at: float | None = None
         self._traceback_at = -float("inf")
-        #: the profile was removed by a reload: a cycle still in flight requests nothing more and writes no sink
-        #: (another profile of the new config may own the file now; the operator took this one away)
+        #: a reload removed the profile or gave it a new renewer: a cycle still in flight requests nothing more and
+        #: writes no sink (another profile of the new config may own the file now; the operator took this one away)
         self.retired = False
 
     # ---- what the policy needs --------------------------------------------------------------------------
@@ -200,6 +200,8 @@ class Renewer:
             if self._on_secret is not None:
                 self._on_secret(secret)  # the log redactor learns it before anything could echo it
             await self._jwks.key_set(None)  # no keys ever loaded: a token now would be thrown away (and cost quota)
+            if self.retired:  # taken away by a reload while the keys were fetched: nothing to request for
+                raise TransientError("the profile was removed or changed by a reload; no token requested")
             requested = True  # counted even if what follows raises: the provider may have issued a token
             answer = await request_token(self._session, self.profile, secret, self._clock, self._environ)
             token = await verify_token(
@@ -279,12 +281,14 @@ class Renewer:
         """Write `current` to every sink that does not hold it yet; sinks fail independently. (Written, changed,
         failed): a sink that already held the token is written but not changed, and runs no hook."""
         token = self.current
-        if token is None or self.retired:
+        if token is None:
             return (), (), {}
         written: list[str] = []
         changed_sinks: list[str] = []
         errors: dict[str, SinkError] = {}
         for sink in self.sinks:
+            if self.retired:  # also between two sinks: a reload may take the profile away while one is written
+                break
             if sink.name not in self.pending_sinks:
                 continue
             try:

@@ -101,12 +101,14 @@ class Supervisor:
             slot.inherit = None
         elif slot.renewer.current is not None or slot.inherit is None:
             slot.inherit = slot.renewer  # else the old renewer never ran: keep inheriting from the one before it
-        slot.renewer = renewer
+        slot.renewer.retired = True  # its cycle in flight writes none of the old sinks (the new config may give
+        slot.renewer = renewer  # one to another profile); a token it still gets is what `inherit` takes over
         self.trigger(name)
 
     def remove(self, name: str) -> None:
         """A removed profile: no next run; a cycle in flight finishes without scheduling anything, and from its
-        next step on requests no token and writes no sink (its renewers are retired)."""
+        next step on requests no token and writes no sink (its renewers are retired, as `replace` retires the one
+        it swaps out)."""
         slot = self.slots.pop(name, None)
         if slot is not None:
             self.scheduler.cancel(job_id(name))
@@ -160,7 +162,7 @@ class Supervisor:
         try:
             if member:  # a removed profile's series are gone; do not bring them back
                 self._observe(renewer, outcomes, when)
-            if not self.stopping:  # also the new token of a renewer swapped out or removed mid-cycle: it was written
+            if not self.stopping:  # also a token a retired renewer wrote before the reload took it away: it landed
                 self._announce(slot, renewer, outcomes)
         except Exception:  # an observer's bug must not cost the profile its schedule (already set above)
             self._log.exception("observer.crashed", profile=slot.name)
