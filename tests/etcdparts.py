@@ -36,6 +36,16 @@ def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
+async def serve_posts(handle: Any) -> tuple[web.AppRunner, str]:
+    """An aiohttp server on a free loopback port answering every POST with `handle`: (its runner, its URL)."""
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
 class EtcdCluster:
     """Real etcd members on loopback (three for the fleet tests, one where a cluster adds nothing)."""
 
@@ -184,13 +194,8 @@ class HoldingProxy:
 
     async def start(self) -> str:
         self._session = aiohttp.ClientSession()
-        app = web.Application()
-        app.router.add_post("/{tail:.*}", self.handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        return f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._runner, url = await serve_posts(self.handle)
+        return url
 
     async def stop(self) -> None:
         self.release()

@@ -28,6 +28,7 @@ from edge_token.core.settings import FleetConfig, SecretSource
 from edge_token.fleet.etcd import Etcd, EtcdAuthRejected, EtcdUnavailable
 from edge_token.localauth import LocalAuthServer
 from edge_token.net.http import make_session
+from etcdparts import serve_posts
 from unprivileged import as_user
 
 Answer = tuple[int, Any]  # (status, JSON body or raw text)
@@ -48,13 +49,8 @@ class ScriptedEtcd:
         return web.Response(status=status, text=text, content_type="application/json")
 
     async def start(self) -> str:
-        app = web.Application()
-        app.router.add_post("/{tail:.*}", self.handle)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        return f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+        self.runner, url = await serve_posts(self.handle)
+        return url
 
     async def stop(self) -> None:
         if self.runner is not None:
