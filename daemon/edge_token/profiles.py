@@ -174,7 +174,7 @@ class Profiles:
             self.ready_index.update(name, renewer.ready(), expires_at)
         state = state_name(renewer.state(), renewer.last_error)
         for outcome in outcomes:
-            log_outcome(self.log, outcome)
+            log_outcome(renewer.log, outcome)
             self.metrics.observe(outcome, state, when)
         self.after_cycle()
 

@@ -90,7 +90,8 @@ def loads(raw: str | bytes) -> Any:
     except ValueError as exc:  # int()'s digit limit (4300), and whatever json may raise one day
         digits = "integer string conversion" in str(exc)
         raise JsonDefect("an integer with too many digits" if digits else "a value that cannot be read") from None
-    check_depth(value)
+    if text.count("{") + text.count("[") > MAX_DEPTH:  # fewer brackets cannot nest deeper: no walk (most documents)
+        check_depth(value)
     return value
 
 

@@ -17,10 +17,10 @@ from edge_token.observe import logs
 
 
 def log_outcome(log: Any, outcome: RenewalOutcome) -> None:
-    """Log one outcome (bound to its profile), its lines in one write; never raises for an outcome the renewer
-    produced."""
+    """Log one outcome through `log`, bound to its profile (the renewer's `log`), its lines in one write; never
+    raises for an outcome the renewer produced."""
     with logs.together():
-        _log_outcome(log.bind(profile=outcome.profile), outcome)
+        _log_outcome(log, outcome)
 
 
 def _log_outcome(bound: Any, outcome: RenewalOutcome) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import atexit
 import contextlib
 import functools
+import json
 import logging
 import re
 import sys
@@ -69,15 +70,20 @@ class Redactor:
 
     def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         # most keys and values were scrubbed before under this registry: looked up in its memo without a call
+        # numbers, booleans and None pass as they are (unless their key names a secret), without a call
         known, scrub, redact = self._scrubber.known, self._scrubber.scrub_text, self.redact
         line = {}
         for key, value in event_dict.items():
-            if type(value) is str and not names_secret(key):
+            kind = type(value)
+            if kind is str and not names_secret(key):
                 value = known.get(value) or scrub(value)
-            else:
+            elif kind not in _PLAIN or names_secret(key):
                 value = redact(value, key)
             line[known.get(key) or scrub(key)] = value
         return line
+
+
+_PLAIN = frozenset({int, float, bool, type(None)})  # exactly these types (a subclass may have its own repr)
 
 
 MAX_SHOWN_TIME = 253402300800  # 10000-01-01: beyond it datetime cannot show a time (a wild number stays a number)
@@ -145,7 +151,7 @@ def _processors(log_format: str, stream: TextIO, redactor: Redactor) -> tuple[li
         structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
     )
     renderer: Any = (
-        structlog.processors.JSONRenderer()
+        render_json
         if as_json
         else structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
     )
@@ -159,6 +165,17 @@ def _processors(log_format: str, stream: TextIO, redactor: Redactor) -> tuple[li
         else [structlog.processors.format_exc_info, iso_times, redactor, stamp, renderer]
     )
     return shared, tail
+
+
+#: one encoder for every line: structlog's JSONRenderer calls `json.dumps` with an option, which builds a new
+#: encoder per line. Nothing reaches it that JSON cannot hold (the redactor turned every other value into its
+#: scrubbed repr); were anything to, it is shown as redacted, never as its repr.
+_ENCODE = json.JSONEncoder(default=lambda _value: REDACTED).encode
+
+
+def render_json(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> str:
+    """The JSON renderer: structlog's, with `json.dumps`' defaults (ASCII, `", "` and `": "`)."""
+    return _ENCODE(event_dict)
 
 
 class LineWriter:
