@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -203,8 +203,15 @@ class StoreOrder(RuleBasedStateMachine):
 
         self.ours, self.reference = _SortedJobStore(), MemoryJobStore()
 
-    ids = st.sampled_from([f"renew:p{index}" for index in range(12)] + ["jwks:a", "jwks:b"])
-    whens = st.one_of(st.none(), st.integers(0, 40).map(lambda s: datetime(2030, 1, 1, 0, 0, s, tzinfo=UTC)))
+    # ids anywhere in Unicode (the store sorts any str), times to the microsecond, in any zone
+    ids = st.sampled_from([f"renew:p{index}" for index in range(8)] + ["jwks:a", "\U0010ffff" * 3, "\U0010ffff", "é"])
+    whens = st.one_of(
+        st.none(),
+        st.builds(
+            lambda second, micro, zone: datetime(2030, 1, 1, 0, 0, second, micro, tzinfo=UTC).astimezone(zone),
+            st.integers(0, 40), st.sampled_from([0, 1, 999_999]), st.sampled_from([UTC, timezone(timedelta(hours=-8))]),
+        ),
+    )  # fmt: skip
 
     def both(self, method: str, *args: Any) -> None:
         answers = []
@@ -223,15 +230,31 @@ class StoreOrder(RuleBasedStateMachine):
     def update(self, job_id: str, when: datetime | None) -> None:
         self.both("update_job", StoredJob(job_id, when))
 
+    @rule(job_id=ids, when=whens)
+    def move_in_place(self, job_id: str, when: datetime | None) -> None:
+        """As `move()` does: the stored job's time changed on the job itself, then `update_job`."""
+        for store in (self.ours, self.reference):
+            job = store.lookup_job(job_id)
+            if job is not None:
+                job.next_run_time = when
+                store.update_job(job)
+
     @rule(job_id=ids)
     def remove(self, job_id: str) -> None:
         self.both("remove_job", job_id)
 
-    @rule(second=st.integers(0, 41))
-    def due(self, second: int) -> None:
-        now = datetime(2030, 1, 1, 0, 0, min(second, 59), tzinfo=UTC)
+    @rule(when=whens)
+    def due(self, when: datetime | None) -> None:
+        now = when or datetime(2030, 1, 1, tzinfo=UTC)
         ours, reference = self.ours.get_due_jobs(now), self.reference.get_due_jobs(now)
         assert [job.id for job in ours] == [job.id for job in reference]
+
+    @rule(job_id=ids)
+    def due_at_its_time(self, job_id: str) -> None:
+        """At exactly a stored job's time: that job is due, whatever its id sorts like."""
+        job = self.reference.lookup_job(job_id)
+        if job is not None and job.next_run_time is not None:
+            self.due(job.next_run_time)
 
     @rule()
     def clear(self) -> None:
@@ -647,3 +670,39 @@ def test_verifying_a_token_builds_no_json_decoder_and_parses_each_part_once(monk
     assert (token.claims, token.lifetime, token.kid) == (claims, 3600.0, "k1")
     assert built == []
     assert parsed.count(strictjson.StrictDecoder) == 2  # header and payload, strictly
+
+
+line_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    method=st.sampled_from(["debug", "info", "warning", "warn", "error", "exception", "critical"]),
+    fields=st.dictionaries(st.sampled_from(["profile", "sink", "token", "client_secret", "n", "x"]), line_values),
+    with_exception=st.booleans(),
+)
+def test_our_lines_in_one_pass_are_the_chains_lines(method: str, fields: dict[str, Any], with_exception: bool) -> None:
+    """Our own JSON lines run their processors in one call (`logs.one_pass`) rather than through structlog's loop
+    over the chain, which foreign (stdlib) lines still use: for any fields, level and traceback, the line is the
+    same, the secret-named fields redacted, the token never in it."""
+    scrubber = Scrubber()
+    scrubber.register("s3cr3t-value")
+    shared, tail = logs._processors("json", io.StringIO(), logs.Redactor(scrubber))
+    event: dict[str, Any] = {"event": "e", **fields, "token": "s3cr3t-value"}
+    if with_exception:
+        try:
+            raise ValueError("while holding s3cr3t-value")
+        except ValueError as exc:
+            event["exc_info"] = exc
+    chained: Any = dict(event)
+    for processor in [*shared, *tail]:
+        chained = processor(None, method, chained)
+    alone = logs.one_pass(*tail)(None, method, dict(event))
+    without_time = [{k: v for k, v in json.loads(text).items() if k != "timestamp"} for text in (chained, alone)]
+    assert without_time[0] == without_time[1]
+    assert "s3cr3t-value" not in alone
+    assert without_time[1]["level"] == {"warn": "warning", "exception": "error"}.get(method, method)

@@ -134,7 +134,10 @@ class _SortedJobStore(MemoryJobStore):  # type: ignore[misc]
         self._jobs_index[job.id] = (job, stamp)
 
     def get_due_jobs(self, now: datetime) -> list[Any]:
-        return [job for job, _ in self._jobs[: bisect.bisect_right(self._keys, (now.timestamp(), _LAST_ID))]]
+        # every job at or before `now`, whatever its id: `(t,)` sorts before every `(t, id)`, so the search stops
+        # at the first key of the next representable time after now
+        end = bisect.bisect_left(self._keys, (math.nextafter(now.timestamp(), math.inf),))
+        return [job for job, _ in self._jobs[:end]]
 
     def add_job(self, job: Any) -> None:
         if job.id in self._jobs_index:
@@ -164,10 +167,6 @@ class _SortedJobStore(MemoryJobStore):  # type: ignore[misc]
         self._keys = []
 
 
-#: sorts after every job id at the same time (ids are str; `chr(0x10FFFF)` after any of their characters)
-_LAST_ID = chr(0x10FFFF) * 2
-
-
 class _DirectExecutor(BaseExecutor):  # type: ignore[misc]
     """APScheduler's debug executor (the job's function called at once, on the loop) without its bookkeeping: it
     made two events per run (nobody listens to scheduler events here) and looked its logger up by name each time.
@@ -177,7 +176,7 @@ class _DirectExecutor(BaseExecutor):  # type: ignore[misc]
         for _ in run_times:  # one: every job coalesces
             try:
                 job.func(*job.args, **job.kwargs)
-            except Exception:
+            except BaseException:  # as APScheduler's run_job: whatever a job raises ends at this log line
                 self._logger.exception('Job "%s" raised an exception', job)
         self._run_job_success(job.id, ())
 

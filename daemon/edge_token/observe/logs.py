@@ -128,7 +128,7 @@ def configure(
     global _WRITER
     writer = _WRITER = LineWriter(stream.underlying if isinstance(stream, scrubbing.ScrubbingStream) else stream)
     structlog.configure(
-        processors=[*shared, *tail],
+        processors=[one_pass(*tail)] if len(tail) == 4 else [*shared, *tail],
         logger_factory=lambda *_args: writer,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         cache_logger_on_first_use=False,
@@ -176,6 +176,24 @@ _ENCODE = json.JSONEncoder(default=lambda _value: REDACTED).encode
 def render_json(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> str:
     """The JSON renderer: structlog's, with `json.dumps`' defaults (ASCII, `", "` and `": "`)."""
     return _ENCODE(event_dict)
+
+
+_LEVEL_NAMES = {"warn": "warning", "exception": "error"}  # structlog's add_log_level: other methods are levels
+
+
+def one_pass(exceptions: Any, redactor: Redactor, stamp: Any, renderer: Any) -> Any:
+    """Our own lines' processors as one (JSON format): structlog's `add_log_level`, tracebacks as data (only when
+    the line carries `exc_info`), the redactor, the time stamp, the renderer. structlog runs a chain processor by
+    processor, a call and a turn of its loop each; as one they cost a fifth less of a line (bytecodes counted).
+    Lines from other libraries (stdlib logging) still go through the chain itself (`configure`)."""
+
+    def line(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
+        event_dict["level"] = _LEVEL_NAMES.get(method, method)
+        if "exc_info" in event_dict:
+            event_dict = exceptions(logger, method, event_dict)
+        return renderer(logger, method, stamp(logger, method, redactor(logger, method, event_dict)))
+
+    return line
 
 
 class LineWriter:
