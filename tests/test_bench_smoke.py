@@ -53,12 +53,13 @@ def verdicts(bench: Bench) -> dict[str, str]:
 @pytest.mark.slow
 async def test_every_section_yields_its_figures(benches: Callable[[str], Bench]) -> None:
     """The four sections at tiny sizes, side by side (independent servers, directories and daemons)."""
-    once, fill, scale, life = (benches(name) for name in ("once", "fill", "scale", "life"))
-    _, filled, _, _ = await asyncio.gather(
+    once, fill, scale, life, counts = (benches(name) for name in ("once", "fill", "scale", "life", "bytecodes"))
+    _, filled, _, _, _ = await asyncio.gather(
         benchmark.cold_once(once),
         benchmark.fill_restart_notify_metrics(fill),
         benchmark.scale_and_memory(scale, None),
         benchmark.lifetimes(life),
+        benchmark.bytecodes(counts),
     )
     judged = {**verdicts(once), **verdicts(fill), **verdicts(scale), **verdicts(life)}
     assert all(v in ("PASS", "MISS") for name, v in judged.items() if "context" not in name), judged
@@ -74,6 +75,9 @@ async def test_every_section_yields_its_figures(benches: Callable[[str], Bench])
     restart = next(f for f in fill.report.figures if f.name.startswith("restart"))
     assert "token requests 0" in restart.value  # FRESH tokens in the sinks: the restart asked for none
     assert all(f"| {n} |" in scale.report.tables[0] for n in (1, 2, 3))
+    (count,) = counts.report.figures  # both processes counted their bytecodes, per renewal
+    assert count.name.startswith("Python bytecodes per renewal, 2 profiles") and count.ratio.endswith("x")
+    assert all(int(text.split()[0].replace(",", "")) > 1000 for text in (count.value, count.floor.split(": ")[1]))
 
 
 def test_renewal_points_from_log_events() -> None:

@@ -2,7 +2,7 @@
 
     python tests/bench/bench.py            # the full run (10,000 profiles, 20 s tokens): about 4 minutes on 2 cores
     python tests/bench/bench.py --quick    # about 2 minutes on 2 cores: fewer rounds, no 10,000, 8 s tokens
-    python tests/bench/bench.py --only once,fill     # sections: once, fill, scale, lifetimes
+    python tests/bench/bench.py --only once,fill     # sections: once, fill, scale, lifetimes, bytecodes
 
 Real child processes (`python -m edge_token run -c CONFIG`, default log level, JSON log on a file as under
 systemd), real fsync'd files in a temp directory, the bundled auth server on loopback in this process (token
@@ -19,6 +19,7 @@ import compileall
 import contextlib
 import io
 import itertools
+import os
 import resource
 import shutil
 import statistics
@@ -483,6 +484,63 @@ async def lifetimes(bench: Bench) -> None:
     bench.report.add(freshness_figure("freshness: renewal points inside the CPU window (context)", steady, judge=False))
 
 
+BYTECODES = Path(__file__).parent / "bytecodes"  # its sitecustomize.py counts, when the environment asks
+
+
+async def bytecodes(bench: Bench) -> None:
+    """Python bytecodes per renewal, the daemon's and the paced floor's, counted over one lifetime after one of
+    settling (every thread; bytecodes/sitecustomize.py). A count, where every other figure is a time: it does not
+    drift with the machine, so a change's effect on the Python a renewal runs shows even when the times cannot
+    tell it from noise. Context, no goal (a bytecode of our code costs what a bytecode of the floor's does only
+    on average). Counting slows both processes down alike, hence 100 profiles."""
+    plan = bench.plan
+    count = min(100, plan.fill_profiles)
+    prefix = str(bench.work / "bytecodes")
+    env = {
+        "EDGE_TOKEN_BENCH_BYTECODES": prefix,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(BYTECODES), os.environ.get("PYTHONPATH")])),
+    }
+    print(f"\nbytecodes: {count:,} profiles and the paced floor, {plan.ttl:g} s tokens, counted over one lifetime")
+    async with contextlib.AsyncExitStack() as stack:
+        server = await stack.enter_async_context(auth_server(plan.ttl))
+        config = write_config(bench, server, count, bench.fresh_dir("bytecodes"))
+        daemon = await stack.enter_async_context(Daemon(bench, config, count, env=env))
+        floor_server = await stack.enter_async_context(auth_server(plan.ttl))
+        write_config(bench, floor_server, 1, bench.fresh_dir("bytecodessecret"))
+        argv = floor_argv(floor_server, bench, "pace", str(bench.fresh_dir("bytecodespace")), str(count), str(plan.ttl))
+        pacer = await stack.enter_async_context(FloorServer(bench, *argv[2:], ready=b"started", env=env))
+        if await daemon.ready(plan.cap) is None:
+            raise RuntimeError(f"the {count:,}-profile daemon was not ready after {plan.cap:g} s")
+        await asyncio.sleep(plan.ttl)
+        pids = (daemon.pid, pacer.pid)
+        before = [await counted(prefix, pid, 0) for pid in pids]
+        await asyncio.sleep(plan.ttl)
+        after = [await counted(prefix, pid, 1) for pid in pids]
+    # each snapshot's own `next()` added one to both counters
+    per = [((a[0] - b[0] - 1) / (a[1] - b[1] - 1), a[1] - b[1] - 1) for b, a in zip(before, after, strict=True)]
+    (ours, ours_writes), (floor, floor_writes) = per
+    bench.report.add(
+        Figure(
+            f"Python bytecodes per renewal, {count:,} profiles (context: counted, not timed)",
+            f"{ours:,.0f} ({ours_writes:,} renewals)",
+            f"the paced floor: {floor:,.0f} ({floor_writes:,} renewals)",
+            f"{ours / floor:.2f}x",
+        )
+    )
+
+
+async def counted(prefix: str, pid: int, index: int) -> tuple[int, int]:
+    """(bytecodes, writes) of process `pid` so far: its counter answers when asked through the file system."""
+    Path(f"{prefix}.{pid}.go{index}").touch()
+    answer = Path(f"{prefix}.{pid}.out{index}")
+    for _ in range(600):
+        if answer.exists():
+            ops, writes = answer.read_text().split()
+            return int(ops), int(writes)
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"process {pid} did not report its bytecode count (is bytecodes/sitecustomize.py loaded?)")
+
+
 def own_cpu() -> float:
     """CPU seconds of this process (the in-process auth servers, mostly signing tokens)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -525,7 +583,7 @@ def freshness_figure(name: str, renewals: list[tuple[float, float]], judge: bool
     )
 
 
-SECTIONS = ("once", "fill", "scale", "lifetimes")
+SECTIONS = ("once", "fill", "scale", "lifetimes", "bytecodes")
 
 
 async def run(bench: Bench, only: set[str]) -> None:
@@ -539,6 +597,8 @@ async def run(bench: Bench, only: set[str]) -> None:
             await scale_and_memory(bench, at_fill)
         if "lifetimes" in only:
             await lifetimes(bench)
+        if "bytecodes" in only:
+            await bytecodes(bench)
     finally:
         await bench.close()
 

@@ -530,13 +530,15 @@ class FloorServer:
     """floor.py serve/idle: a bare aiohttp server (the floor of /metrics and of idle memory); or, with `ready`,
     any floor that prints that word once running (pace: the floor of CPU over lifetimes)."""
 
-    def __init__(self, bench: Bench, *args: str, ready: bytes | None = None) -> None:
-        self.bench, self.args, self.ready = bench, args, ready
+    def __init__(self, bench: Bench, *args: str, ready: bytes | None = None, env: dict[str, str] | None = None) -> None:
+        self.bench, self.args, self.ready, self.env = bench, args, ready, env
         self.process: asyncio.subprocess.Process | None = None
         self.port = 0
 
     async def __aenter__(self) -> FloorServer:
-        self.process = await self.bench.spawn(sys.executable, str(FLOOR), *self.args, stdout=asyncio.subprocess.PIPE)
+        self.process = await self.bench.spawn(
+            sys.executable, str(FLOOR), *self.args, stdout=asyncio.subprocess.PIPE, env=self.env
+        )
         assert self.process.stdout is not None
         line = await asyncio.wait_for(self.process.stdout.readline(), 60)
         if self.ready is not None and line.strip() == self.ready:
