@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import time
+from time import monotonic as _monotonic
+from time import time as _time
 from typing import Protocol
 
 
@@ -17,12 +18,8 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """The real clocks of this machine."""
+    """The real clocks of this machine: the C functions themselves (a renewal asks ~16 times; a method around each
+    was 80 bytecodes of it)."""
 
-    def time(self) -> float:
-        """time.time()."""
-        return time.time()
-
-    def monotonic(self) -> float:
-        """time.monotonic()."""
-        return time.monotonic()
+    time = staticmethod(_time)
+    monotonic = staticmethod(_monotonic)
