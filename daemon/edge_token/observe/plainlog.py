@@ -36,10 +36,11 @@ class LineSink:
         """Write one event as a JSON line: level and timestamp added, traceback rendered, every field redacted."""
         level = METHOD_LEVEL.get(method, method)
         event_dict["level"] = level
-        event_dict["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         exception = _exception(event_dict.pop("exc_info", None))
         if exception is not None:
             event_dict["exception"] = exception
+        # stamped last, as the daemon's lines are (logs.one_pass): the same keys in the same order
+        event_dict["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         line = json.dumps(self.redactor(None, method, event_dict), default=repr)
         if self.journal:
             line = journal.prefix(level) + line
