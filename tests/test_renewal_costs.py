@@ -136,6 +136,68 @@ async def test_adding_a_profiles_job_derives_no_signature(monkeypatch: pytest.Mo
         scheduler.shutdown()
 
 
+JOB_FIELDS = ("args", "coalesce", "executor", "func_ref", "kwargs", "max_instances", "misfire_grace_time", "name")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    ids=st.lists(st.text(min_size=1, max_size=12), min_size=2, max_size=12, unique=True),
+    offsets=st.lists(st.integers(min_value=-10**6, max_value=10**8), min_size=12, max_size=12),
+    started=st.booleans(),
+)
+def test_profiles_jobs_are_validated_once_and_equal_to_the_jobs_apscheduler_builds(
+    ids: list[str], offsets: list[int], started: bool
+) -> None:
+    """A profile's first scheduling added its job through `add_job`, which validated every field of every job
+    (`Job._modify`: ~1,000 bytecodes per profile of a fill). Now APScheduler validates the first `at()` job of the
+    running scheduler, and each later one copies its shared fields: counted, the callable is checked once however
+    many profiles there are; and every job, added before the start or after, holds what `add_job` itself would
+    have given it (each field, its store, its next run) and runs at its time."""
+    import apscheduler.job
+
+    async def scenario() -> None:
+        scheduler = Scheduler()
+        reference = Scheduler()
+        if started:
+            scheduler.start()
+            reference.start()
+        checked = Counted(apscheduler.job, "check_callable_args")
+        try:
+            base = float(int(time.time()) + 3600)
+            for job_id, offset in zip(ids, offsets, strict=False):
+                scheduler.at(job_id, base + offset / 1000, lambda: None)
+            assert checked.calls == (1 if started else len(ids))  # pending jobs: add_job's own (no defaults yet)
+            if not started:
+                scheduler.start()
+                reference.start()
+            for job_id, offset in zip(ids, offsets, strict=False):
+                run = reference._runs[job_id] = type(scheduler._runs[job_id])(lambda: None)
+                expected = reference._scheduler.add_job(
+                    run, run.trigger, next_run_time=datetime.fromtimestamp(base + offset / 1000, UTC), id=job_id,
+                    replace_existing=True,
+                )  # fmt: skip
+                job = scheduler._scheduler.get_job(job_id)
+                assert [getattr(job, f) for f in JOB_FIELDS] == [getattr(expected, f) for f in JOB_FIELDS]
+                assert (job.id, job.next_run_time, job._jobstore_alias) == (
+                    expected.id, expected.next_run_time, expected._jobstore_alias,
+                )  # fmt: skip
+                assert job.func is scheduler._runs[job_id] and job.trigger is job.func.trigger
+                assert scheduler.next_run(job_id) == reference.next_run(job_id)
+            runs: list[str] = []
+            scheduler.at(ids[-1], time.time() - 1, lambda: runs.append(ids[-1]))
+            for _ in range(300):
+                if runs:
+                    break
+                await asyncio.sleep(0.01)
+            assert runs == [ids[-1]] and scheduler.next_run(ids[-1]) is None
+        finally:
+            apscheduler.job.check_callable_args = checked._original
+            scheduler.shutdown()
+            reference.shutdown()
+
+    asyncio.run(scenario())
+
+
 def bytecodes(action: Callable[[], Any]) -> int:
     """The bytecodes the interpreter runs for `action()` (every frame it enters), counted with an opcode trace."""
     count = 0

@@ -61,6 +61,7 @@ def _import_without_plugin_scan() -> None:
 _import_without_plugin_scan()
 
 from apscheduler.executors.base import BaseExecutor  # noqa: E402
+from apscheduler.job import Job as _Job  # noqa: E402
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError  # noqa: E402
 from apscheduler.jobstores.memory import MemoryJobStore  # noqa: E402
 from apscheduler.schedulers.asyncio import AsyncIOScheduler  # noqa: E402
@@ -224,6 +225,32 @@ class _CoalescingScheduler(AsyncIOScheduler):  # type: ignore[misc]  # APSchedul
         if loop is None or run_date.timestamp() - time.time() < self._due - loop.time():
             self.wakeup()
 
+    #: the fields every `at()` job shares, as APScheduler validated them for the first (`add_at`)
+    _shared: tuple[tuple[str, Any], ...] | None = None
+    _SHARED = ("args", "coalesce", "executor", "func_ref", "kwargs", "max_instances", "misfire_grace_time", "name")
+
+    def add_at(self, job_id: str, run: _Run, run_date: datetime) -> None:
+        """`add_job(run, run.trigger, next_run_time=run_date, id=job_id, replace_existing=True)`, its fields validated
+        once. `at()` jobs differ only in id, callable, trigger and next run, always of the same kinds (a string, a
+        `_Run`, its `_Pinned`, an aware UTC datetime); the rest (the job defaults, the name and reference APScheduler
+        derives from the `_Run` class) are the first job's. So the first job added to the running scheduler is
+        built by `add_job`, and each later one is a copy of its shared fields with those four set, added by
+        APScheduler's own `_real_add_job`: `Job._modify` checked every field of every job, a profile's first
+        scheduling (~1,000 bytecodes of the ~21,000 each profile of a fill costs). Before the start, jobs are
+        pending and lack the defaults the start gives them: those are `add_job`'s own."""
+        with self._jobstores_lock:
+            if self._shared is None or self.state == STATE_STOPPED:
+                job = self.add_job(run, run.trigger, next_run_time=run_date, id=job_id, replace_existing=True)
+                if self.state != STATE_STOPPED:
+                    self._shared = tuple((name, getattr(job, name)) for name in self._SHARED)
+                return
+            job = _Job.__new__(_Job)
+            for name, value in self._shared:
+                setattr(job, name, value)
+            job._scheduler, job._jobstore_alias, job.kwargs = self, None, {}
+            job.id, job.func, job.trigger, job.next_run_time = job_id, run, run.trigger, run_date
+            self._real_add_job(job, "default", True)
+
     def _dispatch_event(self, event: Any) -> None:
         if self._listeners:  # none here: no listener list copied under a lock per event
             super()._dispatch_event(event)
@@ -286,7 +313,7 @@ class Scheduler:
             except JobLookupError:  # removed behind our back (another `every` or `cancel` path): add it again
                 pass
         run = self._runs[job_id] = _Run(func)
-        self._scheduler.add_job(run, run.trigger, next_run_time=run_date, id=job_id, replace_existing=True)
+        self._scheduler.add_at(job_id, run, run_date)
 
     def every(self, job_id: str, seconds: float, func: Job, jitter: float = 0.0) -> None:
         """Run `func` every `seconds` (APScheduler's jitter only delays; keep it small)."""
