@@ -19,6 +19,9 @@ from edge_token.observe import logs
 def log_outcome(log: Any, outcome: RenewalOutcome) -> None:
     """Log one outcome through `log`, bound to its profile (the renewer's `log`), its lines in one write; never
     raises for an outcome the renewer produced."""
+    if logs.batched():
+        _log_outcome(log, outcome)
+        return
     with logs.together():
         _log_outcome(log, outcome)
 

@@ -70,7 +70,7 @@ class Redactor:
 
     def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         # most keys and values were scrubbed before under this registry: looked up in its memo without a call
-        # numbers, booleans and None pass as they are (unless their key names a secret), without a call
+        # numbers, booleans, None and Plain text pass as they are (unless their key names a secret), without a call
         known, scrub, redact = self._scrubber.known, self._scrubber.scrub_text, self.redact
         line = {}
         for key, value in event_dict.items():
@@ -83,7 +83,9 @@ class Redactor:
         return line
 
 
-_PLAIN = frozenset({int, float, bool, type(None)})  # exactly these types (a subclass may have its own repr)
+#: exactly these types (a subclass may have its own repr), and `Plain` text (a token's fingerprint: hex digits this
+#: process made, which `scrub_text` hands back unread; passed here without the two calls that took to say so)
+_PLAIN = frozenset({int, float, bool, type(None), scrubbing.Plain})
 
 
 MAX_SHOWN_TIME = 253402300800  # 10000-01-01: beyond it datetime cannot show a time (a wild number stays a number)
@@ -280,3 +282,10 @@ def flush() -> None:
 def together() -> contextlib.AbstractContextManager[None]:
     """`LineWriter.together` of the configured writer; a no-op when structlog is not configured here."""
     return _WRITER.together() if _WRITER is not None else contextlib.nullcontext()
+
+
+def batched() -> bool:
+    """Do this thread's lines go out together already? On a running event loop the configured writer writes a
+    turn's lines in one write as the turn ends (`LineWriter._emit`), so `together()` would only add its cost (a
+    generator context per renewal); with no writer configured it is a no-op anyway."""
+    return _WRITER is None or asyncio._get_running_loop() is not None
