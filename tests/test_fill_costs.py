@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from conftest import FakeClock, profile_toml
 from edge_token.config import load_config
@@ -277,3 +279,17 @@ def test_a_hung_listing_blocks_no_other_sink_and_not_the_event_loop(
     finally:
         release.set()
         stuck.join(10)
+
+
+@given(st.lists(st.sampled_from(["a", "b.jwt", ".", "..", "", "ü", " x", ".c.jwt.0123456789abcdef.edge-token-tmp"]), max_size=6),
+       st.booleans())  # fmt: skip
+def test_the_stale_temp_bookkeeping_files_a_sink_under_the_directory_and_name_its_path_has(
+    parts: list[str], absolute: bool
+) -> None:
+    """The listing is looked up by the sink path's directory and name, taken as text (no new Path per renewal):
+    for any path that names a file, they are what `Path.parent` and `Path.name` say."""
+    from edge_token.sinks.tempfiles import _split
+
+    path = Path(("/" if absolute else "") + "/".join(parts) or ".")
+    assume(path.name != "")  # `/` and `.`: no file sink has such a path
+    assert _split(path) == (os.fspath(path.parent), path.name)

@@ -96,6 +96,7 @@ class FileSink:
         self.config = config
         self.name = config.name
         self.path: Path = config.path
+        self._directory = config.path.parent  # asked on every read-back and unchanged check: one Path, not one each
         self._calls = BlockingCalls(self.name, timeout)
         self._timeout = timeout
         self._directory_calls: tuple[asyncio.AbstractEventLoop, BatchedCalls] | None = None  # (loop, its calls)
@@ -148,7 +149,7 @@ class FileSink:
         alone, through this sink's own calls, while one of them or the directory's trip is stuck (dircalls.py)."""
         loop, known = asyncio.get_running_loop(), self._directory_calls
         if known is None or known[0] is not loop:
-            known = self._directory_calls = (loop, directory_calls(self.path.parent, self._timeout))
+            known = self._directory_calls = (loop, directory_calls(self._directory, self._timeout))
         return await known[1].call(function, self._calls)
 
     def _read(self) -> tuple[str | None, tuple[bytes, tuple[int, ...]] | None]:
@@ -174,7 +175,7 @@ class FileSink:
         replaces it (the read-back may be seconds old: adoption verifies against a JWKS first)."""
         try:
             info = os.lstat(self.path)
-            check_directory(self.path.parent, os.stat(self.path.parent))
+            check_directory(self._directory, os.stat(self._directory))
         except (OSError, SinkError):
             return False
         return identity(info) == read
@@ -186,7 +187,7 @@ class FileSink:
         if not as_written(info, len(data), cfg.mode, cfg.uid, cfg.gid) or info.st_nlink != 1:
             return False  # a hard link elsewhere is a second name others may read or write through
         try:
-            check_directory(self.path.parent, os.stat(self.path.parent))
+            check_directory(self._directory, os.stat(self._directory))
         except (OSError, SinkError):
             return False
         return True

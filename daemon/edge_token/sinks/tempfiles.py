@@ -53,12 +53,12 @@ class StaleTemps:
     def remove(self, path: Path) -> int:
         """Delete the stale temps of the sink at `path`; returns how many were removed. Runs in a worker thread:
         it may wait for another worker's listing of the same directory (bounded by the callers' deadlines)."""
-        listing = self._listing(os.fspath(path.parent))
+        directory, target = _split(path)
+        listing = self._listing(directory)
         if listing is None:
             return 0
         with self._lock:
-            names = listing.temps.pop(path.name, [])
-        directory = os.fspath(path.parent)
+            names = listing.temps.pop(target, [])
         removed = 0
         me = os.geteuid()
         for name in names:
@@ -103,24 +103,33 @@ class StaleTemps:
     def absent(self, path: Path) -> bool:
         """True when a recent listing of the directory saw no file at `path` and no temp of it to remove: reading
         it back would find nothing. False when unsure (no listing yet, or an old one). Does no I/O."""
+        directory, name = _split(path)
         with self._lock:
-            listing = self._found.get(os.fspath(path.parent))
+            listing = self._found.get(directory)
             if not isinstance(listing, _Listing):
                 return False
             if self._monotonic() - listing.taken_at > self._fresh_for:
                 listing.names = set()  # no longer trusted: free it (10,000 names for 10,000 sinks)
                 return False
-            return path.name not in listing.names and path.name not in listing.temps
+            return name not in listing.names and name not in listing.temps
 
     def written(self, path: Path) -> None:
         """We wrote the sink at `path`: a later read-back of it (a reloaded profile's) must not be skipped."""
+        directory, name = _split(path)
         with self._lock:
-            listing = self._found.get(os.fspath(path.parent))
+            listing = self._found.get(directory)
             if isinstance(listing, _Listing):
-                listing.names.add(path.name)
+                listing.names.add(name)
 
 
 LISTING_FRESH_SECONDS = 60.0
+
+
+def _split(path: Path) -> tuple[str, str]:
+    """(directory, name) of a sink path, as text: `os.fspath(path.parent)` built a new Path and formatted it, on
+    every renewal. A Path has no trailing slash, so the two agree, but for a bare name (`.` there, empty here)."""
+    directory, name = os.path.split(os.fspath(path))
+    return directory or ".", name
 
 
 class _Listing:
