@@ -142,7 +142,7 @@ JOB_FIELDS = ("args", "coalesce", "executor", "func_ref", "kwargs", "max_instanc
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     ids=st.lists(st.text(min_size=1, max_size=12), min_size=2, max_size=12, unique=True),
-    offsets=st.lists(st.integers(min_value=-10**6, max_value=10**8), min_size=12, max_size=12),
+    offsets=st.lists(st.integers(min_value=-(10**6), max_value=10**8), min_size=12, max_size=12),
     started=st.booleans(),
 )
 def test_profiles_jobs_are_validated_once_and_equal_to_the_jobs_apscheduler_builds(
