@@ -65,7 +65,7 @@ from apscheduler.job import Job as _Job  # noqa: E402
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError  # noqa: E402
 from apscheduler.jobstores.memory import MemoryJobStore  # noqa: E402
 from apscheduler.schedulers.asyncio import AsyncIOScheduler  # noqa: E402
-from apscheduler.schedulers.base import STATE_STOPPED  # noqa: E402
+from apscheduler.schedulers.base import STATE_RUNNING, STATE_STOPPED  # noqa: E402
 from apscheduler.triggers.base import BaseTrigger  # noqa: E402
 from apscheduler.triggers.interval import IntervalTrigger  # noqa: E402
 
@@ -146,15 +146,22 @@ class _SortedJobStore(MemoryJobStore):  # type: ignore[misc]
         self._insert(job, _stamp(job.next_run_time))
 
     def update_job(self, job: Any) -> None:
-        old = self._jobs_index.get(job.id)
+        # twice per renewal (parked after its run, moved to its next): `_stamp`, `_get_job_index` and `_insert`
+        # written out, three calls fewer each time
+        job_id, when = job.id, job.next_run_time
+        old = self._jobs_index.get(job_id)
         if old is None:
-            raise JobLookupError(job.id)
-        stamp, index = _stamp(job.next_run_time), self._get_job_index(old[1], job.id)
+            raise JobLookupError(job_id)
+        stamp, keys = math.inf if when is None else when.timestamp(), self._keys
+        index = bisect.bisect_left(keys, (old[1], job_id))
+        entry = self._jobs_index[job_id] = (job, stamp)
         if stamp == old[1]:
-            self._jobs[index] = self._jobs_index[job.id] = (job, stamp)
+            self._jobs[index] = entry
             return
-        del self._jobs[index], self._keys[index]
-        self._insert(job, stamp)
+        del self._jobs[index], keys[index]
+        index = bisect.bisect_left(keys, (stamp, job_id))
+        self._jobs.insert(index, entry)
+        keys.insert(index, (stamp, job_id))
 
     def remove_job(self, job_id: str) -> None:
         old = self._jobs_index.pop(job_id, None)
@@ -250,6 +257,33 @@ class _CoalescingScheduler(AsyncIOScheduler):  # type: ignore[misc]  # APSchedul
             job._scheduler, job._jobstore_alias, job.kwargs = self, None, {}
             job.id, job.func, job.trigger, job.next_run_time = job_id, run, run.trigger, run_date
             self._real_add_job(job, "default", True)
+
+    def _process_jobs(self) -> float | None:
+        """APScheduler's pass, the due `at()` jobs run first, as it would run them (`_DirectExecutor`) but without
+        the machinery none of them needs: a list of run times of one, an executor's instance count for a call
+        that has returned before the next starts, an event nobody listens to, `Job._modify` validating the one
+        field that changes (its next run: the `_Pinned` trigger's answer, an aware UTC datetime or PARKED).
+        APScheduler's own pass then runs what else is due (`every()` jobs) and arms the timer. A due `at()` job
+        moved to now or earlier by its own run runs in that pass, where it would have run one pass later."""
+        store = self._jobstores.get("default") if self.state == STATE_RUNNING else None
+        if store is not None:
+            now = datetime.now(self.timezone)
+            with self._jobstores_lock:
+                for job in store.get_due_jobs(now):
+                    run = job.func
+                    if type(run) is not _Run:
+                        continue
+                    try:
+                        run()
+                    except BaseException:  # as `_DirectExecutor`: logged at error level, the job stays scheduled
+                        self._executors["default"]._logger.exception('Job "%s" raised an exception', job)
+                    job.next_run_time = run.trigger.get_next_fire_time(job.next_run_time, now)
+                    try:
+                        store.update_job(job)
+                    except JobLookupError:  # removed during this pass by another job's run: gone, as asked
+                        pass
+        wait: float | None = super()._process_jobs()
+        return wait
 
     def _dispatch_event(self, event: Any) -> None:
         if self._listeners:  # none here: no listener list copied under a lock per event
