@@ -17,17 +17,18 @@ import json
 import logging
 import re
 import sys
-import threading
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Mapping, MutableMapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from edge_token.core import scrub as scrubbing
 from edge_token.observe import journal
+from edge_token.observe.linewriter import LineWriter
 
 REDACTED = scrubbing.REDACTED
 SECRET_KEY = re.compile(r"(secret|password|passwd|authorization|access_token|^token$|^jwt$|credential_value)", re.I)
 JWT_SHAPE = scrubbing.JWT
+MAX_CLEAN_KEY_SETS = 256  # line shapes remembered as clean (ours are a few dozen; a wild caller's stop here)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -41,6 +42,11 @@ class Redactor:
 
     def __init__(self, scrubber: scrubbing.Scrubber | None = None) -> None:
         self._scrubber = scrubber or scrubbing.SECRETS
+        #: the key tuples of lines whose keys all pass as they are (no secret-named key, none changed by scrubbing),
+        #: under the registry state `_clean_under` (the scrubber's memo, replaced when a secret is registered). A
+        #: daemon logs a few dozen shapes of line; for those, only the values are looked at
+        self._clean: set[tuple[str, ...]] = set()
+        self._clean_under: Mapping[str, str] | None = None
 
     def add_secret(self, value: str) -> None:
         """Scrub this value, in every encoding, from every future line and message (process-wide)."""
@@ -69,9 +75,22 @@ class Redactor:
         return self._scrubber.scrub(value)
 
     def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        # most keys and values were scrubbed before under this registry: looked up in its memo without a call
+        # most keys and values were scrubbed before under this registry: looked up in its memo without a call;
         # numbers, booleans, None and Plain text pass as they are (unless their key names a secret), without a call
         known, scrub, redact = self._scrubber.known, self._scrubber.scrub_text, self.redact
+        if known is not self._clean_under:  # a secret was registered since: what was clean may not be
+            self._clean_under, self._clean = known, set()  # (holding `known` keeps its id from being reused)
+        keys = tuple(event_dict)
+        if keys in self._clean:  # a line with these keys came before: none names a secret or scrubs to another
+            for key, value in event_dict.items():
+                kind = type(value)
+                if kind is str:
+                    clean = known.get(value) or scrub(value)
+                    if clean is not value:
+                        event_dict[key] = clean  # an existing key: the dict's size, and so its iteration, stay
+                elif kind not in _PLAIN:
+                    event_dict[key] = redact(value, key)
+            return event_dict
         line = {}
         for key, value in event_dict.items():
             kind = type(value)
@@ -80,6 +99,8 @@ class Redactor:
             elif kind not in _PLAIN or names_secret(key):
                 value = redact(value, key)
             line[known.get(key) or scrub(key)] = value
+        if len(self._clean) < MAX_CLEAN_KEY_SETS and tuple(line) == keys and not any(map(names_secret, keys)):
+            self._clean.add(keys)
         return line
 
 
@@ -129,13 +150,36 @@ def configure(
     # scrubbing the rendered line again cost 40 % of a line
     global _WRITER
     writer = _WRITER = LineWriter(stream.underlying if isinstance(stream, scrubbing.ScrubbingStream) else stream)
+    filtering = structlog.make_filtering_bound_logger(logging.getLevelName(level.upper()))
     structlog.configure(
         processors=[one_pass(*tail)] if len(tail) == 4 else [*shared, *tail],
         logger_factory=lambda *_args: writer,
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        wrapper_class=_one_frame(filtering) if len(tail) == 4 else filtering,
         cache_logger_on_first_use=False,
     )
     return redactor
+
+
+def _one_frame(filtering: type) -> type:
+    """structlog's filtering bound logger (levels below the configured one cost a `return None`) whose last two
+    steps are one frame: `_proxy_to_logger` builds the line and runs the chain itself, as `_process_event`
+    would, for a chain whose last processor renders a string (ours, `one_pass`). Custom wrapper classes are
+    structlog's way to do this (its `_process_event` docs); it spared a line ~45 bytecodes and a call."""
+    import structlog
+
+    class OneFrameLogger(filtering):  # type: ignore[misc]
+        def _proxy_to_logger(self, method_name: str, event: str | None = None, **event_kw: Any) -> Any:
+            line: Any = {**self._context, **event_kw}
+            if event is not None:
+                line["event"] = event
+            try:
+                for processor in self._processors:
+                    line = processor(self._logger, method_name, line)
+            except structlog.DropEvent:
+                return None
+            return getattr(self._logger, method_name)(line)
+
+    return OneFrameLogger
 
 
 def _processors(log_format: str, stream: TextIO, redactor: Redactor) -> tuple[list[Any], list[Any]]:
@@ -169,14 +213,29 @@ def _processors(log_format: str, stream: TextIO, redactor: Redactor) -> tuple[li
     return shared, tail
 
 
+def _shown_redacted(_value: Any) -> str:
+    return REDACTED
+
+
 #: one encoder for every line: structlog's JSONRenderer calls `json.dumps` with an option, which builds a new
 #: encoder per line. Nothing reaches it that JSON cannot hold (the redactor turned every other value into its
 #: scrubbed repr); were anything to, it is shown as redacted, never as its repr.
-_ENCODE = json.JSONEncoder(default=lambda _value: REDACTED).encode
+_ENCODE = json.JSONEncoder(default=_shown_redacted).encode
+#: ...and that encoder's C core, called directly: `encode` and `iterencode` are Python frames around it (about 85
+#: bytecodes a line) that pick it on every call. Without the circular-reference check: the redactor builds every
+#: container of a line anew, from the values it walked (a cycle would never get past it).
+_C_ENCODER = getattr(json.encoder, "c_make_encoder", None)  # None where json has no C accelerator: `_ENCODE` then
+_CHUNKS = (  # markers (None: no cycle check), default, string encoder, indent, separators, sort, skip keys, NaN
+    _C_ENCODER(None, _shown_redacted, json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True)
+    if _C_ENCODER is not None
+    else None
+)
 
 
 def render_json(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> str:
     """The JSON renderer: structlog's, with `json.dumps`' defaults (ASCII, `", "` and `": "`)."""
+    if _CHUNKS is not None and type(event_dict) is dict:
+        return "".join(_CHUNKS(event_dict, 0))
     return _ENCODE(event_dict)
 
 
@@ -196,77 +255,6 @@ def one_pass(exceptions: Any, redactor: Redactor, stamp: Any, renderer: Any) -> 
         return renderer(logger, method, stamp(logger, method, redactor(logger, method, event_dict)))
 
     return line
-
-
-class LineWriter:
-    """structlog's last step: rendered lines written to the stream whole (however threads interleave). A stream
-    that fails (closed, or EPIPE after journald restarted) loses the line, never the work of the caller: a renewal
-    must not fail because its log line could not be written (stdlib logging's handlers behave the same).
-
-    On the event loop, the lines of one loop turn go out in one write as the turn ends (`call_soon`): each write
-    hands the interpreter lock to whichever file worker wants it and waits to get it back, and a fill ends several
-    renewals per turn. Elsewhere (no running loop, another thread) a line is written at once. Inside `together()`,
-    the lines the same thread logs are held to its end. `flush()` writes what a turn holds (before `os._exit`;
-    at interpreter exit it is done anyway)."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-        self._held: list[str] | None = None  # lines of a `together()` block, and the thread that opened it
-        self._holder = 0
-        self._turn: list[str] | None = None  # lines of this loop turn, and the loop's thread
-        self._turn_thread = 0
-
-    def msg(self, line: str) -> None:
-        """Write one rendered line (every level's method is this one: the level is already in the line)."""
-        if self._held is not None and self._holder == threading.get_ident():
-            self._held.append(line)
-        else:
-            self._emit(line + "\n")
-
-    debug = info = warning = warn = error = err = critical = fatal = exception = failure = log = msg
-
-    @contextlib.contextmanager
-    def together(self) -> Iterator[None]:
-        """One write for the lines logged in this block by this thread (a step's lines: one system call, not
-        one per line, each of which hands the interpreter lock to a waiting file worker)."""
-        if self._held is not None:  # nested, or another thread's block: lines go out as usual
-            yield
-            return
-        self._held, self._holder = [], threading.get_ident()
-        try:
-            yield
-        finally:
-            lines, self._held = self._held, None
-            if lines:
-                self._emit("".join(line + "\n" for line in lines))
-
-    def _emit(self, text: str) -> None:
-        """`text` into this loop turn's write, or written now when there is no loop on this thread."""
-        if self._turn is not None and self._turn_thread == threading.get_ident():
-            self._turn.append(text)
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._write(text)
-            return
-        if self._turn is not None:  # another loop's turn (a thread running its own loop): keep the order
-            self.flush()
-        self._turn, self._turn_thread = [text], threading.get_ident()
-        loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        """Write the lines the current loop turn holds."""
-        lines, self._turn = self._turn, None
-        if lines:
-            self._write("".join(lines))
-
-    def _write(self, text: str) -> None:
-        try:
-            self._stream.write(text)
-            self._stream.flush()
-        except (OSError, ValueError):  # ValueError: the stream is closed
-            pass
 
 
 _WRITER: LineWriter | None = None  # the configured one (`configure`); None: `once`, tests, nothing configured

@@ -110,16 +110,22 @@ class Metrics:
         series.state = state
         if outcome.rate_limit is not None:
             rate_limit(series, outcome.rate_limit)
-        for name, ok in [(n, True) for n in outcome.sinks_written] + [(n, False) for n in outcome.sink_errors]:
-            sink = series.sinks.get(name)
-            if sink is None:
-                sink = series.sinks[name] = SinkSeries(f'{series.labels},sink="{escape(name)}"')
-            result = "success" if ok else "failure"
-            sink.writes[result] = sink.writes.get(result, 0.0) + 1
-            sink.healthy = 1.0 if ok else 0.0
-            if ok:
-                sink.last_success = finished
+        for name in outcome.sinks_written:
+            sink = self._sink(series, name)
+            sink.writes["success"] = sink.writes.get("success", 0.0) + 1
+            sink.healthy, sink.last_success = 1.0, finished
+        for name in outcome.sink_errors:
+            sink = self._sink(series, name)
+            sink.writes["failure"] = sink.writes.get("failure", 0.0) + 1
+            sink.healthy = 0.0
         self._changed(series)
+
+    @staticmethod
+    def _sink(series: ProfileSeries, name: str) -> SinkSeries:
+        sink = series.sinks.get(name)
+        if sink is None:
+            sink = series.sinks[name] = SinkSeries(f'{series.labels},sink="{escape(name)}"')
+        return sink
 
     def fleet_role(self, profile: str, role: str) -> None:
         """Fleet mode: this daemon's role for the profile now (a change to or from leader is counted)."""
