@@ -288,8 +288,8 @@ def test_the_stale_temp_bookkeeping_files_a_sink_under_the_directory_and_name_it
 ) -> None:
     """The listing is looked up by the sink path's directory and name, taken as text (no new Path per renewal):
     for any path that names a file, they are what `Path.parent` and `Path.name` say."""
-    from edge_token.sinks.tempfiles import _split
+    from edge_token.sinks.tempfiles import split_path
 
     path = Path(("/" if absolute else "") + "/".join(parts) or ".")
     assume(path.name != "")  # `/` and `.`: no file sink has such a path
-    assert _split(path) == (os.fspath(path.parent), path.name)
+    assert split_path(path) == (os.fspath(path.parent), path.name)

@@ -168,11 +168,12 @@ class Profiles:
         return self.parts.renewer(profile, on_written=self._on_written)
 
     def _observe(self, renewer: Renewer, outcomes: list[RenewalOutcome], when: float | None) -> None:
-        name = renewer.profile.name
-        if name in self.supervisor.slots and self.supervisor.slots[name].renewer is renewer:
+        name, token_state = renewer.profile.name, renewer.state()
+        slot = self.supervisor.slots.get(name)
+        if slot is not None and slot.renewer is renewer:
             expires_at = renewer.current.expires_at if renewer.current is not None else None
-            self.ready_index.update(name, renewer.ready(), expires_at)
-        state = state_name(renewer.state(), renewer.last_error)
+            self.ready_index.update(name, renewer.ready(token_state), expires_at)
+        state = state_name(token_state, renewer.last_error)
         for outcome in outcomes:
             log_outcome(renewer.log, outcome)
             self.metrics.observe(outcome, state, when)

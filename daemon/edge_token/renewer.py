@@ -117,9 +117,12 @@ class Renewer:
             return self._clock.time()
         return self.due_at
 
-    def ready(self) -> bool:
-        """An unexpired verified token held in every sink (what /readyz and READY=1 wait for)."""
-        return self.current is not None and not self.pending_sinks and self.state() is not TokenState.EXPIRED
+    def ready(self, state: TokenState | None = None) -> bool:
+        """An unexpired verified token held in every sink (what /readyz and READY=1 wait for); `state`: `state()`
+        already taken now, by a caller that needs both."""
+        if self.current is None or self.pending_sinks:
+            return False
+        return (state or self.state()) is not TokenState.EXPIRED
 
     def take(self, token: Token) -> None:
         """Hold `token` (new, adopted, received or inherited): fix its jittered renewal point once, mark every sink
@@ -199,7 +202,8 @@ class Renewer:
             )
             if self._on_secret is not None:
                 self._on_secret(secret)  # the log redactor learns it before anything could echo it
-            await self._jwks.key_set(None)  # no keys ever loaded: a token now would be thrown away (and cost quota)
+            if not self._jwks.loaded:  # no keys ever loaded: a token now would be thrown away (and cost quota)
+                await self._jwks.key_set(None)
             if self.retired:  # taken away by a reload while the keys were fetched: nothing to request for
                 raise TransientError("the profile was removed or changed by a reload; no token requested")
             requested = True  # counted even if what follows raises: the provider may have issued a token

@@ -178,9 +178,10 @@ class Supervisor:
         token = renewer.current
         if token is None or token.fingerprint == slot.announced:
             return
-        if any(outcome.result is Result.ADOPTED and outcome.token is token for outcome in outcomes):
-            slot.announced = token.fingerprint  # what the sinks already held: consumers have it
-            return
+        for outcome in outcomes:
+            if outcome.result is Result.ADOPTED and outcome.token is token:
+                slot.announced = token.fingerprint  # what the sinks already held: consumers have it
+                return
         if len(renewer.pending_sinks) == len(renewer.sinks):
             return  # no sink holds it yet: announce when one does
         slot.announced = token.fingerprint

@@ -55,6 +55,10 @@ class RateLimit(Record):
         return min(max(max(waits), 0.0), MAX_WAIT)
 
 
+LIMIT, REMAINING, RESET = "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"
+QUOTA = "Auth0-Client-Quota-Limit"
+
+
 def _header(headers: Mapping[str, str], name: str) -> str | None:
     value = headers.get(name)
     if value is None or len(value) > MAX_HEADER_CHARS or not value.isascii():
@@ -99,10 +103,13 @@ def parse_quota(value: str | None) -> tuple[Quota, ...] | None:
 
 def parse(headers: Mapping[str, str], now: float) -> RateLimit | None:
     """The RateLimit an answer's headers carry, or None if they carry none (each header parsed on its own)."""
-    limit = ascii_uint(_header(headers, "x-ratelimit-limit"), 12)
-    remaining = ascii_uint(_header(headers, "x-ratelimit-remaining"), 12)
-    reset_at = parse_reset(_header(headers, "x-ratelimit-reset"), now)
-    quotas = parse_quota(_header(headers, "Auth0-Client-Quota-Limit")) or ()
+    get = headers.get
+    if get(LIMIT) is None and get(REMAINING) is None and get(RESET) is None and get(QUOTA) is None:
+        return None  # most answers: four lookups, not four parses of nothing (every renewal asks)
+    limit = ascii_uint(_header(headers, LIMIT), 12)
+    remaining = ascii_uint(_header(headers, REMAINING), 12)
+    reset_at = parse_reset(_header(headers, RESET), now)
+    quotas = parse_quota(_header(headers, QUOTA)) or ()
     if limit is None and remaining is None and reset_at is None and not quotas:
         return None
     return RateLimit(limit, remaining, reset_at, quotas)

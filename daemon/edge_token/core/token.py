@@ -4,23 +4,45 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hashlib
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 from edge_token.core import strictjson
 from edge_token.core.record import Record, field
 from edge_token.core.scrub import Plain
+
+T = TypeVar("T")
 
 #: one or more characters of the unpadded base64url alphabet (RFC 7515 section 2), nothing else: use fullmatch
 BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 #: the shape of a compact JWS (header.payload.signature, each part non-empty base64url): use fullmatch. Strict, for
 #: deciding what a token is; core/scrub.py has its own deliberately looser pattern for finding tokens in text.
 COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+
+
+class _computed_once(Generic[T]):  # lower case: a decorator, like the functools one it stands for
+    """`functools.cached_property` without its per-class lock (3.11 takes an RLock on every first computation, and
+    a Token's fingerprint is computed once per renewal). The value goes into the instance's own dict, where every
+    later lookup finds it first (a non-data descriptor); two threads racing the first look both compute the same
+    hash. A Record is frozen through `__setattr__`; its `__dict__` is where its fields live anyway."""
+
+    def __init__(self, function: Callable[[Any], T]) -> None:
+        self._function, self._name = function, function.__name__
+        self.__doc__ = function.__doc__
+
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> _computed_once[T]: ...
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> T: ...
+    def __get__(self, instance: object | None, owner: type | None = None) -> T | _computed_once[T]:
+        if instance is None:
+            return self
+        value = instance.__dict__[self._name] = self._function(instance)
+        return value
 
 
 class Token(Record):
@@ -49,7 +71,7 @@ class Token(Record):
         """The token's own `exp` claim (the provider's clock)."""
         return float(self.claims["exp"])
 
-    @functools.cached_property  # asked four times per renewal (sinks, logs, rotation): one hash
+    @_computed_once  # asked four times per renewal (sinks, logs, rotation): one hash
     def fingerprint(self) -> str:
         """A short, non-reversible id for logs and /status: enough to tell tokens apart, useless to replay."""
         return Plain(hashlib.sha256(self.jwt.encode()).hexdigest()[:12])

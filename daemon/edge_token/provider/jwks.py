@@ -149,6 +149,11 @@ class JwksCache:
         self.last_error: JwksError | None = None
 
     @property
+    def loaded(self) -> bool:
+        """Has a key set ever been loaded? (Kept on a failed refresh: the last good set stays in use.)"""
+        return self._keys is not None
+
+    @property
     def kids(self) -> frozenset[str]:
         """Key ids currently loaded."""
         return self._kids

@@ -191,6 +191,7 @@ def parse_token_answer(raw: bytes, content_type: str, received_at: float, secret
         expires_in=expires_in,
         token_type="Bearer",
         scope=scope,
+        rate_limit=None,  # every field given: a Record then fills in no defaults (a call fewer per renewal)
     )
 
 

@@ -19,7 +19,7 @@ from edge_token.core.token import Token
 from edge_token.sinks.atomicfile import as_written, check_directory, identity, read_back, write_atomic
 from edge_token.sinks.dircalls import BatchedCalls
 from edge_token.sinks.filecalls import BlockingCalls
-from edge_token.sinks.tempfiles import StaleTemps
+from edge_token.sinks.tempfiles import StaleTemps, split_path
 
 MAX_READ_BYTES = 64 * 1024
 #: a write or read-back that takes longer is abandoned (hung NFS/FUSE): well below the daemon's cycle budget
@@ -97,6 +97,7 @@ class FileSink:
         self.name = config.name
         self.path: Path = config.path
         self._directory = config.path.parent  # asked on every read-back and unchanged check: one Path, not one each
+        self._split = split_path(self.path)  # (directory, name) as text, for the stale-temp bookkeeping of each write
         self._calls = BlockingCalls(self.name, timeout)
         self._timeout = timeout
         self._directory_calls: tuple[asyncio.AbstractEventLoop, BatchedCalls] | None = None  # (loop, its calls)
@@ -129,7 +130,7 @@ class FileSink:
             lambda: write_atomic(self.path, data, cfg.mode, cfg.uid, cfg.gid, known=known, seen=seen.append)
         )
         self._last = (token.fingerprint, seen[-1]) if seen else None
-        self._stale_temps.written(self.path)
+        self._stale_temps.written(self.path, self._split)
         return changed
 
     async def read(self) -> str | None:

@@ -53,7 +53,7 @@ class StaleTemps:
     def remove(self, path: Path) -> int:
         """Delete the stale temps of the sink at `path`; returns how many were removed. Runs in a worker thread:
         it may wait for another worker's listing of the same directory (bounded by the callers' deadlines)."""
-        directory, target = _split(path)
+        directory, target = split_path(path)
         listing = self._listing(directory)
         if listing is None:
             return 0
@@ -103,7 +103,7 @@ class StaleTemps:
     def absent(self, path: Path) -> bool:
         """True when a recent listing of the directory saw no file at `path` and no temp of it to remove: reading
         it back would find nothing. False when unsure (no listing yet, or an old one). Does no I/O."""
-        directory, name = _split(path)
+        directory, name = split_path(path)
         with self._lock:
             listing = self._found.get(directory)
             if not isinstance(listing, _Listing):
@@ -113,9 +113,10 @@ class StaleTemps:
                 return False
             return name not in listing.names and name not in listing.temps
 
-    def written(self, path: Path) -> None:
-        """We wrote the sink at `path`: a later read-back of it (a reloaded profile's) must not be skipped."""
-        directory, name = _split(path)
+    def written(self, path: Path, split: tuple[str, str] | None = None) -> None:
+        """We wrote the sink at `path`: a later read-back of it (a reloaded profile's) must not be skipped. `split`:
+        `split_path(path)`, kept by a caller that writes the same path again and again (a sink, once per renewal)."""
+        directory, name = split or split_path(path)
         with self._lock:
             listing = self._found.get(directory)
             if isinstance(listing, _Listing):
@@ -125,7 +126,7 @@ class StaleTemps:
 LISTING_FRESH_SECONDS = 60.0
 
 
-def _split(path: Path) -> tuple[str, str]:
+def split_path(path: Path) -> tuple[str, str]:
     """(directory, name) of a sink path, as text: `os.fspath(path.parent)` built a new Path and formatted it, on
     every renewal. A Path has no trailing slash, so the two agree, but for a bare name (`.` there, empty here)."""
     directory, name = os.path.split(os.fspath(path))
