@@ -202,7 +202,8 @@ class Renewer:
             )
             if self._on_secret is not None:
                 self._on_secret(secret)  # the log redactor learns it before anything could echo it
-            if not self._jwks.loaded:  # no keys ever loaded: a token now would be thrown away (and cost quota)
+            # no keys loaded: a token now would be thrown away (and cost quota); keys due for refresh: refreshed first
+            if not self._jwks.fresh:
                 await self._jwks.key_set(None)
             if self.retired:  # taken away by a reload while the keys were fetched: nothing to request for
                 raise TransientError("the profile was removed or changed by a reload; no token requested")

@@ -149,9 +149,10 @@ class JwksCache:
         self.last_error: JwksError | None = None
 
     @property
-    def loaded(self) -> bool:
-        """Has a key set ever been loaded? (Kept on a failed refresh: the last good set stays in use.)"""
-        return self._keys is not None
+    def fresh(self) -> bool:
+        """A key set is loaded and not due for refresh: `key_set(None)` would answer it without a fetch (asked
+        before every renewal: a look, not an awaited call)."""
+        return self._keys is not None and self._clock.monotonic() < self._refresh_due
 
     @property
     def kids(self) -> frozenset[str]:
