@@ -123,6 +123,29 @@ def test_a_due_job_that_raises_is_logged_at_error_and_runs_again_when_asked(capl
     assert len(errors) == 2 and all(record.levelno == logging.ERROR and record.exc_info for record in errors)
 
 
+def test_a_job_due_alone_runs_in_the_loop_turn_its_timer_fires() -> None:
+    """The scheduler's timer called `wakeup`, which queued the pass for one more loop turn: every renewal due on its
+    own (most, at 20 s tokens) paid a turn and a handle for nothing. The timer now runs the pass itself."""
+
+    async def scenario() -> tuple[int, int]:
+        scheduler = Scheduler()
+        scheduler.start()
+        ran = asyncio.get_running_loop().create_future()
+        try:
+            scheduler.at("j", time.time() + 3600, lambda: None)
+            await asyncio.sleep(0.01)  # started and settled: the timer is armed for the far job
+            scheduler.at("j", time.time() + 0.05, lambda: ran.set_result(None))  # sooner: the timer is re-armed
+            await asyncio.sleep(0.01)
+            with calls_into("edge_token/scheduler.py") as seen:
+                await asyncio.wait_for(ran, 5)
+            return seen.count("_CoalescingScheduler.wakeup"), seen.count("_CoalescingScheduler._wake")
+        finally:
+            scheduler.shutdown()
+
+    wakeups, passes = asyncio.run(scenario())
+    assert (wakeups, passes) == (0, 1)
+
+
 # ---- the redactor ----------------------------------------------------------------------------------------------
 def test_a_line_shape_seen_before_is_redacted_without_looking_at_its_keys_again(
     monkeypatch: pytest.MonkeyPatch,

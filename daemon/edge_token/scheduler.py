@@ -201,7 +201,11 @@ class _CoalescingScheduler(AsyncIOScheduler):  # type: ignore[misc]  # APSchedul
         super().start(paused)
 
     def _start_timer(self, wait_seconds: float | None) -> None:
-        super()._start_timer(wait_seconds)
+        # AsyncIOScheduler's timer, armed with the pass itself: its `wakeup` (ours, below) would queue the pass for
+        # one more loop turn, and a renewal due alone (most are, at 20 s tokens) paid that turn every time
+        self._stop_timer()
+        if wait_seconds is not None:
+            self._timeout = self._eventloop.call_later(wait_seconds, self._wake)
         self._due = math.inf if wait_seconds is None else self._eventloop.time() + wait_seconds
 
     def _stop_timer(self) -> None:
