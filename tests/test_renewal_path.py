@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -146,6 +147,44 @@ def test_a_job_due_alone_runs_in_the_loop_turn_its_timer_fires() -> None:
     assert (wakeups, passes) == (0, 1)
 
 
+@pytest.mark.parametrize("then", ["moved", "cancelled", "replaced"])
+def test_a_job_an_earlier_run_of_the_same_pass_moved_or_removed_does_not_run_then(then: str) -> None:
+    """Jobs a and b are due in one pass; a's run moves b an hour ahead, cancels it, or cancels it and schedules it
+    again with another function an hour ahead. b must not run in that pass (a job runs once per due time, and only
+    while scheduled), its next run is what a's run said, and when due again it runs the function it was given last
+    (the pass must not write the job it had in hand back over the one a's run left)."""
+
+    async def scenario() -> tuple[list[str], float | None, float]:
+        scheduler, ran = Scheduler(), []
+        later = float(int(time.time()) + 3600)
+
+        def a() -> None:
+            ran.append("a")
+            if then != "moved":
+                scheduler.cancel("b")
+            if then != "cancelled":
+                scheduler.at("b", later, lambda: ran.append("b-new"))
+
+        scheduler.start()
+        try:
+            scheduler.at("a", time.time() - 2, a)
+            scheduler.at("b", time.time() - 1, lambda: ran.append("b-old"))
+            for _ in range(10):
+                await asyncio.sleep(0)
+            next_b = scheduler.next_run("b")
+            if then != "cancelled":
+                scheduler.at("b", time.time() - 1, lambda: ran.append("b-newest"))
+                for _ in range(10):
+                    await asyncio.sleep(0)
+            return ran, next_b, later
+        finally:
+            scheduler.shutdown()
+
+    ran, next_b, later = asyncio.run(scenario())
+    assert ran == (["a"] if then == "cancelled" else ["a", "b-newest"])
+    assert next_b == (None if then == "cancelled" else later)
+
+
 # ---- the redactor ----------------------------------------------------------------------------------------------
 def test_a_line_shape_seen_before_is_redacted_without_looking_at_its_keys_again(
     monkeypatch: pytest.MonkeyPatch,
@@ -166,6 +205,38 @@ def test_a_line_shape_seen_before_is_redacted_without_looking_at_its_keys_again(
     for index in range(5):
         assert redactor(None, "info", {**line, "profile": f"p{index}"}) == {**line, "profile": f"p{index}"}
     assert asked == []
+
+
+def test_a_secret_registered_by_another_thread_mid_line_never_shows_in_a_later_lines_key() -> None:
+    """Thread A redacts a line of a new shape (its key spells a secret-to-be) when thread B registers that secret
+    and logs. A's line was scrubbed under the old secrets: its shape must not be remembered as clean under the new
+    ones, or every later line of that shape would skip its keys and show the secret. (Forced interleaving: a value
+    whose repr parks thread A where a switch of the interpreter lock could.)"""
+    secret, key = "s3cr3t-value-42", "note_s3cr3t-value-42"
+    scrubber = Scrubber()
+    redactor = logs.Redactor(scrubber)
+    redactor(None, "info", {key: "x"})
+
+    class Parked:
+        entered, release = threading.Event(), threading.Event()
+
+        def __repr__(self) -> str:
+            self.entered.set()
+            self.release.wait(5)
+            return "v"
+
+    value = Parked()
+    racing = threading.Thread(target=redactor, args=(None, "info", {"slow": value, key: "x"}))
+    racing.start()
+    try:
+        assert value.entered.wait(5)
+        scrubber.register(secret)
+        redactor(None, "info", {"event": "secret.read"})
+    finally:
+        value.release.set()
+        racing.join(5)
+    later = [redactor(None, "info", {"slow": n, key: "x"}) for n in range(3)]
+    assert not [line for line in later if any(secret in k for k in line)], later
 
 
 KEYS = ["profile", "sink", "event", "client_secret", "token", "hunter2-secret", "level"]

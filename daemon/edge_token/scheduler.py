@@ -274,18 +274,16 @@ class _CoalescingScheduler(AsyncIOScheduler):  # type: ignore[misc]  # APSchedul
             now = datetime.now(self.timezone)
             with self._jobstores_lock:
                 for job in store.get_due_jobs(now):
-                    run = job.func
-                    if type(run) is not _Run:
-                        continue
+                    run, when = job.func, job.next_run_time
+                    if type(run) is not _Run or store.lookup_job(job.id) is not job or when is None or when > now:
+                        continue  # not ours; or an earlier run of this pass removed, replaced or moved it
                     try:
                         run()
                     except BaseException:  # as `_DirectExecutor`: logged at error level, the job stays scheduled
                         self._executors["default"]._logger.exception('Job "%s" raised an exception', job)
                     job.next_run_time = run.trigger.get_next_fire_time(job.next_run_time, now)
-                    try:
+                    if store.lookup_job(job.id) is job:  # else its own run removed or replaced it: gone, as asked
                         store.update_job(job)
-                    except JobLookupError:  # removed during this pass by another job's run: gone, as asked
-                        pass
         wait: float | None = super()._process_jobs()
         return wait
 

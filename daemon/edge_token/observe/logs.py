@@ -42,11 +42,11 @@ class Redactor:
 
     def __init__(self, scrubber: scrubbing.Scrubber | None = None) -> None:
         self._scrubber = scrubber or scrubbing.SECRETS
-        #: the key tuples of lines whose keys all pass as they are (no secret-named key, none changed by scrubbing),
-        #: under the registry state `_clean_under` (the scrubber's memo, replaced when a secret is registered). A
-        #: daemon logs a few dozen shapes of line; for those, only the values are looked at
-        self._clean: set[tuple[str, ...]] = set()
-        self._clean_under: Mapping[str, str] | None = None
+        #: (a registry state, the key tuples of lines whose keys all pass as they are under it: no secret-named key,
+        #: none changed by scrubbing). The state is the scrubber's memo, replaced when a secret is registered (held
+        #: here, its id cannot be reused). A daemon logs a few dozen shapes of line; for those, only the values are
+        #: looked at. The pair is swapped whole, so a line scrubbed under an older state files its shape there
+        self._clean: tuple[Mapping[str, str] | None, set[tuple[str, ...]]] = (None, set())
 
     def add_secret(self, value: str) -> None:
         """Scrub this value, in every encoding, from every future line and message (process-wide)."""
@@ -78,10 +78,11 @@ class Redactor:
         # most keys and values were scrubbed before under this registry: looked up in its memo without a call;
         # numbers, booleans, None and Plain text pass as they are (unless their key names a secret), without a call
         known, scrub, redact = self._scrubber.known, self._scrubber.scrub_text, self.redact
-        if known is not self._clean_under:  # a secret was registered since: what was clean may not be
-            self._clean_under, self._clean = known, set()  # (holding `known` keeps its id from being reused)
+        under, shapes = self._clean
+        if under is not known:  # a secret was registered since: what was clean may not be
+            self._clean = (known, shapes := set())  # one swap: a thread never files a shape under another state
         keys = tuple(event_dict)
-        if keys in self._clean:  # a line with these keys came before: none names a secret or scrubs to another
+        if keys in shapes:  # a line with these keys came before: none names a secret or scrubs to another
             for key, value in event_dict.items():
                 kind = type(value)
                 if kind is str:
@@ -99,8 +100,8 @@ class Redactor:
             elif kind not in _PLAIN or names_secret(key):
                 value = redact(value, key)
             line[known.get(key) or scrub(key)] = value
-        if len(self._clean) < MAX_CLEAN_KEY_SETS and tuple(line) == keys and not any(map(names_secret, keys)):
-            self._clean.add(keys)
+        if len(shapes) < MAX_CLEAN_KEY_SETS and tuple(line) == keys and not any(map(names_secret, keys)):
+            shapes.add(keys)  # into the set of the registry state this line was scrubbed under, swapped out or not
         return line
 
 
