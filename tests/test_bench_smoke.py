@@ -16,6 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "bench"))
 
+import benchlib
 from benchlib import Bench, Daemon, Plan
 
 import bench as benchmark  # tests/bench/bench.py
@@ -69,6 +70,7 @@ async def test_every_section_yields_its_figures(benches: Callable[[str], Bench])
         "/metrics at 2 profiles", "peak RSS of the idle daemon", "CPU over 1 whole lifetimes, 1 profile",
         "CPU over 1 whole lifetimes, 2 profile", "freshness: renewal points (fraction of lifetime), all",
         "fill 3 vs fill 2 (linear)", "peak RSS at 3 profiles", "/metrics at 3 vs at 2",
+        "the fill, split at the auth server (context): start-up", "and throughput: time per profile",
     ):  # fmt: skip
         assert part in names, part
     assert filled.body.startswith(b"# HELP") and len(filled.scrape.values) == 1
@@ -93,6 +95,18 @@ def test_renewal_points_from_log_events() -> None:
     assert sorted(points) == [(1016.0, 0.8), (1031.0, 0.75), (1507.5, 0.75)]
     figure = benchmark.freshness_figure("f", points)
     assert figure.value.startswith("min 0.7500, median 0.7500") and "n=3" in figure.value
+
+
+def test_fill_split_at_the_auth_server() -> None:
+    """Start-up is spawn to the first request; throughput the time per profile between the 10th and 90th
+    percentile requests (so a slow first or last handful does not count); fewer than two requests: no split."""
+    arrivals = [10.0 + 0.002 * i for i in range(100)]
+    arrivals[-1] = 99.0  # a straggler past the 90th percentile
+    split = benchlib.FillSplit.of(arrivals, 9.6)
+    assert split is not None and split.startup == pytest.approx(0.4) and split.per_profile == pytest.approx(0.002)
+    two = benchlib.FillSplit.of([5.0, 5.5], 4.0)
+    assert two is not None and two.startup == pytest.approx(1.0) and two.per_profile == pytest.approx(0.5)
+    assert benchlib.FillSplit.of([5.0], 4.0) is None
 
 
 async def test_a_daemon_that_dies_fails_the_section_with_its_log(benches: Callable[[str], Bench]) -> None:

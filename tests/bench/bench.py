@@ -37,10 +37,12 @@ from benchlib import (
     Bench,
     Daemon,
     Figure,
+    FillSplit,
     FloorServer,
     NotifySocket,
     Plan,
     Samples,
+    TimedAuthServer,
     auth_server,
     cpu_seconds,
     filesystem,
@@ -52,8 +54,6 @@ from benchlib import (
     verify_sinks,
     write_config,
 )
-
-from edge_token.localauth import LocalAuthServer
 
 FULL = Plan(
     "full",
@@ -102,15 +102,23 @@ class SizeResult:
     rss: Samples = field(default_factory=Samples)  # VmHWM after the scrapes
     scrape: Samples = field(default_factory=Samples)  # per round: median of plan.scrapes scrapes
     requests: list[int] = field(default_factory=list)  # token requests per fill (the auth server's count)
+    startup: Samples = field(default_factory=Samples)  # spawn to the first token request (FillSplit)
+    per_profile: Samples = field(default_factory=Samples)  # seconds per profile mid-fill (FillSplit)
     body: bytes = b""
     content_type: str = ""
 
+    def add_split(self, split: FillSplit | None) -> None:
+        if split is not None:
+            self.startup.add(split.startup)
+            self.per_profile.add(split.per_profile)
 
-async def fill_round(bench: Bench, server: LocalAuthServer, count: int, result: SizeResult, cap: float) -> Path:
+
+async def fill_round(bench: Bench, server: TimedAuthServer, count: int, result: SizeResult, cap: float) -> Path:
     """Start a daemon on `count` empty sinks in one directory, time it to /readyz 200, then scrape /metrics;
     afterwards check every sink holds a valid token and count the token requests the fill made."""
     sinks = bench.fresh_dir(f"fill{count}")
     config, requests = write_config(bench, server, count, sinks), server.token_requests
+    server.arrivals.clear()
     async with Daemon(bench, config, count) as daemon:
         took = await daemon.ready(cap)
         result.fill.add(took, cap)
@@ -118,6 +126,7 @@ async def fill_round(bench: Bench, server: LocalAuthServer, count: int, result: 
             print(f"    fill {count:,}: not ready after {cap:g} s ({len(daemon.holding):,} profiles held a token)")
             return config
         requests = server.token_requests - requests
+        result.add_split(FillSplit.of(server.arrivals, daemon.started))
         result.cpu.add(daemon.cpu())
         await asyncio.sleep(0.5)
         result.idle_rss.add(daemon.peak_rss())
@@ -133,9 +142,11 @@ async def fill_round(bench: Bench, server: LocalAuthServer, count: int, result: 
     return config
 
 
-async def floor_fill(bench: Bench, server: LocalAuthServer, count: int) -> float:
-    """The floor of a fill: floor.py fill, spawn to "done" (every token verified and on disk)."""
+async def floor_fill(bench: Bench, server: TimedAuthServer, count: int, split: SizeResult | None = None) -> float:
+    """The floor of a fill: floor.py fill, spawn to "done" (every token verified and on disk); its start-up and
+    throughput into `split`."""
     out = bench.fresh_dir(f"floor{count}")
+    server.arrivals.clear()
     start = time.perf_counter()
     process = await bench.spawn(*floor_argv(server, bench, "fill", str(out), str(count)), stdout=subprocess.PIPE)
     assert process.stdout is not None
@@ -145,6 +156,8 @@ async def floor_fill(bench: Bench, server: LocalAuthServer, count: int) -> float
     if line.split()[:1] != [b"done"]:
         raise RuntimeError(f"the floor fill failed: {line!r}")
     verify_sinks(server, out, count)
+    if split is not None:
+        split.add_split(FillSplit.of(server.arrivals, start))
     print(f"    floor fill {count:,}: {took:.2f} s")
     return took
 
@@ -218,6 +231,7 @@ async def fill_restart_notify_metrics(bench: Bench) -> SizeResult:
         "NOTIFY_SOCKET fill, static /metrics)"
     )
     edge, floor, restart, notify, static = SizeResult(), Samples(), Samples(), Samples(), Samples()
+    floor_split = SizeResult()  # the floor fills' start-up and throughput (FillSplit)
     requests_at_restart: list[int] = []
     notify_ready, notify_messages = Samples(), Samples()
     async with auth_server() as server, contextlib.AsyncExitStack() as stack:
@@ -239,7 +253,7 @@ async def fill_restart_notify_metrics(bench: Bench) -> SizeResult:
                 )
 
         async def floor_round() -> None:
-            floor.add(await floor_fill(bench, server, count))
+            floor.add(await floor_fill(bench, server, count, floor_split))
             if static_server is not None:
                 url = f"http://127.0.0.1:{static_server.port}/metrics"
                 static.add((await bench.scrape_times(url, plan.scrapes))[0].median)
@@ -272,6 +286,24 @@ async def fill_restart_notify_metrics(bench: Bench) -> SizeResult:
     )  # fmt: skip
     fill_figure.value += f"; token requests per fill {', '.join(f'{r:,}' for r in sorted(set(edge.requests)))}"
     bench.report.add(fill_figure)
+    if edge.startup.values and floor_split.startup.values:
+        startup, rate = edge.startup, edge.per_profile
+        bench.report.add(
+            Figure(
+                "the fill, split at the auth server (context): start-up, spawn → first token request",
+                startup.show("s", digits=3),
+                floor_split.startup.show("s", digits=3),
+                f"{startup.median / floor_split.startup.median:.2f}x",
+            )
+        )
+        bench.report.add(
+            Figure(
+                "… and throughput: time per profile between the 10th and 90th percentile request (context)",
+                rate.show("ms", 1000, 3),
+                floor_split.per_profile.show("ms", 1000, 3),
+                f"{rate.median / floor_split.per_profile.median:.2f}x",
+            )
+        )
     bench.report.add(
         ratio_figure(
             f"fill {n} with NOTIFY_SOCKET (systemd) vs without", notify, edge.fill, 1.1, floor_name="fill without"
@@ -428,7 +460,7 @@ async def lifetimes(bench: Bench) -> None:
         + (f" and at least {plan.settle:g} s after the start" if plan.settle else "")
     )
     async with contextlib.AsyncExitStack() as stack:
-        pairs: list[tuple[Daemon, LocalAuthServer]] = []
+        pairs: list[tuple[Daemon, TimedAuthServer]] = []
         for count in (small, large):
             server = await stack.enter_async_context(auth_server(plan.ttl))
             config = write_config(bench, server, count, bench.fresh_dir(f"life{count}"))

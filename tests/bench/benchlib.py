@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
@@ -353,10 +354,39 @@ class Bench:
         return times, body, kind
 
 
+class TimedAuthServer(LocalAuthServer):
+    """The bundled server, noting when each token request arrived (`perf_counter`): where a fill's time goes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.arrivals: list[float] = []
+
+    async def _token(self, request: web.Request) -> web.StreamResponse:
+        self.arrivals.append(time.perf_counter())
+        return await super()._token(request)
+
+
+@dataclass
+class FillSplit:
+    """A fill cut in two at the auth server: start-up (spawn to the first token request: imports, the config, the
+    profiles, the JWKS) and throughput (the time per profile between the 10th and the 90th percentile request)."""
+
+    startup: float
+    per_profile: float
+
+    @classmethod
+    def of(cls, arrivals: list[float], started: float) -> FillSplit | None:
+        """From the arrival times of one fill's token requests (in order) and its spawn time; None below two."""
+        if len(arrivals) < 2:
+            return None
+        low, high = len(arrivals) // 10, max(len(arrivals) * 9 // 10, 1)
+        return cls(arrivals[0] - started, (arrivals[high] - arrivals[low]) / (high - low))
+
+
 @contextlib.asynccontextmanager
-async def auth_server(ttl: float = 3600.0) -> AsyncIterator[LocalAuthServer]:
+async def auth_server(ttl: float = 3600.0) -> AsyncIterator[TimedAuthServer]:
     """The bundled OAuth2 + JWKS server on loopback, in this process (so token requests can be counted)."""
-    server = LocalAuthServer({CLIENT: SECRET}, ttl=ttl)
+    server = TimedAuthServer({CLIENT: SECRET}, ttl=ttl)
     await server.start()
     try:
         yield server
