@@ -126,15 +126,25 @@ async def test_readiness_while_every_profile_starts_looks_up_no_scheduled_run(
 ) -> None:
     """/readyz and systemd's STATUS= line while all N profiles are still unready (the first probe of a start):
     the same answer as from every full status, without a look-up of each profile's next run in the scheduler
-    (which /readyz does not show); STATUS= looks up each next run once (it shows the earliest)."""
+    (which /readyz does not show) and without a status snapshot of any profile; STATUS= looks up each next run
+    once (it shows the earliest)."""
     daemon = new_daemon(config, clock)
     seen: dict[str, Any] = {}
+    snapshots = Counter[str]()
+    real_status = renewer_module.Renewer.status
+
+    def status(renewer: Any, next_attempt_at: float | None) -> Any:
+        snapshots[renewer.profile.name] += 1
+        return real_status(renewer, next_attempt_at)
+
+    monkeypatch.setattr(renewer_module.Renewer, "status", status)
 
     def probe(daemon: Daemon) -> None:
         scheduler = daemon.scheduler
         before = scheduler.lookups
         seen["ready"] = daemon.profiles.readiness()
         seen["readiness_lookups"] = scheduler.lookups - before
+        seen["readiness_snapshots"] = sum(snapshots.values())
         before = scheduler.lookups
         daemon.profiles.summary()
         seen["summary_lookups"] = scheduler.lookups - before
@@ -145,6 +155,7 @@ async def test_readiness_while_every_profile_starts_looks_up_no_scheduled_run(
     assert not ready and len(details["not_ready"]) == PROFILES
     assert seen["ready"] == seen["full"]
     assert seen["readiness_lookups"] == 0
+    assert seen["readiness_snapshots"] == 0  # each unready profile gave its entry without a full status
     assert seen["summary_lookups"] == PROFILES
     # no profile holds a token yet: none of their sinks is named failing (the probe's body is scrubbed: naming
     # every sink path cost ~45 ms at 1,000 profiles, before any work)

@@ -96,10 +96,17 @@ class Profiles:
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """/readyz without a status per profile: only the profiles that may be unready are looked at (those whose
         last cycle left them unready, and those whose token has expired since), so a probe of 1,000 ready profiles
-        is a pass over 1,000 floats, not 1,000 status snapshots (which cost ~30 ms and ran every few seconds)."""
+        is a pass over 1,000 floats, not 1,000 status snapshots (which cost ~30 ms and ran every few seconds); each
+        of those gives its own entry (`Renewer.unready`), so the first probe of a start, which finds all of them
+        unready, builds no snapshot either."""
         if self.roles():  # fleet mode: /readyz also lists every profile's fleet role
             return readiness(self.statuses(next_runs=False))
-        return readiness(self.statuses(sorted(self.ready_index.suspects(self.clock.time())), next_runs=False))
+        slots, not_ready = self.supervisor.slots, {}
+        for name in sorted(self.ready_index.suspects(self.clock.time())):
+            slot = slots.get(name)
+            if slot is not None and (entry := slot.renewer.unready()) is not None:
+                not_ready[name] = entry
+        return not not_ready, {"ready": not not_ready, "not_ready": not_ready}
 
     def all_ready(self) -> bool:
         """Every profile holds a valid token in every sink (O(1): the readiness index)."""

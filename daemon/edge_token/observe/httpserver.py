@@ -53,9 +53,9 @@ class HealthSource:
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        text=json.dumps(body, indent=2, sort_keys=True) + "\n", status=status, content_type="application/json"
-    )
+    """A /healthz or /readyz answer on one line: without `indent`, json's C encoder writes it (Python's indenting
+    encoder cost ~1,000 bytecodes per profile of a /readyz that lists 1,000 unready ones, at every probe of a fill)."""
+    return web.Response(text=json.dumps(body, sort_keys=True) + "\n", status=status, content_type="application/json")
 
 
 MAX_CONNECTIONS = 128
