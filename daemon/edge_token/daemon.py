@@ -242,8 +242,9 @@ class Daemon:
 
     def _report_to_systemd(self, throttle: bool = True) -> None:
         """READY=1 as soon as every profile is ready; STATUS= kept current (after cycles at most once a second).
-        Readiness comes from the O(1) index, so a fill of N profiles costs O(N) here, not O(N^2)."""
-        self.notifier.report(self.profiles.all_ready(), self.profiles.summary, self.clock.monotonic(), throttle)
+        Readiness comes from the index (O(1) while any profile is unready), so a fill of N profiles costs O(N) here,
+        not O(N^2)."""
+        self.notifier.report(self.profiles.all_ready, self.profiles.summary, self.clock.monotonic(), throttle)
 
     def _ready_timeout(self) -> None:
         if self.notifier.enabled and not self.notifier.ready_sent:
@@ -258,6 +259,7 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = load_config(self.config.path, self.environ)
+            self._check_selected(new)
         except Exception as exc:  # a ConfigError, or a bug in reading one: either way the running config is kept
             why = f"internal error while reading {self.config.path} ({type(exc).__name__}); please report it"
             error = exc if isinstance(exc, ConfigError) else InternalError(why)
@@ -275,6 +277,16 @@ class Daemon:
         self._reloaded(None)
         summary = f"reloaded: {len(plan.added)} added, {len(plan.removed)} removed, {len(changed)} changed"
         self.notifier.reloaded(summary)
+
+    def _check_selected(self, new: Config) -> None:
+        """A reload keeps every profile named by --profile: a start without one exits 78, and a reload that took one
+        away would leave the daemon keeping fewer tokens (or none) fresh than it was started for."""
+        missing = [name for name in self.only or () if name not in new.profiles]
+        if missing:
+            raise ConfigError(
+                f"{new.path}: no profile {missing[0]!r}, which this daemon was started for (--profile "
+                f"{' --profile '.join(self.only or ())}); restore it, or restart with the profiles to run"
+            )
 
     def _reloaded(self, error: EdgeTokenError | None) -> None:
         """Make the reload visible beyond the log line: metrics (alertable) and /status."""

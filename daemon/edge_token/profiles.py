@@ -102,6 +102,8 @@ class Profiles:
         if self.roles():  # fleet mode: /readyz also lists every profile's fleet role
             return readiness(self.statuses(next_runs=False))
         slots, not_ready = self.supervisor.slots, {}
+        if not slots:  # nothing kept fresh is not "every token is there" (READY=1 says the same: all_ready)
+            return False, {"ready": False, "not_ready": {}}
         for name in sorted(self.ready_index.suspects(self.clock.time())):
             slot = slots.get(name)
             if slot is not None and (entry := slot.renewer.unready()) is not None:
@@ -109,8 +111,11 @@ class Profiles:
         return not not_ready, {"ready": not not_ready, "not_ready": not_ready}
 
     def all_ready(self) -> bool:
-        """Every profile holds a valid token in every sink (O(1): the readiness index)."""
-        return not self.ready_index.unready and bool(self.supervisor.slots)
+        """Every profile holds a valid token in every sink, now: none left unready by its last cycle (O(1), so a fill
+        asks this after each cycle at no cost) and, once none is, no held token expired since its cycle (what /readyz
+        looks at too). Asked only until READY=1 went out (observe/systemd.py)."""
+        index = self.ready_index
+        return bool(self.supervisor.slots) and not index.unready and not index.suspects(self.clock.time())
 
     def summary(self) -> str:
         """systemd's STATUS= line (health.summary over every status), without a status per profile: the state of

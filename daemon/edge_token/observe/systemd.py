@@ -58,12 +58,15 @@ class Notifier:
             return False
         return True
 
-    def report(self, all_ready: bool, summary: Callable[[], str], now: float, throttle: bool = True) -> None:
-        """READY=1 once `all_ready`; otherwise STATUS=, at most once a second when `throttle`d (after each cycle),
-        always from the daemon's tick. `summary` is built only when something is sent."""
+    def report(
+        self, all_ready: Callable[[], bool], summary: Callable[[], str], now: float, throttle: bool = True
+    ) -> None:
+        """READY=1 once `all_ready()`; otherwise STATUS=, at most once a second when `throttle`d (after each cycle),
+        always from the daemon's tick. `all_ready` is asked only until READY=1 went out, `summary` built only when
+        something is sent."""
         if not self.enabled:
             return
-        becomes_ready = all_ready and not self.ready_sent
+        becomes_ready = not self.ready_sent and all_ready()
         if throttle and not becomes_ready and now - self._status_sent_at < 1.0:
             return
         self._status_sent_at = now

@@ -1,0 +1,244 @@
+"""A stateful differential of the fast /readyz (readiness index + Renewer.unready) against
+`health.readiness` over every full status, and /status's per-profile `ready`, judged over real HTTP at every
+quiescent state of a real daemon (bundled auth server on loopback, real files; time injected), under reloads that
+add, remove and change profiles (also while cycles run), SIGUSR1, provider faults (some echoing the secret),
+sinks failing and healing, and tokens expiring between cycles. One sink directory's name holds the client secret,
+a quote and non-ASCII, so the /readyz body must scrub what it names. Also: /readyz and /healthz bodies hold no
+secret and no issued token, and are one line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from conftest import FakeClock, profile_toml
+from edge_token.config import load_config
+from edge_token.core.health import readiness
+from edge_token.daemon import Daemon
+from faultyauth import Fault, FaultyAuthServer
+from harness import ManualScheduler
+from leakscan import leaks
+
+NAMES = ("p0", "p1", "p2")
+SECRET = "readyz-Secret-7f3a9c"
+DIRS = ("a", f'odd-{SECRET}-"ü')  # the second sink directory names the secret (a config mistake, or a hostile one)
+COUNTS = {
+    "examples": 0,
+    "checks": 0,
+    "reloads": 0,
+    "cycles_fired": 0,
+    "unready_checks": 0,
+    "profile_compares": 0,
+    "odd_sink_named": 0,
+}
+
+
+class ReadyzMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        COUNTS["examples"] += 1
+        self.loop = asyncio.new_event_loop()
+        self.dir = Path(tempfile.mkdtemp(prefix="edge-token-readyz-"))
+        self.clock = FakeClock()
+        self.auth = FaultyAuthServer({f"client-{n}": SECRET for n in NAMES}, ttl=300, now=self.clock.time)
+        self.run(self.auth.start())
+        self.secret = self.dir / "secret"
+        self.secret.write_text(SECRET)
+        self.secret.chmod(0o600)
+        self.config = self.dir / "config.toml"
+        self.profiles: dict[str, dict[str, Any]] = {}
+        self.scheduler = ManualScheduler(self.clock.time)
+        self.daemon: Any = None
+        self.task: Any = None
+        self.http: aiohttp.ClientSession | None = None
+
+    def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        return self.loop.run_until_complete(coroutine)
+
+    def write_config(self) -> None:
+        text = '[daemon]\nlisten = "127.0.0.1:0"\nready_timeout_seconds = 3600\n'
+        for name, spec in self.profiles.items():
+            sinks = [{"path": str(self.dir / d / f"{name}.jwt")} for d in spec["sinks"]]
+            text += profile_toml(
+                name, self.auth, self.secret, sinks, client_id=f"client-{name}", refresh_at=spec["refresh_at"]
+            )
+        self.config.write_text(text)
+        self.config.chmod(0o600)
+
+    def settle(self) -> None:
+        async def quiet() -> None:
+            for _ in range(200):
+                await self.daemon.profiles.supervisor.idle()
+                await asyncio.sleep(0)
+                if all(slot.task is None for slot in self.daemon.profiles.supervisor.slots.values()):
+                    return
+            raise AssertionError("cycles keep starting")
+
+        self.run(quiet())
+
+    def fire_due(self) -> None:
+        async def due() -> int:
+            return self.scheduler.due()
+
+        for _ in range(20):
+            fired = self.run(due())
+            COUNTS["cycles_fired"] += fired
+            self.settle()
+            if not fired:
+                return
+
+    @staticmethod
+    async def spin(steps: int) -> None:
+        for _ in range(steps):
+            await asyncio.sleep(0)
+
+    @initialize(names=st.sets(st.sampled_from(NAMES), min_size=1), seed=st.integers(0, 2**32 - 1))
+    def start(self, names: set[str], seed: int) -> None:
+        for d in DIRS:
+            (self.dir / d).mkdir()
+        self.profiles = {n: {"sinks": ["a"], "refresh_at": 0.8} for n in sorted(names)}
+        self.write_config()
+        self.daemon = Daemon(
+            load_config(self.config, environ={}), clock=self.clock, environ={}, tick_seconds=3600,
+            handle_signals=False, scheduler=self.scheduler, rng=random.Random(seed),
+        )  # fmt: skip
+        self.task = self.loop.create_task(self.daemon.run())
+        self.run(asyncio.sleep(0.02))
+        self.settle()
+
+    @rule(seconds=st.sampled_from([0.5, 30.0, 120.0, 250.0, 299.0, 400.0]))
+    def time_passes(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.fire_due()
+
+    @rule(seconds=st.sampled_from([1.0, 100.0, 301.0]))
+    def time_passes_without_cycles(self, seconds: float) -> None:
+        """Tokens expire between cycles: nothing runs."""
+        self.clock.advance(seconds)
+
+    @rule(steps=st.integers(0, 20))
+    def sigusr1(self, steps: int) -> None:
+        self.run(self._call(self.daemon.profiles.renew_all))
+        self.run(self.spin(steps))
+        self.settle()
+
+    async def _call(self, func: Any) -> Any:
+        return func()
+
+    @rule(
+        name=st.sampled_from(NAMES),
+        change=st.sampled_from(["add", "remove", "sinks", "settings"]),
+        in_flight=st.booleans(),
+        steps=st.integers(0, 20),
+    )
+    def reload(self, name: str, change: str, in_flight: bool, steps: int) -> None:
+        if change == "add":
+            self.profiles.setdefault(name, {"sinks": ["a"], "refresh_at": 0.8})
+        elif change == "remove":
+            if len(self.profiles) > 1:
+                self.profiles.pop(name, None)
+        elif name in self.profiles and change == "sinks":
+            sinks = self.profiles[name]["sinks"]
+            self.profiles[name]["sinks"] = [DIRS[0], DIRS[1]] if len(sinks) == 1 else [DIRS[1]]
+        elif name in self.profiles:
+            self.profiles[name]["refresh_at"] = 0.7 if self.profiles[name]["refresh_at"] == 0.8 else 0.8
+        self.write_config()
+        if in_flight:
+            self.run(self._call(self.daemon.profiles.renew_all))
+            self.run(self.spin(steps))
+        self.run(self._call(self.daemon.reload))
+        COUNTS["reloads"] += 1
+        self.settle()
+
+    @rule(directory=st.sampled_from(DIRS))
+    def sink_breaks_or_heals(self, directory: str) -> None:
+        path, away = self.dir / directory, self.dir / f"{directory}.away"
+        if path.exists():
+            path.rename(away)
+        elif away.exists():
+            away.rename(path)
+
+    @rule(
+        fault=st.sampled_from(["503", "retry-after", "401", "echo", "foreign", "reset"]),
+        count=st.integers(1, 3),
+    )
+    def provider_fails(self, fault: str, count: int) -> None:
+        foreign = self.auth.mint(self.auth.claims_for("client-x", "https://api.sitecorecloud.io"))
+        faults = {
+            "503": Fault(503, {"error": "server_error", "error_description": f"busy {SECRET}"}),
+            "retry-after": Fault(429, b"", headers={"Retry-After": "900"}),
+            "401": Fault(401, {"error": "invalid_client", "error_description": SECRET}),
+            "echo": Fault(400, echo=lambda raw, headers: {"error": raw.decode(errors="replace")}),
+            "foreign": Fault(200, access_token=foreign),
+            "reset": Fault(reset=True),
+        }
+        self.auth.token_faults.extend([faults[fault]] * count)
+
+    # ---- the differential --------------------------------------------------------------------------------
+    async def _get(self, path: str) -> tuple[int, str]:
+        if self.http is None:
+            self.http = aiohttp.ClientSession()
+        async with self.http.get(f"http://{self.daemon.http_address}{path}") as response:
+            return response.status, await response.text()
+
+    @precondition(lambda self: self.daemon is not None)
+    @invariant()
+    def readyz_says_what_every_status_says(self) -> None:
+        COUNTS["checks"] += 1
+        code, body = self.run(self._get("/readyz"))
+        _, status_text = self.run(self._get("/status"))
+        health_code, health = self.run(self._get("/healthz"))
+        statuses = self.daemon.profiles.statuses()
+        full_ready, full = readiness(statuses)
+        if not full_ready:
+            COUNTS["unready_checks"] += 1
+        assert (code == 200) == full_ready, (code, full)
+        assert json.loads(body) == self.daemon.redactor.scrub(full), (body, full)
+        assert body.count("\n") == 1 and body.endswith("\n")
+        assert health_code == 200 and json.loads(health) == {"alive": True} and health.count("\n") == 1
+        # /status's per-profile `ready` (its own HTTP answer) agrees with /readyz's names
+        status = json.loads(status_text)
+        per_profile = status["profiles"]
+        named = set(json.loads(body)["not_ready"])
+        assert set(per_profile) == set(self.daemon.profiles.supervisor.slots)
+        for name, entry in per_profile.items():
+            COUNTS["profile_compares"] += 1
+            assert entry["ready"] == (name not in named), (name, entry, body)
+        if "odd-" in body:
+            COUNTS["odd_sink_named"] += 1
+        wanted = [SECRET, *self.auth.issued]
+        assert not leaks(body, wanted) and not leaks(health, wanted), body
+
+    def teardown(self) -> None:
+        try:
+            if self.http is not None:
+                self.run(self.http.close())
+            if self.daemon is not None:
+                self.daemon.stop()
+                self.run(asyncio.wait_for(self.task, 15))
+            self.run(self.auth.stop())
+        finally:
+            self.loop.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+ReadyzMachine.TestCase.settings = settings(
+    max_examples=int(os.environ.get("EDGE_TOKEN_READYZ_EXAMPLES", "40")),
+    stateful_step_count=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestReadyzDifferential = ReadyzMachine.TestCase
