@@ -29,15 +29,9 @@ def say(text: str, *, err: bool = False) -> None:
 
 def load(args: SimpleNamespace) -> Any:
     """The config file named by -c, with every --profile name checked against it (a ConfigError if unknown)."""
-    from edge_token.config import load_config
+    from edge_token.config import check_selected, load_config
 
-    config = load_config(args.config)
-    for name in getattr(args, "profile", None) or []:
-        if name not in config.profiles:
-            from edge_token.core.errors import ConfigError
-
-            raise ConfigError(f"{args.config}: no profile {name!r} (have: {', '.join(config.profiles)})")
-    return config
+    return check_selected(load_config(args.config), getattr(args, "profile", None))
 
 
 def started() -> None:

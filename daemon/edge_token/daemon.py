@@ -23,7 +23,7 @@ import structlog
 from aiohttp import web
 
 from edge_token.app import Parts
-from edge_token.config import load_config
+from edge_token.config import check_selected, load_config
 from edge_token.config.trust import listen_exposure
 from edge_token.core import health
 from edge_token.core.clock import Clock, SystemClock
@@ -242,8 +242,7 @@ class Daemon:
 
     def _report_to_systemd(self, throttle: bool = True) -> None:
         """READY=1 as soon as every profile is ready; STATUS= kept current (after cycles at most once a second).
-        Readiness comes from the index (O(1) while any profile is unready), so a fill of N profiles costs O(N) here,
-        not O(N^2)."""
+        Readiness comes from the index (O(1) while a profile is unready): a fill of N costs O(N) here, not O(N^2)."""
         self.notifier.report(self.profiles.all_ready, self.profiles.summary, self.clock.monotonic(), throttle)
 
     def _ready_timeout(self) -> None:
@@ -255,11 +254,10 @@ class Daemon:
 
     # ---- reload ----------------------------------------------------------------------------------------
     def reload(self) -> None:
-        """SIGHUP: apply a new config; an invalid one is rejected and the running one is kept."""
+        """SIGHUP: apply a new config; one that is invalid or lacks a --profile profile is rejected, the old kept."""
         self.notifier.reloading()
         try:
-            new = load_config(self.config.path, self.environ)
-            self._check_selected(new)
+            new = check_selected(load_config(self.config.path, self.environ), self.only)
         except Exception as exc:  # a ConfigError, or a bug in reading one: either way the running config is kept
             why = f"internal error while reading {self.config.path} ({type(exc).__name__}); please report it"
             error = exc if isinstance(exc, ConfigError) else InternalError(why)
@@ -277,16 +275,6 @@ class Daemon:
         self._reloaded(None)
         summary = f"reloaded: {len(plan.added)} added, {len(plan.removed)} removed, {len(changed)} changed"
         self.notifier.reloaded(summary)
-
-    def _check_selected(self, new: Config) -> None:
-        """A reload keeps every profile named by --profile: a start without one exits 78, and a reload that took one
-        away would leave the daemon keeping fewer tokens (or none) fresh than it was started for."""
-        missing = [name for name in self.only or () if name not in new.profiles]
-        if missing:
-            raise ConfigError(
-                f"{new.path}: no profile {missing[0]!r}, which this daemon was started for (--profile "
-                f"{' --profile '.join(self.only or ())}); restore it, or restart with the profiles to run"
-            )
 
     def _reloaded(self, error: EdgeTokenError | None) -> None:
         """Make the reload visible beyond the log line: metrics (alertable) and /status."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -123,3 +123,14 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
                 )
             seen[sink.name] = f"profiles.{profile.name}"
     return Config(path=file, daemon=daemon, profiles=profiles, fleet=fleet)
+
+
+def check_selected(config: Config, names: Iterable[str] | None) -> Config:
+    """`config`, once every --profile name is one of its profiles: at start (else exit 78) and at each reload (else
+    the reload is refused: taking one away would leave the daemon keeping fewer tokens fresh, or none)."""
+    for name in names or ():
+        if name not in config.profiles:
+            raise ConfigError(
+                f"{config.path}: no profile {name!r} (have: {', '.join(config.profiles)}); --profile names it"
+            )
+    return config
