@@ -97,17 +97,7 @@ class LoopDaemon:
 
     def settle(self) -> None:
         """Let every cycle (and any rerun it starts) finish."""
-        import asyncio
-
-        async def quiet() -> None:
-            for _ in range(100):
-                await self.daemon.profiles.supervisor.idle()
-                await asyncio.sleep(0)
-                if all(slot.task is None for slot in self.daemon.profiles.supervisor.slots.values()):
-                    return
-            raise AssertionError("cycles keep starting on their own")
-
-        self.run(quiet())
+        self.run(quiet(self.daemon))
 
     def fire_due(self, max_fires: int = 20) -> dict[str, int]:
         """Fire every due job at the current instant, as often as they come due at it (bounded); job -> fires."""
@@ -167,3 +157,29 @@ class LoopWorld:
         finally:
             self.loop.close()
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+async def quiet(daemon: Any, rounds: int = 100, pause: float = 0.0) -> None:
+    """Wait until no cycle of `daemon` runs, however many reruns the finished ones start (at most `rounds`)."""
+    import asyncio
+
+    for _ in range(rounds):
+        await daemon.profiles.supervisor.idle()
+        await asyncio.sleep(pause)
+        if all(slot.task is None for slot in daemon.profiles.supervisor.slots.values()):
+            return
+    raise AssertionError("cycles keep starting on their own")
+
+
+def profiles_config(
+    profiles: dict[str, dict[str, Any]], auth: Any, secret: Any, directory: Any, daemon: str = 'listen = ""'
+) -> str:
+    """A config of `profiles` (name -> {"sinks": [directory names], "refresh_at": x}), client `client-NAME` each,
+    every sink `DIRECTORY/DIR/NAME.jwt`."""
+    from conftest import profile_toml
+
+    text = f"[daemon]\n{daemon}\n"
+    for name, spec in profiles.items():
+        sinks = [{"path": str(directory / d / f"{name}.jwt")} for d in spec["sinks"]]
+        text += profile_toml(name, auth, secret, sinks, client_id=f"client-{name}", refresh_at=spec["refresh_at"])
+    return text

@@ -27,7 +27,7 @@ from edge_token.config import load_config
 from edge_token.core.health import readiness
 from edge_token.daemon import Daemon
 from faultyauth import Fault, FaultyAuthServer
-from harness import ManualScheduler
+from harness import ManualScheduler, quiet
 
 SECRET = "moments-secret-8d1c"
 
@@ -77,15 +77,7 @@ class World:
         return self.daemon
 
     def settle(self) -> None:
-        async def quiet() -> None:
-            for _ in range(200):
-                await self.daemon.profiles.supervisor.idle()
-                await asyncio.sleep(0.001)
-                if all(slot.task is None for slot in self.daemon.profiles.supervisor.slots.values()):
-                    return
-            raise AssertionError("cycles keep starting")
-
-        self.run(quiet())
+        self.run(quiet(self.daemon, 200, pause=0.001))
 
     def fire(self, job: str) -> None:
         async def call() -> None:

@@ -24,12 +24,12 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from conftest import FakeClock, profile_toml
+from conftest import FakeClock
 from edge_token.config import load_config
 from edge_token.core.health import readiness
 from edge_token.daemon import Daemon
 from faultyauth import Fault, FaultyAuthServer
-from harness import ManualScheduler
+from harness import ManualScheduler, profiles_config, quiet
 from leakscan import leaks
 
 NAMES = ("p0", "p1", "p2")
@@ -69,25 +69,12 @@ class ReadyzMachine(RuleBasedStateMachine):
         return self.loop.run_until_complete(coroutine)
 
     def write_config(self) -> None:
-        text = '[daemon]\nlisten = "127.0.0.1:0"\nready_timeout_seconds = 3600\n'
-        for name, spec in self.profiles.items():
-            sinks = [{"path": str(self.dir / d / f"{name}.jwt")} for d in spec["sinks"]]
-            text += profile_toml(
-                name, self.auth, self.secret, sinks, client_id=f"client-{name}", refresh_at=spec["refresh_at"]
-            )
-        self.config.write_text(text)
+        daemon = 'listen = "127.0.0.1:0"\nready_timeout_seconds = 3600'
+        self.config.write_text(profiles_config(self.profiles, self.auth, self.secret, self.dir, daemon))
         self.config.chmod(0o600)
 
     def settle(self) -> None:
-        async def quiet() -> None:
-            for _ in range(200):
-                await self.daemon.profiles.supervisor.idle()
-                await asyncio.sleep(0)
-                if all(slot.task is None for slot in self.daemon.profiles.supervisor.slots.values()):
-                    return
-            raise AssertionError("cycles keep starting")
-
-        self.run(quiet())
+        self.run(quiet(self.daemon, 200))
 
     def fire_due(self) -> None:
         async def due() -> int:

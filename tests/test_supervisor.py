@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from conftest import SOAK, FakeClock, profile_toml
+from conftest import SOAK, FakeClock
 from edge_token.config import load_config
 from edge_token.core.health import readiness, summary
 from edge_token.core.policy import MIN_RUN_GAP
@@ -32,7 +32,7 @@ from edge_token.daemon import Daemon
 from edge_token.provider.verify import decode_unverified
 from edge_token.supervisor import job_id
 from faultyauth import Fault, FaultyAuthServer
-from harness import LoopDaemon
+from harness import LoopDaemon, profiles_config
 
 NAMES = ("p0", "p1", "p2")
 SECRET = "stateful-secret-1f2e3d"
@@ -70,13 +70,7 @@ class DaemonMachine(RuleBasedStateMachine):
 
     # ---- helpers -----------------------------------------------------------------------------------------
     def write_config(self) -> None:
-        text = '[daemon]\nlisten = ""\n'
-        for name, spec in self.profiles.items():
-            sinks = [{"path": str(self.dir / d / f"{name}.jwt")} for d in spec["sinks"]]
-            text += profile_toml(
-                name, self.auth, self.secret, sinks, client_id=f"client-{name}", refresh_at=spec["refresh_at"]
-            )
-        self.config.write_text(text)
+        self.config.write_text(profiles_config(self.profiles, self.auth, self.secret, self.dir))
         self.config.chmod(0o600)
 
     def fire_due(self) -> None:
