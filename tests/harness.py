@@ -75,13 +75,13 @@ class LoopDaemon:
     def run(self, coroutine: Any) -> Any:
         return self.loop.run_until_complete(coroutine)
 
-    def start(self, config: Any, **kwargs: Any) -> Any:
+    def start(self, config: Any, environ: dict[str, str] | None = None, **kwargs: Any) -> Any:
         import asyncio
 
         from edge_token.daemon import Daemon
 
         self.daemon = Daemon(
-            config, clock=self.clock, environ={}, tick_seconds=3600, handle_signals=False,
+            config, clock=self.clock, environ=environ or {}, tick_seconds=3600, handle_signals=False,
             scheduler=self.scheduler, **kwargs,
         )  # fmt: skip
         self.task = self.loop.create_task(self.daemon.run())
@@ -124,7 +124,15 @@ class LoopWorld:
     """A private event loop, a fake clock, the bundled auth server on it, a secret file and a config path, and a
     LoopDaemon to run the real daemon: the scaffold of the step-by-step daemon tests. `close()` undoes it all."""
 
-    def __init__(self, ttl: float = 1000.0, prefix: str = "edge-token-world-") -> None:
+    def __init__(
+        self,
+        ttl: float = 1000.0,
+        prefix: str = "edge-token-world-",
+        clients: dict[str, str] | None = None,
+        secret: str | None = None,
+    ) -> None:
+        """`clients` (id -> secret) the auth server knows (default: conftest's one client); `secret` the secret file
+        holds (default: that client's)."""
         import asyncio
         import tempfile
         from pathlib import Path
@@ -134,10 +142,11 @@ class LoopWorld:
 
         self.loop, self.clock = asyncio.new_event_loop(), FakeClock()
         self.dir = Path(tempfile.mkdtemp(prefix=prefix))
-        self.auth = FaultyAuthServer({CLIENT_ID: CLIENT_SECRET}, ttl=ttl, now=self.clock.time)
+        self.auth = FaultyAuthServer(clients or {CLIENT_ID: CLIENT_SECRET}, ttl=ttl, now=self.clock.time)
         self.loop.run_until_complete(self.auth.start())
         self.secret = self.dir / "secret"
-        self.secret.write_text(CLIENT_SECRET)
+        self.secret.write_text(secret or CLIENT_SECRET)
+        self.secret.chmod(0o600)
         self.config = self.dir / "config.toml"
         self.harness = LoopDaemon(self.loop, self.clock)
 
@@ -148,15 +157,18 @@ class LoopWorld:
         paths = [{"path": str(self.dir / name)} for name in sinks]
         self.config.write_text('[daemon]\nlisten = ""\n' + profile_toml("main", self.auth, self.secret, paths) + extra)
 
-    def close(self) -> None:
+    def close(self) -> int:
+        """Stop the daemon (if one runs) and the auth server, close the loop, remove the directory; the daemon's exit
+        code (0 if none ran)."""
         import shutil
 
         try:
-            self.harness.stop()
+            code = self.harness.stop()
             self.loop.run_until_complete(self.auth.stop())
         finally:
             self.loop.close()
             shutil.rmtree(self.dir, ignore_errors=True)
+        return code
 
 
 async def quiet(daemon: Any, rounds: int = 100, pause: float = 0.0) -> None:
@@ -183,3 +195,28 @@ def profiles_config(
         sinks = [{"path": str(directory / d / f"{name}.jwt")} for d in spec["sinks"]]
         text += profile_toml(name, auth, secret, sinks, client_id=f"client-{name}", refresh_at=spec["refresh_at"])
     return text
+
+
+def change_profiles(profiles: dict[str, dict[str, Any]], name: str, change: str, dirs: tuple[str, str]) -> None:
+    """A reload's edit of `profiles_config`'s profiles: "add" `name` (one sink, in dirs[0]), "remove" it (never the
+    last one), move its "sinks" through [a] -> [a, b] -> [b] -> [a], or toggle its "settings" (refresh_at)."""
+    a, b = dirs
+    if change == "add":
+        profiles.setdefault(name, {"sinks": [a], "refresh_at": 0.8})
+    elif change == "remove":
+        if len(profiles) > 1:
+            profiles.pop(name, None)
+    elif name in profiles and change == "sinks":
+        sinks = profiles[name]["sinks"]
+        profiles[name]["sinks"] = [a, b] if sinks == [a] else [b] if len(sinks) == 2 else [a]
+    elif name in profiles:
+        profiles[name]["refresh_at"] = 0.7 if profiles[name]["refresh_at"] == 0.8 else 0.8
+
+
+def break_or_heal(path: Any) -> None:
+    """Take a sink directory away (writes fail) or bring it back (sinks recover)."""
+    away = path.with_name(path.name + ".away")
+    if path.exists():
+        path.rename(away)
+    elif away.exists():
+        away.rename(path)

@@ -9,12 +9,9 @@ profile holds an unexpired verified token written to every sink", /status `ready
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
-import shutil
 import socket
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,12 +19,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from conftest import FakeClock, profile_toml
+from conftest import profile_toml
 from edge_token.config import load_config
 from edge_token.core.health import readiness
-from edge_token.daemon import Daemon
-from faultyauth import Fault, FaultyAuthServer
-from harness import ManualScheduler, quiet
+from faultyauth import Fault
+from harness import LoopWorld, quiet
 
 SECRET = "moments-secret-8d1c"
 
@@ -36,20 +32,15 @@ class World:
     """A real daemon on a private loop with a notify socket and an HTTP listener; `close()` undoes it all."""
 
     def __init__(self, ttl: float) -> None:
-        self.loop, self.clock = asyncio.new_event_loop(), FakeClock()
-        self.dir = Path(tempfile.mkdtemp(prefix="edge-token-moments-"))
-        self.auth = FaultyAuthServer({"client-p0": SECRET}, ttl=ttl, now=self.clock.time)
-        self.run(self.auth.start())
-        self.secret = self.dir / "secret"
-        self.secret.write_text(SECRET)
-        self.secret.chmod(0o600)
+        self.world = LoopWorld(ttl, "edge-token-moments-", {"client-p0": SECRET}, SECRET)
+        self.loop, self.clock, self.dir, self.auth = self.world.loop, self.world.clock, self.world.dir, self.world.auth
+        self.secret, self.harness = self.world.secret, self.world.harness
         self.notify_path = str(self.dir / "notify")
         self.receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.receiver.bind(self.notify_path)
         self.receiver.setblocking(False)
-        self.scheduler = ManualScheduler(self.clock.time)
+        self.scheduler = self.harness.scheduler
         self.daemon: Any = None
-        self.task: Any = None
 
     def run(self, coroutine: Any) -> Any:
         return self.loop.run_until_complete(coroutine)
@@ -67,12 +58,9 @@ class World:
 
     def start(self, profiles: dict[str, str], only: list[str] | None = None) -> Any:
         config = self.write(profiles)
-        self.daemon = Daemon(
-            load_config(config, environ={}), profiles=only, clock=self.clock, environ={"NOTIFY_SOCKET": self.notify_path},
-            tick_seconds=3600, handle_signals=False, scheduler=self.scheduler, rng=random.Random(7),
-        )  # fmt: skip
-        self.task = self.loop.create_task(self.daemon.run())
-        self.run(asyncio.sleep(0.05))
+        self.daemon = self.harness.start(
+            load_config(config, environ={}), {"NOTIFY_SOCKET": self.notify_path}, profiles=only, rng=random.Random(7)
+        )
         self.settle()
         return self.daemon
 
@@ -105,14 +93,9 @@ class World:
 
     def close(self) -> None:
         try:
-            if self.daemon is not None:
-                self.daemon.stop()
-                self.run(asyncio.wait_for(self.task, 15))
-            self.run(self.auth.stop())
+            self.world.close()
         finally:
             self.receiver.close()
-            self.loop.close()
-            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -13,10 +13,7 @@ import asyncio
 import json
 import os
 import random
-import shutil
-import tempfile
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -24,12 +21,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from conftest import FakeClock
 from edge_token.config import load_config
 from edge_token.core.health import readiness
-from edge_token.daemon import Daemon
-from faultyauth import Fault, FaultyAuthServer
-from harness import ManualScheduler, profiles_config, quiet
+from faultyauth import Fault
+from harness import LoopWorld, break_or_heal, change_profiles, profiles_config, quiet
 from leakscan import leaks
 
 NAMES = ("p0", "p1", "p2")
@@ -50,19 +45,12 @@ class ReadyzMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         COUNTS["examples"] += 1
-        self.loop = asyncio.new_event_loop()
-        self.dir = Path(tempfile.mkdtemp(prefix="edge-token-readyz-"))
-        self.clock = FakeClock()
-        self.auth = FaultyAuthServer({f"client-{n}": SECRET for n in NAMES}, ttl=300, now=self.clock.time)
-        self.run(self.auth.start())
-        self.secret = self.dir / "secret"
-        self.secret.write_text(SECRET)
-        self.secret.chmod(0o600)
-        self.config = self.dir / "config.toml"
+        self.world = LoopWorld(300, "edge-token-readyz-", {f"client-{n}": SECRET for n in NAMES}, SECRET)
+        self.loop, self.clock, self.dir, self.auth = self.world.loop, self.world.clock, self.world.dir, self.world.auth
+        self.secret, self.config, self.harness = self.world.secret, self.world.config, self.world.harness
+        self.scheduler = self.harness.scheduler
         self.profiles: dict[str, dict[str, Any]] = {}
-        self.scheduler = ManualScheduler(self.clock.time)
         self.daemon: Any = None
-        self.task: Any = None
         self.http: aiohttp.ClientSession | None = None
 
     def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
@@ -98,13 +86,7 @@ class ReadyzMachine(RuleBasedStateMachine):
             (self.dir / d).mkdir()
         self.profiles = {n: {"sinks": ["a"], "refresh_at": 0.8} for n in sorted(names)}
         self.write_config()
-        self.daemon = Daemon(
-            load_config(self.config, environ={}), clock=self.clock, environ={}, tick_seconds=3600,
-            handle_signals=False, scheduler=self.scheduler, rng=random.Random(seed),
-        )  # fmt: skip
-        self.task = self.loop.create_task(self.daemon.run())
-        self.run(asyncio.sleep(0.02))
-        self.settle()
+        self.daemon = self.harness.start(load_config(self.config, environ={}), rng=random.Random(seed))
 
     @rule(seconds=st.sampled_from([0.5, 30.0, 120.0, 250.0, 299.0, 400.0]))
     def time_passes(self, seconds: float) -> None:
@@ -132,16 +114,7 @@ class ReadyzMachine(RuleBasedStateMachine):
         steps=st.integers(0, 20),
     )
     def reload(self, name: str, change: str, in_flight: bool, steps: int) -> None:
-        if change == "add":
-            self.profiles.setdefault(name, {"sinks": ["a"], "refresh_at": 0.8})
-        elif change == "remove":
-            if len(self.profiles) > 1:
-                self.profiles.pop(name, None)
-        elif name in self.profiles and change == "sinks":
-            sinks = self.profiles[name]["sinks"]
-            self.profiles[name]["sinks"] = [DIRS[0], DIRS[1]] if len(sinks) == 1 else [DIRS[1]]
-        elif name in self.profiles:
-            self.profiles[name]["refresh_at"] = 0.7 if self.profiles[name]["refresh_at"] == 0.8 else 0.8
+        change_profiles(self.profiles, name, change, DIRS)
         self.write_config()
         if in_flight:
             self.run(self._call(self.daemon.profiles.renew_all))
@@ -152,11 +125,7 @@ class ReadyzMachine(RuleBasedStateMachine):
 
     @rule(directory=st.sampled_from(DIRS))
     def sink_breaks_or_heals(self, directory: str) -> None:
-        path, away = self.dir / directory, self.dir / f"{directory}.away"
-        if path.exists():
-            path.rename(away)
-        elif away.exists():
-            away.rename(path)
+        break_or_heal(self.dir / directory)
 
     @rule(
         fault=st.sampled_from(["503", "retry-after", "401", "echo", "foreign", "reset"]),
@@ -213,13 +182,8 @@ class ReadyzMachine(RuleBasedStateMachine):
         try:
             if self.http is not None:
                 self.run(self.http.close())
-            if self.daemon is not None:
-                self.daemon.stop()
-                self.run(asyncio.wait_for(self.task, 15))
-            self.run(self.auth.stop())
         finally:
-            self.loop.close()
-            shutil.rmtree(self.dir, ignore_errors=True)
+            self.world.close()
 
 
 ReadyzMachine.TestCase.settings = settings(

@@ -13,8 +13,6 @@ import asyncio
 import collections
 import hashlib
 import random
-import shutil
-import tempfile
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from conftest import SOAK, FakeClock
+from conftest import SOAK
 from edge_token.config import load_config
 from edge_token.core.health import readiness, summary
 from edge_token.core.policy import MIN_RUN_GAP
@@ -31,8 +29,8 @@ from edge_token.core.token import Token
 from edge_token.daemon import Daemon
 from edge_token.provider.verify import decode_unverified
 from edge_token.supervisor import job_id
-from faultyauth import Fault, FaultyAuthServer
-from harness import LoopDaemon, profiles_config
+from faultyauth import Fault
+from harness import LoopWorld, break_or_heal, change_profiles, profiles_config
 
 NAMES = ("p0", "p1", "p2")
 SECRET = "stateful-secret-1f2e3d"
@@ -48,18 +46,11 @@ class DaemonMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.loop = asyncio.new_event_loop()
-        self.dir = Path(tempfile.mkdtemp(prefix="edge-token-stateful-"))
-        self.clock = FakeClock()
-        self.auth = FaultyAuthServer({f"client-{n}": SECRET for n in NAMES}, ttl=1000, now=self.clock.time)
-        self.run(self.auth.start())
-        self.secret = self.dir / "secret"
-        self.secret.write_text(SECRET)
-        self.secret.chmod(0o600)
-        self.config = self.dir / "config.toml"
+        self.world = LoopWorld(1000, "edge-token-stateful-", {f"client-{n}": SECRET for n in NAMES}, SECRET)
+        self.loop, self.clock, self.dir, self.auth = self.world.loop, self.world.clock, self.world.dir, self.world.auth
+        self.secret, self.config, self.harness = self.world.secret, self.world.config, self.world.harness
         self.profiles: dict[str, dict[str, Any]] = {}  # name -> {"sinks": [dir names], "refresh_at": x}
         self.rotations: collections.Counter[tuple[str, str]] = collections.Counter()
-        self.harness = LoopDaemon(self.loop, self.clock)
         self.scheduler = self.harness.scheduler
         self.daemon: Daemon | None = None
         self.checked = 0  # scheduler.scheduled entries already checked
@@ -123,16 +114,7 @@ class DaemonMachine(RuleBasedStateMachine):
     def reload(self, name: str, change: str, in_flight: bool, steps: int) -> None:
         """SIGHUP after a config change; with `in_flight`, while a renewal cycle of every profile is running."""
         assert self.daemon is not None
-        if change == "add":
-            self.profiles.setdefault(name, {"sinks": ["a"], "refresh_at": 0.8})
-        elif change == "remove":
-            if len(self.profiles) > 1:
-                self.profiles.pop(name, None)
-        elif name in self.profiles and change == "sinks":
-            sinks = self.profiles[name]["sinks"]
-            self.profiles[name]["sinks"] = ["a", "b"] if sinks == ["a"] else ["b"] if len(sinks) == 2 else ["a"]
-        elif name in self.profiles:
-            self.profiles[name]["refresh_at"] = 0.7 if self.profiles[name]["refresh_at"] == 0.8 else 0.8
+        change_profiles(self.profiles, name, change, ("a", "b"))
         self.write_config()
         if in_flight:
             self.harness.on_loop(self.daemon.profiles.renew_all)
@@ -143,11 +125,7 @@ class DaemonMachine(RuleBasedStateMachine):
     @rule(directory=st.sampled_from(["a", "b"]))
     def sink_breaks_or_heals(self, directory: str) -> None:
         """Take a sink directory away (writes fail) or bring it back (sinks recover, no new token)."""
-        path, away = self.dir / directory, self.dir / f"{directory}.away"
-        if path.exists():
-            path.rename(away)
-        elif away.exists():
-            away.rename(path)
+        break_or_heal(self.dir / directory)
 
     @rule(fault=st.sampled_from(["503", "retry-after", "401", "garbage", "reset", "foreign"]), count=st.integers(1, 3))
     def provider_fails(self, fault: str, count: int) -> None:
@@ -217,12 +195,7 @@ class DaemonMachine(RuleBasedStateMachine):
             self.seen[path] = exp
 
     def teardown(self) -> None:
-        try:
-            assert self.harness.stop() == 0
-            self.run(self.auth.stop())
-        finally:
-            self.loop.close()
-            shutil.rmtree(self.dir, ignore_errors=True)
+        assert self.world.close() == 0
 
 
 DaemonMachine.TestCase.settings = settings(
