@@ -64,6 +64,9 @@ _DUMP = re.compile(r"[0-9A-Fa-f]{2}(?:[ :.-][0-9A-Fa-f]{2}){3,}")  # a hex dump:
 _DUMP_SEPARATORS = re.compile(r"[ :.-]")
 _BACKSLASH = re.compile(r"\\(?:u([0-9A-Fa-f]{4})|x([0-9A-Fa-f]{2})|(.))", re.S)
 _PERCENT = re.compile(r"%[0-9A-F]{2}")
+#: what any decoding `_views` makes needs: an escape's first character, six base64 characters (hex runs are base64
+#: characters too) or the start of a hex dump. Text without any has no decoding, so `_views` need not look
+_DECODABLE = re.compile(r"[%+&\\]|[A-Za-z0-9+/_-]{6}|[0-9A-Fa-f]{2}[ :.-][0-9A-Fa-f]{2}")
 
 
 def text_forms(secret: str) -> set[str]:
@@ -143,9 +146,9 @@ def _b64_views(run: str) -> Iterable[str]:
         piece = piece[: len(piece) - 1] if len(piece) % 4 == 1 else piece  # a lone 6 bits: not a byte
         piece += "=" * (-len(piece) % 4)  # padding stripped or never sent: restore it
         if len(piece) >= 4:
-            try:
-                yield base64.b64decode(piece, validate=True).decode("utf-8", "replace")
-            except (binascii.Error, ValueError):
+            try:  # `b64decode(piece, validate=True)` without its two Python frames: a first scrub makes 8 a word
+                yield binascii.a2b_base64(piece, strict_mode=True).decode("utf-8", "replace")
+            except (binascii.Error, ValueError):  # a non-ASCII character is a ValueError, as in b64decode
                 continue
 
 
@@ -173,7 +176,7 @@ def _views(text: str, depth: int = 2, runs: bool = True) -> Iterable[str]:
     for view in found:
         if view != text:
             yield view
-            if depth > 1:
+            if depth > 1 and _DECODABLE.search(view):  # most views of a base64 run are binary noise, without any
                 yield from _views(view, depth - 1)
 
 
@@ -193,6 +196,15 @@ def longest_view(word: str) -> int:
     return max((longest - (longest % 4 == 1)) * 3 // 4, (dump + 1) // 3)
 
 
+def _holds(view: str, raw: tuple[str, ...]) -> bool:
+    """Does `view` hold a registered secret or a JWT? A plain loop: the nested generator expressions it replaced
+    cost twice as much, paid for every view of every first scrub (a fill scrubs each sink's name once)."""
+    for secret in raw:
+        if secret in view:
+            return True
+    return JWT.search(view) is not None
+
+
 def _betrays(word: str, raw: tuple[str, ...], memo: dict[str, bool], shortest: int = 0) -> bool:
     """Does some decoding of `word` hold a secret or a JWT? Memoized per registry state: log lines and /status
     repeat the same words (keys, event names, profile and sink names) all day. Words that change with every
@@ -200,9 +212,13 @@ def _betrays(word: str, raw: tuple[str, ...], memo: dict[str, bool], shortest: i
     have is shorter than `shortest` (the shortest registered secret, or a JWT): nothing that short can hold one."""
     known = memo.get(word)
     if known is None:
-        if longest_view(word) < shortest:
+        if shortest and longest_view(word) < shortest:
             return False
-        known = any(any(secret in view for secret in raw) or JWT.search(view) is not None for view in _views(word))
+        known = False
+        for view in _views(word):
+            if _holds(view, raw):
+                known = True
+                break
         if len(memo) >= MEMO_SIZE:
             memo.clear()
         memo[word] = known
@@ -291,11 +307,12 @@ class Scrubber:
         memo, spans = self._words, []
         for match in _WORD.finditer(text):
             word = match.group()
-            if len(word) >= MIN_SECRET and _betrays(word, raw, memo, shortest):
+            # a word that is the whole text passed the bound just above: `_betrays` need not compute it again
+            if len(word) >= MIN_SECRET and _betrays(word, raw, memo, 0 if len(word) == len(text) else shortest):
                 spans.append(match.span())
         text = _cut(text, spans)
         # what no single word shows: a secret or a JWT spread over several (a hex dump, HTML entities split at `;`)
-        if any(JWT.search(view) or any(secret in view for secret in raw) for view in _views(text, runs=False)):
+        if any(_holds(view, raw) for view in _views(text, runs=False)):
             return REDACTED_TEXT
         return text
 
