@@ -46,7 +46,7 @@ JWT = re.compile(r"e[wy][A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{2,}\.?[A-Za-z0-9_-]*")
 JWT_MIN_CHARS = 11  # the shortest text `JWT` can match: e, [wy], six characters, a dot, two characters
 MEMO_SIZE = 16384  # remembered words (the memo is dropped whole when full, and on every register)
 #: remembered texts: the names and sink paths of 10,000 profiles and more (each renewal logs them again; dropped,
-#: each path cost a full scrub, ~35 µs), bounded by their total size too (a server's varying messages cannot
+#: each path cost a full scrub, ~25 µs), bounded by their total size too (a server's varying messages cannot
 #: make it hold more than MEMO_CHARS of text)
 MEMO_TEXTS, MEMO_CHARS = 65536, 2 * 1024 * 1024
 MEMO_TEXT = 512  # longer texts (whole lines, bodies) are scrubbed every time
@@ -146,7 +146,7 @@ def _b64_views(run: str) -> Iterable[str]:
         piece = piece[: len(piece) - 1] if len(piece) % 4 == 1 else piece  # a lone 6 bits: not a byte
         piece += "=" * (-len(piece) % 4)  # padding stripped or never sent: restore it
         if len(piece) >= 4:
-            try:  # `b64decode(piece, validate=True)` without its two Python frames: a first scrub makes 8 a word
+            try:  # `b64decode(piece, validate=True)` without its two Python frames (4 calls a run, first scrubs)
                 yield binascii.a2b_base64(piece, strict_mode=True).decode("utf-8", "replace")
             except (binascii.Error, ValueError):  # a non-ASCII character is a ValueError, as in b64decode
                 continue
