@@ -71,6 +71,7 @@ async def test_every_section_yields_its_figures(benches: Callable[[str], Bench])
         "CPU over 1 whole lifetimes, 2 profile", "freshness: renewal points (fraction of lifetime), all",
         "fill 3 vs fill 2 (linear)", "peak RSS at 3 profiles", "/metrics at 3 vs at 2",
         "the fill, split at the auth server (context): start-up", "and throughput: time per profile",
+        "and CPU, spawn → ready, every thread",
     ):  # fmt: skip
         assert part in names, part
     assert filled.body.startswith(b"# HELP") and len(filled.scrape.values) == 1
