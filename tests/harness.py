@@ -12,6 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hypothesis import strategies as st
+from hypothesis.stateful import rule
+
 
 @dataclass
 class ManualScheduler:
@@ -195,6 +198,20 @@ def profiles_config(
         sinks = [{"path": str(directory / d / f"{name}.jwt")} for d in spec["sinks"]]
         text += profile_toml(name, auth, secret, sinks, client_id=f"client-{name}", refresh_at=spec["refresh_at"])
     return text
+
+
+CHANGES = ("add", "remove", "sinks", "settings")  # what `change_profiles` can do to a profile
+
+
+def reload_rule(names: tuple[str, ...], max_steps: int) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """The stateful machines' reload rule: `change_profiles` on one of `names`, optionally with cycles in flight,
+    then up to `max_steps` loop steps."""
+    return rule(
+        name=st.sampled_from(names),
+        change=st.sampled_from(CHANGES),
+        in_flight=st.booleans(),
+        steps=st.integers(0, max_steps),
+    )
 
 
 def change_profiles(profiles: dict[str, dict[str, Any]], name: str, change: str, dirs: tuple[str, str]) -> None:

@@ -24,7 +24,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from edge_token.config import load_config
 from edge_token.core.health import readiness
 from faultyauth import Fault
-from harness import LoopWorld, break_or_heal, change_profiles, profiles_config, quiet
+from harness import LoopWorld, break_or_heal, change_profiles, profiles_config, quiet, reload_rule
 from leakscan import leaks
 
 NAMES = ("p0", "p1", "p2")
@@ -107,12 +107,7 @@ class ReadyzMachine(RuleBasedStateMachine):
     async def _call(self, func: Any) -> Any:
         return func()
 
-    @rule(
-        name=st.sampled_from(NAMES),
-        change=st.sampled_from(["add", "remove", "sinks", "settings"]),
-        in_flight=st.booleans(),
-        steps=st.integers(0, 20),
-    )
+    @reload_rule(NAMES, 20)
     def reload(self, name: str, change: str, in_flight: bool, steps: int) -> None:
         change_profiles(self.profiles, name, change, DIRS)
         self.write_config()

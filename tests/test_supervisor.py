@@ -30,7 +30,7 @@ from edge_token.daemon import Daemon
 from edge_token.provider.verify import decode_unverified
 from edge_token.supervisor import job_id
 from faultyauth import Fault
-from harness import LoopWorld, break_or_heal, change_profiles, profiles_config
+from harness import LoopWorld, break_or_heal, change_profiles, profiles_config, reload_rule
 
 NAMES = ("p0", "p1", "p2")
 SECRET = "stateful-secret-1f2e3d"
@@ -105,12 +105,7 @@ class DaemonMachine(RuleBasedStateMachine):
         self.run(self.spin(steps))
         self.harness.settle()
 
-    @rule(
-        name=st.sampled_from(NAMES),
-        change=st.sampled_from(["add", "remove", "sinks", "settings"]),
-        in_flight=st.booleans(),
-        steps=st.integers(0, 30),
-    )
+    @reload_rule(NAMES, 30)
     def reload(self, name: str, change: str, in_flight: bool, steps: int) -> None:
         """SIGHUP after a config change; with `in_flight`, while a renewal cycle of every profile is running."""
         assert self.daemon is not None
