@@ -179,7 +179,10 @@ class Config(Record):
 
 def env_prefix(profile: str) -> str:
     """`EDGE_TOKEN_<PROFILE>_`: the prefix of a profile's environment overrides (`prod-eu.1` -> `PROD_EU_1`)."""
-    return "EDGE_TOKEN_" + re.sub(r"[^A-Za-z0-9]", "_", profile).upper() + "_"
+    return "EDGE_TOKEN_" + _NOT_ALNUM.sub("_", profile).upper() + "_"
+
+
+_NOT_ALNUM = re.compile(r"[^A-Za-z0-9]")
 
 
 class ReloadPlan(Record):
