@@ -14,7 +14,15 @@ from typing import Any
 
 from edge_token.app import Parts
 from edge_token.core.clock import Clock
-from edge_token.core.health import ProfileStatus, ReadinessIndex, readiness, state_name, summary_line
+from edge_token.core.health import (
+    LISTED,
+    ProfileStatus,
+    ReadinessIndex,
+    readiness,
+    readyz_body,
+    state_name,
+    summary_line,
+)
 from edge_token.core.outcome import RenewalOutcome
 from edge_token.core.policy import next_run_at
 from edge_token.core.settings import Config, ReloadPlan
@@ -96,19 +104,19 @@ class Profiles:
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """/readyz without a status per profile: only the profiles that may be unready are looked at (those whose
         last cycle left them unready, and those whose token has expired since), so a probe of 1,000 ready profiles
-        is a pass over 1,000 floats, not 1,000 status snapshots (which cost ~30 ms and ran every few seconds); each
-        of those gives its own entry (`Renewer.unready`), so the first probe of a start, which finds all of them
-        unready, builds no snapshot either."""
+        is a pass over 1,000 floats, not 1,000 status snapshots (which cost ~30 ms and ran every few seconds). Of
+        those, the ones the answer names (`health.LISTED`) give their own entry (`Renewer.unready`), so the first
+        probe of a start, which finds all of them unready, builds no snapshot either, and at most LISTED entries."""
         if self.roles():  # fleet mode: /readyz also lists every profile's fleet role
             return readiness(self.statuses(next_runs=False))
-        slots, not_ready = self.supervisor.slots, {}
+        slots = self.supervisor.slots
         if not slots:  # nothing kept fresh is not "every token is there" (READY=1 says the same: all_ready)
             return False, {"ready": False, "not_ready": {}}
-        for name in sorted(self.ready_index.suspects(self.clock.time())):
-            slot = slots.get(name)
-            if slot is not None and (entry := slot.renewer.unready()) is not None:
-                not_ready[name] = entry
-        return not not_ready, {"ready": not not_ready, "not_ready": not_ready}
+        suspects = self.ready_index.suspects(self.clock.time())
+        unready = sorted(name for name in suspects if name in slots and not slots[name].renewer.ready())
+        # entries only for the profiles the answer names (time only makes a token older: these are still unready)
+        entries = {name: slots[name].renewer.unready() for name in unready[:LISTED]}
+        return not unready, readyz_body(entries, len(unready))
 
     def all_ready(self) -> bool:
         """Every profile holds a valid token in every sink, now: none left unready by its last cycle (O(1), so a fill
