@@ -47,7 +47,7 @@ def test_readiness_names_no_sink_of_a_profile_that_has_no_token_yet() -> None:
 
 def test_readiness_shows_fleet_roles() -> None:
     """In fleet mode /readyz names each profile's role, ready or not."""
-    from dataclasses import replace
+    from edge_token.core.record import replace
 
     ready, details = readiness(
         [replace(status("a"), fleet_role="leader"), replace(status("b"), fleet_role="standalone")]

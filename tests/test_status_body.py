@@ -11,7 +11,6 @@ import asyncio
 import json
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
 from typing import Any, cast
 
 import aiohttp
@@ -23,6 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from edge_token.core.errors import TransientError
 from edge_token.core.health import ProfileStatus
+from edge_token.core.record import replace
 from edge_token.core.scrub import JWT, Scrubber
 from edge_token.observe.httpserver import HealthSource, build_app, start_http
 from edge_token.observe.logs import Redactor

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from dataclasses import replace
 from typing import Any
 
 from edge_token.app import Parts
@@ -25,6 +24,7 @@ from edge_token.core.health import (
 )
 from edge_token.core.outcome import RenewalOutcome
 from edge_token.core.policy import next_run_at
+from edge_token.core.record import replace
 from edge_token.core.settings import Config, ReloadPlan
 from edge_token.core.token import Token
 from edge_token.cycle import Cycle

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from edge_token.core.clock import Clock
@@ -46,16 +45,18 @@ class JobScheduler(Protocol):
         """Run `func` every `seconds` (jitter only delays)."""
 
 
-@dataclass(eq=False)
 class Slot:
     """One profile's place: its renewer (swapped on reload), the cycle in flight and a pending rerun."""
 
-    name: str
-    renewer: Renewer
-    task: asyncio.Task[None] | None = None
-    rerun: bool | None = None  # force flag of a trigger that arrived during a cycle; None: no rerun
-    announced: str | None = None  # fingerprint of the last token announced to the rotation callback
-    inherit: Renewer | None = None  # reload changed only sinks: the renewer whose token the new one takes over
+    __slots__ = ("announced", "inherit", "name", "renewer", "rerun", "task")
+
+    def __init__(self, name: str, renewer: Renewer) -> None:
+        self.name = name
+        self.renewer = renewer
+        self.task: asyncio.Task[None] | None = None
+        self.rerun: bool | None = None  # force flag of a trigger that arrived during a cycle; None: no rerun
+        self.announced: str | None = None  # fingerprint of the last token announced to the rotation callback
+        self.inherit: Renewer | None = None  # reload changed only sinks: the renewer whose token the new one takes over
 
 
 def job_id(name: str) -> str:

@@ -7,16 +7,15 @@ holds a token, a secret or a claim that could serve as one: a key id and a short
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from edge_token.core.errors import CredentialsRejected, EdgeTokenError
 from edge_token.core.policy import TokenState
+from edge_token.core.record import Record, field
 
 
-@dataclass(frozen=True)
-class ProfileStatus:
-    """One profile, as operators see it."""
+class ProfileStatus(Record):
+    """One profile, as operators see it (a Record, not a dataclass: the decorator cost every start ~1 ms)."""
 
     profile: str
     state: str  # fresh | stale | expired | credentials_rejected
