@@ -2,13 +2,44 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from edge_token.core.errors import CredentialsRejected, TransientError
-from edge_token.core.health import NO_TOKEN_YET, ProfileStatus, alive, readiness, state_name, summary
+from edge_token.core.health import (
+    LISTED,
+    NO_TOKEN_YET,
+    ProfileStatus,
+    alive,
+    readiness,
+    state_name,
+    summary,
+    waiting,
+)
 from edge_token.core.policy import TokenState
 
 
 def status(name: str, state: str = "fresh", sinks: dict[str, str | None] | None = None) -> ProfileStatus:
     return ProfileStatus(name, state, 2e9, 1e9, 1.5e9, None, sinks if sinks is not None else {"file:/a": None})
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    names=st.sets(st.text("abz.-_09", min_size=1, max_size=4), max_size=2 * LISTED + 5),
+    ready=st.sets(st.text("abz.-_09", min_size=1, max_size=4)),
+)
+def test_readiness_names_the_first_unready_profiles_by_name_and_counts_the_rest(
+    names: set[str], ready: set[str]
+) -> None:
+    """Whatever the profiles: ready exactly when none is unready; at most LISTED named, the first by name, and
+    `unlisted` (present only when some are left out) counts the rest; `waiting` says the same to a person."""
+    unready = sorted(names - ready)
+    ok, details = readiness([status(name) if name in ready else status(name, "expired") for name in sorted(names)])
+    assert ok == (not unready) and details["ready"] == ok
+    assert sorted(details["not_ready"]) == unready[:LISTED]
+    assert details.get("unlisted") == (len(unready) - LISTED if len(unready) > LISTED else None)
+    more = f" and {len(unready) - LISTED} more" if len(unready) > LISTED else ""
+    assert waiting(details) == ", ".join(unready[:LISTED]) + more
 
 
 def test_alive_needs_a_running_scheduler_and_a_recent_tick() -> None:

@@ -247,11 +247,9 @@ class Daemon:
 
     def _ready_timeout(self) -> None:
         if self.notifier.enabled and not self.notifier.ready_sent:
-            _, details = health.readiness(self.profiles.statuses())
-            waiting, unlisted = sorted(details["not_ready"]), details.get("unlisted", 0)
-            more = f" and {unlisted} more" if unlisted else ""
-            self.notifier.ready(f"ready_timeout reached; still without a verified token: {', '.join(waiting)}{more}")
-            self.log.warning("daemon.ready_timeout", not_ready=waiting, **({"unlisted": unlisted} if unlisted else {}))
+            unready = health.readiness(self.profiles.statuses())[1]
+            self.notifier.ready(f"ready_timeout reached; still without a verified token: {health.waiting(unready)}")
+            self.log.warning("daemon.ready_timeout", not_ready=health.waiting(unready))
 
     # ---- reload ----------------------------------------------------------------------------------------
     def reload(self) -> None:

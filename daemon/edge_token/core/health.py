@@ -114,6 +114,12 @@ def readyz_body(entries: Mapping[str, Any], unready: int) -> dict[str, Any]:
     return body
 
 
+def waiting(details: Mapping[str, Any]) -> str:
+    """The unready profiles a readiness answer names, for a person: "a, b, c and 97 more"."""
+    more = details.get("unlisted", 0)
+    return ", ".join(sorted(details["not_ready"])) + (f" and {more} more" if more else "")
+
+
 def alive(last_tick: float, now: float, tick_seconds: float, scheduler_running: bool) -> bool:
     """The loop is alive if the scheduler runs and the tick fired recently (3 ticks + 5 s of slack)."""
     return scheduler_running and now - last_tick <= 3 * tick_seconds + 5.0
