@@ -86,6 +86,12 @@ def test_minimal_config_gets_sitecore_defaults(tmp_path: Path) -> None:
         ('[daemon]\nlog_format = "xml"\n' + MINIMAL, "daemon.log_format"),
         (MINIMAL.replace("production]", '"prod uction"]').replace("production.sinks", '"prod uction".sinks'),
          "profile name"),
+        # `$` in a pattern also matches before a final newline: names are matched whole
+        (MINIMAL.replace("production]", '"production\\n"]').replace("production.sinks", '"production\\n".sinks'),
+         "profile name"),
+        (MINIMAL + 'format = "env"\nenv_name = "EDGE_TOKEN\\n"\n', "profiles.production.sinks[0].env_name"),
+        (MINIMAL.replace('client_secret_file = "/etc/edge-token/production.secret"', 'client_secret_env = "SECRET\\n"'),
+         "profiles.production.client_secret_env"),
         (MINIMAL + "[profiles.other]\nclient_id = \"b\"\nclient_secret_env = \"B\"\n"
          "[[profiles.other.sinks]]\npath = \"/run/edge-token/production.jwt\"\n", "is used by both"),
         (MINIMAL + 'signal = "HUP"\n', "set both signal and pid_file"),

@@ -34,7 +34,7 @@ from edge_token.core.settings import (
     env_prefix,
 )
 
-PROFILE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+PROFILE_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # fullmatch: `$` would let a final newline through
 
 PROFILE_KEYS = frozenset(
     {"client_id", "sinks", "token_url", "audience", "issuer", "jwks_url", "request_format", "auth_method", "scope",
@@ -94,7 +94,7 @@ def secret_source(table: Table, environ: Mapping[str, str], file_private: bool, 
             f"{table.file}: {table.path(key)}: an inline secret is refused because the file is readable by "
             "group or others; chmod 600 the file, or use client_secret_file / client_secret_credential"
         )
-    if key == "client_secret_env" and not re.match(ENV_NAME, value):
+    if key == "client_secret_env" and not re.fullmatch(ENV_NAME, value):
         raise table.fail(key, "an environment variable name")
     if key == "client_secret_file" and not os.path.isabs(value):
         value = str(table.file.parent / value)  # relative to the config file, like sink paths
@@ -103,7 +103,7 @@ def secret_source(table: Table, environ: Mapping[str, str], file_private: bool, 
 
 def parse_profile(name: str, table: Table, environ: Mapping[str, str], file_private: bool) -> ProfileConfig:
     """`[profiles.NAME]` -> ProfileConfig: every key checked, defaults are Sitecore's."""
-    if not PROFILE_NAME.match(name):
+    if not PROFILE_NAME.fullmatch(name):
         raise ConfigError(f"{table.file}: profile name {name!r}: use only letters, digits, '_', '.', '-'")
     table.only(PROFILE_AND_SECRET_KEYS)
     prefix = env_prefix(name)

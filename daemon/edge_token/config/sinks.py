@@ -100,7 +100,7 @@ def file_sink(table: Table, common: dict[str, Any]) -> SinkConfig:
         path = Path(os.path.normpath(table.file.parent / path))  # never resolve(): it follows a symlink at the path
     fmt = table.text("format", "raw", choices=("raw", "json", "env")) or "raw"
     env_name = table.text("env_name", "EDGE_TOKEN") or "EDGE_TOKEN"
-    if not re.match(ENV_NAME, env_name):
+    if not re.fullmatch(ENV_NAME, env_name):
         raise table.fail("env_name", "a shell variable name such as EDGE_TOKEN")
     return SinkConfig(
         **common,

@@ -16,7 +16,9 @@ from edge_token.core.errors import ConfigError
 from edge_token.core.settings import DIRECT, Egress, SecretSource
 from edge_token.net.egress import check_proxy_url
 
-ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"  # compiled by re when first used: most configs name no variable
+# compiled by re when first used (most configs name no variable); always with fullmatch: `$` would also match
+# before a final newline, and accept "EDGE_TOKEN\n" as a variable name
+ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 
 T = TypeVar("T")
 
