@@ -39,7 +39,8 @@ def test_readiness_names_the_first_unready_profiles_by_name_and_counts_the_rest(
     assert sorted(details["not_ready"]) == unready[:LISTED]
     assert details.get("unlisted") == (len(unready) - LISTED if len(unready) > LISTED else None)
     more = f" and {len(unready) - LISTED} more" if len(unready) > LISTED else ""
-    assert waiting(details) == ", ".join(unready[:LISTED]) + more
+    count = f"{len(unready)} profile{'' if len(unready) == 1 else 's'} still without a verified token: "
+    assert waiting(details) == count + ", ".join(unready[:LISTED]) + more
 
 
 def test_alive_needs_a_running_scheduler_and_a_recent_tick() -> None:

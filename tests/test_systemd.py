@@ -124,7 +124,29 @@ async def test_ready_timeout_sends_ready_with_an_explanation(
     try:
         await notify.wait_for("READY=1")
         message = notify.messages[notify.lines("READY=1")[0]]
-        assert "ready_timeout reached; still without a verified token: main" in message
+        assert "ready_timeout reached; 1 profile still without a verified token: main" in message
+    finally:
+        await daemon.stop()
+
+
+async def test_ready_timeout_with_more_waiting_than_a_status_line_holds_says_how_many_first(
+    notify: NotifySocket, tmp_path: Path, auth: FaultyAuthServer, secret_file: Path
+) -> None:
+    """150 profiles without a token at ready_timeout: STATUS= (systemd keeps 400 characters) says how many before
+    it names any and shows where it was cut; the log line names the first 100 and counts the other 50."""
+    auth.token_faults.extend(Fault(503, b"down") for _ in range(5000))
+    text = '[daemon]\nlog_format = "json"\nlisten = ""\nready_timeout_seconds = 1\n'
+    for i in range(150):
+        text += profile_toml(f"p{i:03d}", auth, secret_file, [{"path": str(tmp_path / f"p{i:03d}.jwt")}])
+    (config := tmp_path / "many.toml").write_text(text)
+    daemon = await run(config, {"NOTIFY_SOCKET": notify.address})
+    try:
+        await notify.wait_for("READY=1")
+        status = notify.messages[notify.lines("READY=1")[0]].split("STATUS=", 1)[1]
+        assert status.startswith("ready_timeout reached; 150 profiles still without a verified token: p000, p001, ")
+        assert len(status) == 400 and status.endswith("..."), status
+        line = await daemon.wait_for("daemon.ready_timeout")
+        assert line["not_ready"].endswith("p099 and 50 more"), line
     finally:
         await daemon.stop()
 

@@ -248,7 +248,7 @@ class Daemon:
     def _ready_timeout(self) -> None:
         if self.notifier.enabled and not self.notifier.ready_sent:
             unready = health.readiness(self.profiles.statuses())[1]
-            self.notifier.ready(f"ready_timeout reached; still without a verified token: {health.waiting(unready)}")
+            self.notifier.ready(f"ready_timeout reached; {health.waiting(unready)}")
             self.log.warning("daemon.ready_timeout", not_ready=health.waiting(unready))
 
     # ---- reload ----------------------------------------------------------------------------------------

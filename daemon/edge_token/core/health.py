@@ -115,9 +115,12 @@ def readyz_body(entries: Mapping[str, Any], unready: int) -> dict[str, Any]:
 
 
 def waiting(details: Mapping[str, Any]) -> str:
-    """The unready profiles a readiness answer names, for a person: "a, b, c and 97 more"."""
-    more = details.get("unlisted", 0)
-    return ", ".join(sorted(details["not_ready"])) + (f" and {more} more" if more else "")
+    """The unready profiles of a readiness answer, for a person, their number first (systemd keeps 400 characters
+    of a STATUS= line): "2 profiles still without a verified token: a, b", "150 ...: a, b, ... and 50 more"."""
+    names, more = sorted(details["not_ready"]), details.get("unlisted", 0)
+    count = len(names) + more
+    text = f"{count} profile{'' if count == 1 else 's'} still without a verified token: {', '.join(names)}"
+    return text + (f" and {more} more" if more else "")
 
 
 def alive(last_tick: float, now: float, tick_seconds: float, scheduler_running: bool) -> bool:

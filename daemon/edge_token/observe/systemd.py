@@ -116,7 +116,9 @@ def _address(value: str) -> str | bytes | None:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split())[:400]
+    """A STATUS= value: one line, at most 400 characters, ending in "..." where it was cut."""
+    line = " ".join(text.split())
+    return line if len(line) <= 400 else line[:397] + "..."
 
 
 def watchdog_interval(environ: Mapping[str, str]) -> float | None:
