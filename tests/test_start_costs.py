@@ -22,7 +22,6 @@ import pytest
 import edge_token.app as app_module
 import edge_token.core.health as health_module
 import edge_token.observe.series as series_module
-import edge_token.profiles as profiles_module
 import edge_token.renewer as renewer_module
 from conftest import FakeClock, profile_toml
 from edge_token.config import load_config
@@ -174,8 +173,7 @@ async def test_readyz_names_the_first_profiles_by_name_and_counts_the_rest(
     name, the same entries as from every full status, counts the others as `unlisted`, and builds an entry for the
     named ones only. Unbounded, a probe of 10,000 unready profiles was 0.5 MB of JSON and 155 ms of the event loop,
     every few seconds of their fill."""
-    for module in (health_module, profiles_module):
-        monkeypatch.setattr(module, "LISTED", 7)
+    monkeypatch.setattr(health_module, "LISTED", 7)
     entries = Counter[str]()
     real_unready = renewer_module.Renewer.unready
 

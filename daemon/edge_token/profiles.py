@@ -14,7 +14,6 @@ from typing import Any
 from edge_token.app import Parts
 from edge_token.core.clock import Clock
 from edge_token.core.health import (
-    LISTED,
     ProfileStatus,
     ReadinessIndex,
     readiness,
@@ -115,8 +114,7 @@ class Profiles:
         suspects = self.ready_index.suspects(self.clock.time())
         unready = sorted(name for name in suspects if name in slots and not slots[name].renewer.ready())
         # entries only for the profiles the answer names (time only makes a token older: these are still unready)
-        entries = {name: slots[name].renewer.unready() for name in unready[:LISTED]}
-        return not unready, readyz_body(entries, len(unready))
+        return not unready, readyz_body(unready, lambda name: slots[name].renewer.unready())
 
     def all_ready(self) -> bool:
         """Every profile holds a valid token in every sink, now: none left unready by its last cycle (O(1), so a fill

@@ -6,7 +6,7 @@ holds a token, a secret or a claim that could serve as one: a key id and a short
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from edge_token.core.errors import CredentialsRejected, EdgeTokenError
@@ -98,19 +98,18 @@ def readiness(statuses: Iterable[ProfileStatus]) -> tuple[bool, dict[str, Any]]:
         if not status.ready:
             failing = [name for name, error in status.sinks.items() if error is not None and error != NO_TOKEN_YET]
             not_ready[status.profile] = {"state": status.state, "sinks_failing": failing}
-    details = readyz_body(not_ready, len(not_ready))
+    details = readyz_body(sorted(not_ready), not_ready.__getitem__)
     if roles:
         details["fleet_roles"] = roles  # leader / follower / standalone per profile
     return not not_ready, details
 
 
-def readyz_body(entries: Mapping[str, Any], unready: int) -> dict[str, Any]:
-    """/readyz's answer for `unready` unready profiles, of which `entries` holds at least the first LISTED by name:
-    those LISTED entries, and `unlisted`, how many more there are, when there are more."""
-    listed = sorted(entries)[:LISTED]
-    body: dict[str, Any] = {"ready": not unready, "not_ready": {name: entries[name] for name in listed}}
-    if unready > len(listed):
-        body["unlisted"] = unready - len(listed)
+def readyz_body(unready: list[str], entry: Callable[[str], Any]) -> dict[str, Any]:
+    """/readyz's answer for the unready profiles `unready` (sorted by name): `entry(name)` for each of the first
+    LISTED, built for those only, and `unlisted`, how many more there are, when there are more."""
+    body: dict[str, Any] = {"ready": not unready, "not_ready": {name: entry(name) for name in unready[:LISTED]}}
+    if len(unready) > LISTED:
+        body["unlisted"] = len(unready) - LISTED
     return body
 
 
