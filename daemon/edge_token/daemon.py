@@ -92,7 +92,7 @@ class Daemon:
         self.profiles: Profiles = Profiles(
             config, only=profiles, clock=self.clock, scheduler=self.scheduler, spawn=self.spawn, log=self.log,
             metrics=self.metrics, environ=self.environ, rng=self.rng, on_rotated=on_rotated,
-            after_cycle=self._report_to_systemd,
+            after_cycle=self._report_to_systemd if self.notifier.enabled else lambda: None,  # no systemd: nothing to do
         )  # fmt: skip
 
     # ---- the three phases ---------------------------------------------------------------------------------

@@ -362,7 +362,7 @@ class Renewer:
             rate_limit=rate_limit,
             sinks_changed=changed,
             failures=self.failures,
-            state=self.state().value,
+            state=self.state()._value_,  # the enum's value without its `value` property (two calls a renewal)
             from_fleet=from_fleet,
         )
         self.last_outcome = outcome

@@ -102,6 +102,7 @@ class SecretCache:
         self._read = read or read_secret  # the reader, injectable to count reads in tests
         self._cache: dict[tuple[str, str], tuple[tuple[int, ...], str]] = {}
         self._looked: set[tuple[str, str]] = set()  # files looked at in this loop turn (emptied as it ends)
+        self._paths: dict[tuple[str, str], str] = {}  # where each file is
 
     def read(self, source: SecretSource, fresh: bool = False) -> str:
         """The secret, from the cache unless the file changed (or `fresh`: after credentials were rejected)."""
@@ -110,9 +111,12 @@ class SecretCache:
         where = (source.kind, source.ref)
         if where in self._looked and not fresh:
             return self._cache[where][1]
-        directory = self._environ.get("CREDENTIALS_DIRECTORY", "") if source.kind == "credential" else ""
+        path = self._paths.get(where)
+        if path is None:  # joined once per file (the environment is the daemon's, fixed for its life)
+            directory = self._environ.get("CREDENTIALS_DIRECTORY", "") if source.kind == "credential" else ""
+            path = self._paths[where] = os.path.join(directory, source.ref)
         try:
-            info = os.stat(os.path.join(directory, source.ref))
+            info = os.stat(path)
         except OSError:
             return self._read(source, self._environ)  # raises the specific ConfigError
         key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)

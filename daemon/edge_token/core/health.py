@@ -74,7 +74,8 @@ def state_name(token_state: TokenState, last_error: EdgeTokenError | None) -> st
     """The operator-facing state: credentials_rejected overrides while the provider keeps refusing us."""
     if isinstance(last_error, CredentialsRejected):
         return "credentials_rejected"
-    return token_state.value
+    name: str = token_state._value_  # the value without the enum's `value` property (asked after every cycle)
+    return name
 
 
 #: a sink's problem while its profile holds no token at all: the profile's state says why, the sink has not failed

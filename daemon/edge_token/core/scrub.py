@@ -243,15 +243,23 @@ class Scrubber:
         self._patterns: tuple[tuple[str, bool], ...] = ()  # (form, is a base64 core), rebuilt on change
         self._raw: tuple[str, ...] = ()
         self._texts: dict[str, str] = {}  # short text -> scrubbed, under the current registry
+        #: `_texts` to read (a miss is a `scrub_text` call): texts already scrubbed under the current registry, and
+        #: their scrubbed form. Replaced, not changed, when a secret is registered: take it anew for each use. An
+        #: attribute, not a property: the redactor reads it for every line
+        self.known: Mapping[str, str] = self._texts
         self._texts_chars = 0  # the characters `_texts` holds (keys)
         self._words: dict[str, bool] = {}  # word -> some decoding of it betrays a secret or a JWT
+        self._newest: str | None = None  # the secret registered or refreshed last (the end of the LRU order)
 
     def register(self, secret: str) -> None:
         """Cut this value (and every encoding of it) from all text scrubbed from now on."""
+        if secret == self._newest:  # already the most recently used (each renewal registers its secret): no change
+            return
         secret = secret.strip()
         if len(secret) < MIN_SECRET:
             return
         with self._lock:
+            self._newest = secret
             if secret in self._secrets:
                 self._secrets.move_to_end(secret)
                 return
@@ -263,6 +271,7 @@ class Scrubber:
             self._patterns = tuple(p for patterns in self._secrets.values() for p in patterns)
             self._raw = tuple(self._secrets)
             self._texts, self._words = {}, {}  # answers given under the old registry may now be wrong
+            self.known = self._texts
             self._texts_chars = 0
 
     def scrub_text(self, text: str) -> str:
@@ -281,12 +290,6 @@ class Scrubber:
             memo[text] = known
             self._texts_chars += len(text)
         return known
-
-    @property
-    def known(self) -> Mapping[str, str]:
-        """Texts already scrubbed under the current registry, and their scrubbed form (read-only: a miss is a
-        `scrub_text` call). Replaced, not changed, when a secret is registered: take it anew for each use."""
-        return self._texts
 
     def _scrub_text(self, text: str) -> str:
         patterns, raw = self._patterns, self._raw  # one consistent snapshot (register swaps whole tuples)

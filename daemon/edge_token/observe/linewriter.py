@@ -30,8 +30,11 @@ class LineWriter:
 
     def msg(self, line: str) -> None:
         """Write one rendered line (every level's method is this one: the level is already in the line)."""
-        if self._held is not None and self._holder == threading.get_ident():
-            self._held.append(line)
+        held, turn = self._held, self._turn
+        if held is not None and self._holder == threading.get_ident():
+            held.append(line)
+        elif turn is not None and self._turn_thread == threading.get_ident():
+            turn.append(line + "\n")  # `_emit`'s first case, without its call (a renewal's second line)
         else:
             self._emit(line + "\n")
 
