@@ -9,6 +9,7 @@ import logging
 import re
 import string
 import sys
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
@@ -210,3 +211,21 @@ def test_an_info_line_is_the_line_structlogs_own_method_would_make(
             except (TypeError, KeyError, ValueError) as exc:
                 outcomes.append(type(exc).__name__)
     assert outcomes[0] == outcomes[1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(calls=st.lists(st.sampled_from(["alpha-1", "bravo-2", "charlie-3", "delta-4", " alpha-1 ", "abc"]), max_size=30))
+def test_registering_secrets_keeps_the_most_recently_used_whatever_the_order(calls: list[str]) -> None:
+    """Every renewal registers its secret again (a no-op when it is the newest already); the registry still keeps
+    exactly the `max_secrets` most recently used ones, as an LRU model of the same calls does (too short a value
+    is never registered; surrounding blanks are not part of a secret)."""
+    scrubber, model = scrub.Scrubber(max_secrets=3), OrderedDict[str, None]()
+    for secret in calls:
+        scrubber.register(secret)
+        value = secret.strip()
+        if len(value) >= scrub.MIN_SECRET:
+            model[value] = None
+            model.move_to_end(value)
+            while len(model) > 3:
+                model.popitem(last=False)
+        assert {s for s in ("alpha-1", "bravo-2", "charlie-3", "delta-4") if s in scrubber} == set(model)
