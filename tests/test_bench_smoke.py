@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -74,12 +75,15 @@ async def test_every_section_yields_its_figures(benches: Callable[[str], Bench])
         "cold `once`", "libraries imported by `once`", "fill 2 profiles", "NOTIFY_SOCKET", "restart with 2 FRESH",
         "/metrics at 2 profiles", "peak RSS of the idle daemon", "CPU over 1 whole lifetimes, 1 profile",
         "CPU over 1 whole lifetimes, 2 profile", "freshness: renewal points (fraction of lifetime), all",
+        "the paced floor's, all", "freshness: renewal points inside the CPU window",
         "fill 3 vs fill 2 (linear)", "peak RSS at 3 profiles", "/metrics at 3 vs at 2",
         "the fill, split at the auth server (context): start-up", "and throughput: time per profile",
         "and CPU, spawn → ready, every thread",
     ):  # fmt: skip
         assert part in names, part
     assert filled.body.startswith(b"# HELP") and len(filled.scrape.values) == 1
+    floor_fresh = next(f for f in life.report.figures if "the paced floor's, all" in f.name)
+    assert "renewal(s)" not in floor_fresh.value, floor_fresh  # the floor wrote when its tokens arrived, as it stopped
     restart = next(f for f in fill.report.figures if f.name.startswith("restart"))
     assert "token requests 0" in restart.value  # FRESH tokens in the sinks: the restart asked for none
     assert all(f"| {n} |" in scale.report.tables[0] for n in (1, 2, 3))
@@ -101,6 +105,21 @@ def test_renewal_points_from_log_events() -> None:
     assert sorted(points) == [(1016.0, 0.8), (1031.0, 0.75), (1507.5, 0.75)]
     figure = benchmark.freshness_figure("f", points)
     assert figure.value.startswith("min 0.7500, median 0.7500") and "n=3" in figure.value
+
+
+@settings(max_examples=200, deadline=None)
+@given(late=st.floats(0.70, 1.2), floor_latest=st.none() | st.floats(0.7, 1.2), seed=st.integers(0, 2**32 - 1))
+def test_freshness_is_judged_late_only_beyond_the_window_and_the_floors_latest(
+    late: float, floor_latest: float | None, seed: int
+) -> None:
+    """Uniformly jittered points and one more at `late`: a PASS exactly when that point is not early (0.749 and
+    up) and no later than 0.81, or than the paced floor's latest + 0.01 when the floor was measured."""
+    rng = random.Random(seed)
+    points = [(float(i), rng.uniform(0.75, 0.80)) for i in range(2000)] + [(2000.0, late)]
+    figure = benchmark.freshness_figure("f", points, floor_latest)
+    high = benchmark.REFRESH_AT + 0.01
+    limit = high if floor_latest is None else max(high, floor_latest + 0.01)
+    assert figure.ok == (benchmark.REFRESH_AT - benchmark.JITTER - 0.001 <= late <= limit)
 
 
 def test_fill_split_at_the_auth_server() -> None:

@@ -10,7 +10,9 @@
 for `fill` and `pace`, over one session), one JWKS fetch, joserfc signature verification plus the iss/aud/exp claim check,
 and an atomic write (O_EXCL temp in the target's directory, fchmod 0600, write, fsync, rename, fsync of the
 directory) in a worker thread. `fill` prints "done" and its CPU seconds when every token is on disk; `pace`
-renews COUNT tokens of TTL seconds on the daemon's schedule until killed (the floor of CPU over lifetimes); the
+renews COUNT tokens of TTL seconds on the daemon's schedule until killed (the floor of CPU over lifetimes), and
+with EDGE_TOKEN_BENCH_FLOOR_RECEIPTS set writes "file time" lines to that file, when each token arrived, as
+SIGTERM stops it (the floor of freshness: how late the least code renews when the machine is busy); the
 servers print their port.
 Only the standard library is imported at the top, so each floor pays for exactly the libraries it uses.
 """
@@ -21,7 +23,9 @@ import asyncio
 import os
 import random
 import resource
+import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +67,8 @@ async def fetch(args: list[str], outs: list[Path], ttl: float | None = None) -> 
     gate = asyncio.Semaphore(CONCURRENCY)
     loop = asyncio.get_running_loop()
     running: set[asyncio.Task[None]] = set()
+    points_file = os.environ.get("EDGE_TOKEN_BENCH_FLOOR_RECEIPTS") if ttl is not None else None
+    received: list[tuple[str, float]] | None = [] if points_file else None
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
         async with session.get(jwks_url) as response:
             keys = KeySet.import_key_set(await response.json())
@@ -71,6 +77,8 @@ async def fetch(args: list[str], outs: list[Path], ttl: float | None = None) -> 
             async with gate:
                 async with session.post(token_url, json=body) as response:
                     token = (await response.json())["access_token"]
+                if received is not None:
+                    received.append((out.name, time.time()))
                 claims_rules.validate(jwt.decode(token, keys, algorithms=["RS256"]).claims)
                 await asyncio.to_thread(write_atomic, out, token.encode())
             if ttl is not None:
@@ -87,7 +95,11 @@ async def fetch(args: list[str], outs: list[Path], ttl: float | None = None) -> 
         for out in outs:
             start(out)
         print("started", flush=True)
-        await asyncio.Event().wait()  # until killed
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()  # until killed
+        if points_file and received is not None:
+            Path(points_file).write_text("".join(f"{name} {at!r}\n" for name, at in received))
 
 
 async def serve(body: bytes | None, content_type: str) -> None:
