@@ -112,6 +112,64 @@ async def test_rescheduling_an_existing_job_builds_no_job_and_wakes_nothing_when
         scheduler.shutdown()
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    runs=st.lists(st.one_of(st.none(), st.floats(-5.0, 5.0), st.floats(10.0, 1e6)), min_size=1, max_size=8),
+    interval=st.none() | st.floats(0.5, 100.0),
+    interval_due=st.booleans(),
+    fire=st.integers(0, 7),
+)
+def test_a_pass_that_finds_nothing_else_due_answers_apschedulers_wait_without_its_pass(
+    runs: list[float | None], interval: float | None, interval_due: bool, fire: int
+) -> None:
+    """A renewal's job fires alone (at 1,000 profiles of 20 s tokens, one every 16 ms): its pass runs it and, when
+    nothing else is due, answers the wait until the store's next run itself, without APScheduler's pass over the
+    stores (eight calls and two debug lines). Whatever the jobs (`at()` runs in the past, the future or parked,
+    an `every()` job due or not), the wait is APScheduler's own answer, and its pass runs exactly when an
+    `every()` job is due (ours, the `at()` jobs, run first)."""
+    from apscheduler.schedulers.base import BaseScheduler
+
+    async def scenario() -> None:
+        scheduler = Scheduler()
+        scheduler.start()
+        inner, passes = scheduler._scheduler, []
+
+        def counted_pass(self: Any) -> Any:
+            passes.append(1)
+            return BaseScheduler._process_jobs(self)
+
+        try:
+            now = time.time()
+            for index, offset in enumerate(runs):
+                scheduler.at(f"profile:p{index}", now + (offset if offset is not None else 1e6), lambda: None)
+                if offset is None:
+                    scheduler.cancel(f"profile:p{index}")
+            if interval is not None:
+                scheduler.every("jwks:u", interval, lambda: None)
+                if interval_due:
+                    inner.modify_job("jwks:u", next_run_time=datetime.now(UTC) - timedelta(seconds=1))
+            await turns()  # the passes these changes asked for, before the one counted
+            if runs[fire % len(runs)] is not None:
+                scheduler.at(f"profile:p{fire % len(runs)}", now - 1, lambda: None)  # due now
+            if interval is not None and interval_due:
+                inner.modify_job("jwks:u", next_run_time=datetime.now(UTC) - timedelta(seconds=1))
+            apschedulers: Any = type(inner).__mro__[1]  # AsyncIOScheduler: its pass is the one ours calls
+            apschedulers._process_jobs = counted_pass
+            try:
+                wait = inner._process_jobs()
+            finally:
+                del apschedulers._process_jobs
+            reference = BaseScheduler._process_jobs(inner)  # nothing is due any more: APScheduler's answer
+            assert (wait is None) == (reference is None)
+            if wait is not None and reference is not None:
+                assert abs(wait - reference) < 0.05
+            assert len(passes) == (1 if interval is not None and interval_due else 0)
+        finally:
+            scheduler.shutdown()
+
+    asyncio.run(scenario())
+
+
 async def test_adding_a_profiles_job_derives_no_signature(monkeypatch: pytest.MonkeyPatch) -> None:
     """A profile's first scheduling adds its job: APScheduler checks the callable's signature, which it derived
     from `__call__` each time (half of the ~50 µs an add cost, 1,000 times in a fill); the job's callable states

@@ -65,7 +65,7 @@ from apscheduler.job import Job as _Job  # noqa: E402
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError  # noqa: E402
 from apscheduler.jobstores.memory import MemoryJobStore  # noqa: E402
 from apscheduler.schedulers.asyncio import AsyncIOScheduler  # noqa: E402
-from apscheduler.schedulers.base import STATE_RUNNING, STATE_STOPPED  # noqa: E402
+from apscheduler.schedulers.base import STATE_RUNNING, STATE_STOPPED, TIMEOUT_MAX  # noqa: E402
 from apscheduler.triggers.base import BaseTrigger  # noqa: E402
 from apscheduler.triggers.interval import IntervalTrigger  # noqa: E402
 
@@ -284,6 +284,12 @@ class _CoalescingScheduler(AsyncIOScheduler):  # type: ignore[misc]  # APSchedul
                     job.next_run_time = run.trigger.get_next_fire_time(job.next_run_time, now)
                     if store.lookup_job(job.id) is job:  # else its own run removed or replaced it: gone, as asked
                         store.update_job(job)
+                # nothing else due (the store's first run is later than now): APScheduler's pass would only find
+                # the next run and answer its wait, with eight calls and two debug lines (most renewals, alone)
+                keys = store._keys
+                first = keys[0][0] if keys else math.inf
+                if first > now.timestamp() and len(self._jobstores) == 1:
+                    return None if first == math.inf else min(max(first - time.time(), 0.0), TIMEOUT_MAX)
         wait: float | None = super()._process_jobs()
         return wait
 
