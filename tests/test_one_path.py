@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import pwd
+import re
 import sys
 import threading
 import time
@@ -484,3 +485,29 @@ async def test_an_unprivileged_non_dumpable_once_trusts_its_ca_file(public_dir: 
         assert (sinks / "t.jwt").read_text() == server.issued[-1]
     finally:
         await server.stop()
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    text=st.text(' \t\n\r[]{}:,"0123.e-tru\\fals', max_size=24)
+    | st.builds(
+        lambda v, a, b: a + json.dumps(v) + b,
+        json_values,
+        st.sampled_from(["", " ", "\n\t", "x", "1", " {}"]),
+        st.sampled_from(["", " \r\n", "x", " 1", ",", "]"]),
+    )
+)
+def test_strict_json_reads_any_text_as_json_does_or_names_why_not(text: str) -> None:
+    """Property: for any text, the strict parse (the decoder's scanner called directly, whitespace skipped around
+    it) answers what `json.loads` answers, or refuses what it refuses with its reason ("Expecting value", "Extra
+    data", ...); beyond it, only what strictjson refuses on its own (a repeated name, nesting too deep)."""
+    try:
+        expected: Any = json.loads(text)
+    except json.JSONDecodeError as exc:
+        with pytest.raises(ValueError, match=re.escape(f"invalid JSON syntax ({exc.msg})")):
+            strictjson.loads(text)
+        return
+    try:
+        assert strictjson.loads(text) == expected
+    except strictjson.JsonDefect as exc:
+        assert "twice" in str(exc) or "nested" in str(exc), exc

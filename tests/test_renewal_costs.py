@@ -784,12 +784,22 @@ def test_verifying_a_token_builds_no_json_decoder_and_parses_each_part_once(monk
         parsed.append(type(self))
         return original_decode(self, text, *rest)
 
+    scanned: list[str] = []
+    original_scan = strictjson._SCAN
+
+    def scan(text: str, start: int) -> Any:
+        scanned.append(text)
+        return original_scan(text, start)
+
     monkeypatch.setattr(json.decoder.JSONDecoder, "__init__", init)
     monkeypatch.setattr(json.decoder.JSONDecoder, "decode", decode)
+    monkeypatch.setattr(strictjson, "_SCAN", scan)  # the strict decoder's scanner, which `loads` calls directly
     token = asyncio.run(verify_token(jwt, key_set, rules, now, received_at=now))
     assert (token.claims, token.lifetime, token.kid) == (claims, 3600.0, "k1")
     assert built == []
-    assert parsed.count(strictjson.StrictDecoder) == 2  # header and payload, strictly
+    # header and payload, strictly, once each (joserfc reads the header itself too; never the payload)
+    assert strictjson.StrictDecoder not in parsed and len(parsed) <= 1
+    assert [json.loads(text) for text in scanned] == [{"alg": "RS256", "kid": "k1", "typ": "JWT"}, claims]
 
 
 line_values = st.recursive(

@@ -17,6 +17,8 @@ secret with them (an attack did, a 32-character chunk per answer, reversed).
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 from typing import Any
 
 MAX_BYTES = 1024 * 1024
@@ -66,6 +68,11 @@ class StrictDecoder(json.JSONDecoder):
 #: one decoder for every parse: `json.loads(..., cls=...)` built a decoder and its scanner per call (~5 µs, three
 #: times per renewal). A decoder keeps no state between documents (its scanner's memo is emptied after each).
 _DECODER = StrictDecoder()
+#: ...and its scanner, called as `JSONDecoder.decode` and `raw_decode` call it (two Python frames a parse, three
+#: parses a renewal): leading and trailing whitespace skipped, "Expecting value" and "Extra data" as they say them
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]  # (untyped)
+#: json.decoder.WHITESPACE, what JSON calls whitespace (it matches anywhere, if only nothing: never None)
+_SPACE: Callable[[str, int], re.Match[str]] = re.compile(r"[ \t\n\r]*").match  # type: ignore[assignment]
 
 
 def loads(raw: str | bytes) -> Any:
@@ -78,7 +85,12 @@ def loads(raw: str | bytes) -> Any:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         if text.startswith("\ufeff"):  # json.loads named this; the shared decoder alone would say "Expecting value"
             raise JsonDefect("a byte order mark (BOM) before the JSON; send UTF-8 without one")
-        value = _DECODER.decode(text)
+        try:
+            value, end = _SCAN(text, _SPACE(text, 0).end())
+        except StopIteration:
+            raise JsonDefect("invalid JSON syntax (Expecting value)") from None
+        if _SPACE(text, end).end() != len(text):
+            raise JsonDefect("invalid JSON syntax (Extra data)")
     except JsonDefect:
         raise
     except RecursionError:
