@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any, TextIO
 from unittest.mock import patch
 
+import pytest
 import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -229,3 +230,15 @@ def test_registering_secrets_keeps_the_most_recently_used_whatever_the_order(cal
             while len(model) > 3:
                 model.popitem(last=False)
         assert {s for s in ("alpha-1", "bravo-2", "charlie-3", "delta-4") if s in scrubber} == set(model)
+
+
+def test_a_secret_that_could_not_be_registered_is_never_taken_for_the_newest() -> None:
+    """A value the scrubber cannot encode (a lone surrogate: an environment variable that is not UTF-8) fails its
+    registration every time, so the reader never hands it out; the newest-secret shortcut must not turn the second
+    attempt into a silent success with nothing cut (outside review: the second `read_secret` returned it)."""
+    scrubber = scrub.Scrubber()
+    secret = "abcdefghijklmnop\udcffqrstuvwxyz0123456789"
+    for _attempt in range(2):
+        with pytest.raises(UnicodeEncodeError):
+            scrubber.register(secret)
+    assert secret not in scrubber

@@ -259,9 +259,9 @@ class Scrubber:
         if len(secret) < MIN_SECRET:
             return
         with self._lock:
-            self._newest = secret
             if secret in self._secrets:
                 self._secrets.move_to_end(secret)
+                self._newest = secret
                 return
             forms = text_forms(secret)
             cores = {core for form in forms for core in base64_cores(form)}
@@ -272,6 +272,7 @@ class Scrubber:
             self._raw = tuple(self._secrets)
             self._texts, self._words = {}, {}  # answers given under the old registry may now be wrong
             self.known = self._texts
+            self._newest = secret  # only now that it is cut: a registration that raised leaves it unregistered
             self._texts_chars = 0
 
     def scrub_text(self, text: str) -> str:
