@@ -77,12 +77,13 @@ async def fetch(args: list[str], outs: list[Path], ttl: float | None = None) -> 
             async with gate:
                 async with session.post(token_url, json=body) as response:
                     token = (await response.json())["access_token"]
+                arrived = loop.time()  # the next renewal counts from here, as the daemon's from its receipt
                 if received is not None:
                     received.append((out.name, time.time()))
                 claims_rules.validate(jwt.decode(token, keys, algorithms=["RS256"]).claims)
                 await asyncio.to_thread(write_atomic, out, token.encode())
             if ttl is not None:
-                loop.call_later(ttl * random.uniform(0.75, 0.80), start, out)
+                loop.call_at(arrived + ttl * random.uniform(0.75, 0.80), start, out)
 
         def start(out: Path) -> None:
             task = loop.create_task(one(out))
