@@ -199,3 +199,19 @@ async def test_a_daemon_that_dies_fails_the_section_with_its_log(benches: Callab
     with pytest.raises(RuntimeError, match=r"(?s)exited \(78\).*no_such_key"):
         async with Daemon(run, config, 1) as daemon:
             await daemon.ready(30)
+
+
+def test_best_against_best_compares_as_many_runs_on_each_side() -> None:
+    """A PASS needs the best run against the floor's best, over as many runs on each side: the one 10,000-profile
+    fill is judged against the floor's first fill, not the fastest of nine (which chance alone makes faster than
+    any one run: a full run with nine fill rounds missed 11x by that alone). Equal counts: min against min."""
+    one, nine = benchlib.Samples(), benchlib.Samples()
+    one.add(21.0)
+    for value in (2.0, 2.2, 1.8, 2.1, 1.9, 2.3, 2.0, 1.85, 2.05):
+        nine.add(value)
+    figure = benchlib.ratio_figure("big vs small", one, nine, 11.0)
+    assert "best 10.50x" in figure.ratio and figure.ok  # 21 / 2.0 (the first run), not 21 / 1.8 = 11.67
+    same = benchlib.Samples()
+    for value in (3.0, 2.9, 3.3, 2.8, 3.1, 3.0, 2.95, 3.2, 2.85):
+        same.add(value)
+    assert "best 1.56x" in benchlib.ratio_figure("fill", same, nine, 1.3).ratio  # 2.8 / 1.8
