@@ -8,6 +8,7 @@ import json
 import os
 import random
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -262,3 +263,20 @@ async def processes() -> AsyncIterator[list[asyncio.subprocess.Process]]:
             except ProcessLookupError:
                 pass
             await process.wait()
+
+
+def python_calls(action: Callable[[], Any]) -> list[str]:
+    """The Python functions `action()` calls, in order (qualified names; C functions are not counted): what a hot
+    path costs in calls, each of which is microseconds when its code is cold (tests of the renewal's costs)."""
+    calls: list[str] = []
+
+    def profile(frame: Any, event: str, _arg: Any) -> None:
+        if event == "call":
+            calls.append(frame.f_code.co_qualname)
+
+    sys.setprofile(profile)
+    try:
+        action()
+    finally:
+        sys.setprofile(None)
+    return calls[1:]  # the first is `action` itself

@@ -8,7 +8,6 @@ import json
 import logging
 import re
 import string
-import sys
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import python_calls
 from edge_token.core import scrub
 from edge_token.observe import logs
 from leakscan import ENCODINGS
@@ -155,23 +155,7 @@ def test_each_line_is_one_write_of_one_complete_json_object() -> None:
     assert "hunter2-secret-value" not in writes[0]
 
 
-def _python_calls(action: Any) -> list[str]:
-    """The Python functions `action()` calls, in order (qualified names; C functions are not counted)."""
-    calls: list[str] = []
-
-    def profile(frame: Any, event: str, _arg: Any) -> None:
-        if event == "call":
-            calls.append(frame.f_code.co_qualname)
-
-    sys.setprofile(profile)
-    try:
-        action()
-    finally:
-        sys.setprofile(None)
-    return calls[1:]  # the first is `action` itself
-
-
-async def test_an_info_line_costs_four_python_calls() -> None:
+async def test_an_info_line_costs_fourpython_calls() -> None:
     """Every renewal logs two info lines, each through code that is cold by the time the next renewal comes (about
     one every 20 ms at 1,000 profiles): each Python call a line makes costs microseconds, not nanoseconds. On the
     event loop, a renewal's second line is the bound logger's own `info`, the processors as one, the redactor and
@@ -181,9 +165,7 @@ async def test_an_info_line_costs_four_python_calls() -> None:
     with configured(io.StringIO()):
         log: Any = structlog.get_logger("t").bind(profile="p")
         log.info("token.renewed", fingerprint="0123456789ab", expires_at=1.5, lifetime=20.0)  # this turn's first
-        calls = _python_calls(
-            lambda: log.info("token.renewed", fingerprint="0123456789ab", expires_at=2.5, lifetime=20)
-        )
+        calls = python_calls(lambda: log.info("token.renewed", fingerprint="0123456789ab", expires_at=2.5, lifetime=20))
         logs.flush()
     assert [name.rsplit(".", 1)[-1] for name in calls] == ["info", "line", "__call__", "msg"], calls
 

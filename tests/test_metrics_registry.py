@@ -16,7 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from prometheus_client import CollectorRegistry
 
 import edge_token.observe.registry as registry_module
-from conftest import profile_toml
+from conftest import profile_toml, python_calls
 from daemonproc import DaemonProcess
 from edge_token.core.errors import TransientError
 from edge_token.core.outcome import RenewalOutcome, Result
@@ -169,22 +169,9 @@ async def test_a_daemon_imports_prometheus_client_at_its_first_scrape_which_show
 def test_a_renewals_duration_costs_no_python_call_once_the_registry_exists() -> None:
     """After the first scrape built the registry, each renewal's duration is a count and a sum: no Python call
     beyond `renewal_took` itself (prometheus-client's Histogram.observe made five, and took two locks)."""
-    import sys
-    from typing import Any
-
     metrics = Metrics()
     metrics.exposition("text/plain", "")  # the first scrape: the registry exists from now on
-    calls: list[str] = []
-
-    def profile(frame: Any, event: str, _arg: Any) -> None:
-        if event == "call":
-            calls.append(frame.f_code.co_qualname)
-
-    sys.setprofile(profile)
-    try:
-        metrics.process.renewal_took(0.2)
-    finally:
-        sys.setprofile(None)
+    calls = python_calls(lambda: metrics.process.renewal_took(0.2))
     assert calls == ["ProcessFamilies.renewal_took"]
     assert (
         'edge_token_refresh_duration_seconds_bucket{le="0.25"} 1.0' in metrics.exposition("text/plain", "")[0].decode()
